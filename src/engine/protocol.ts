@@ -1,0 +1,76 @@
+/** What crosses the thread boundary between the engine (main thread) and the MLX worker. */
+import type { MessagePort } from 'node:worker_threads';
+import type { ServeErrorShape } from '../errors.ts';
+import type { TelemetryBuffers } from '../telemetry/layout.ts';
+
+export interface ChatMessage {
+  role: 'system' | 'user' | 'assistant' | 'tool';
+  content: string;
+  name?: string;
+  tool_calls?: unknown[];
+  tool_call_id?: string;
+  reasoning_content?: string;
+}
+
+export type PromptInput =
+  | { kind: 'text'; text: string; addSpecialTokens: boolean }
+  | { kind: 'tokens'; ids: number[] }
+  | { kind: 'chat'; messages: ChatMessage[]; tools?: unknown[] };
+
+export interface SamplingParams {
+  temperature: number;
+  topP: number;
+  topK: number;
+  minP: number;
+  repetitionPenalty: number;
+  repetitionContextSize: number;
+  seed: number | null;
+}
+
+/** The one internal request every API shape is translated into. */
+export interface GenerationRequest {
+  id: string;
+  model: string;
+  prompt: PromptInput;
+  maxTokens: number | null;
+  sampling: SamplingParams;
+  stop: string[];
+  ignoreEos: boolean;
+}
+
+export interface ModelSource {
+  name: string;
+  path: string;
+  builtin: boolean;
+}
+
+export type FinishReason = 'stop' | 'length' | 'cancelled';
+
+export interface GenerationStats {
+  finishReason: FinishReason;
+  promptTokens: number;
+  completionTokens: number;
+  promptMs: number;
+  decodeMs: number;
+}
+
+export type StreamEvent =
+  | { type: 'started'; promptTokens: number }
+  | { type: 'text'; text: string }
+  | ({ type: 'done' } & GenerationStats)
+  | { type: 'error'; error: ServeErrorShape };
+
+export interface LoadResult {
+  name: string;
+  modelType: string;
+  bytes: number;
+  loadMs: number;
+  contextLength: number;
+}
+
+export type WorkerTask =
+  | { op: 'load'; model: ModelSource; telemetry: TelemetryBuffers }
+  | { op: 'generate'; model: ModelSource; request: GenerationRequest; slot: number; port: MessagePort; telemetry: TelemetryBuffers }
+  | { op: 'release' };
+
+export type WorkerReply = { ok: true; load?: LoadResult } | { ok: false; error: ServeErrorShape };

@@ -1,0 +1,55 @@
+/** Every failure a client can see is one of these codes; routes map them to their own wire shape. */
+export type ErrorCode =
+  | 'invalid_json'
+  | 'invalid_request'
+  | 'model_not_found'
+  | 'not_found'
+  | 'method_not_allowed'
+  | 'body_too_large'
+  | 'context_length_exceeded'
+  | 'unsupported_model'
+  | 'model_load_failed'
+  | 'nothing_loaded'
+  | 'queue_full'
+  | 'cancelled'
+  | 'worker_failed'
+  | 'internal_error';
+
+export interface ServeErrorShape {
+  readonly status: number;
+  readonly code: ErrorCode;
+  readonly message: string;
+  readonly param?: string;
+}
+
+export class ServeError extends Error implements ServeErrorShape {
+  readonly status: number;
+  readonly code: ErrorCode;
+  readonly param?: string;
+
+  constructor(status: number, code: ErrorCode, message: string, param?: string) {
+    super(message);
+    this.name = 'ServeError';
+    this.status = status;
+    this.code = code;
+    if (param !== undefined) this.param = param;
+  }
+
+  toShape(): ServeErrorShape {
+    return { status: this.status, code: this.code, message: this.message, ...(this.param ? { param: this.param } : {}) };
+  }
+
+  static fromShape(shape: ServeErrorShape): ServeError {
+    return new ServeError(shape.status, shape.code, shape.message, shape.param);
+  }
+
+  /** Anything thrown that is not already a ServeError is an internal failure; its message is kept for the log. */
+  static from(error: unknown): ServeError {
+    if (error instanceof ServeError) return error;
+    const message = error instanceof Error ? error.message : String(error);
+    return new ServeError(500, 'internal_error', message);
+  }
+}
+
+export const badRequest = (message: string, param?: string): ServeError =>
+  new ServeError(400, 'invalid_request', message, param);

@@ -1,0 +1,120 @@
+/**
+ * The Piscina entry: the one thread that owns node-mlx and the loaded model. It knows nothing
+ * of HTTP; it takes load and generate tasks and streams tokens back on a port per request.
+ */
+import { existsSync } from 'node:fs';
+import { join } from 'node:path';
+import type { GenerationRequest, LoadResult, ModelSource, WorkerReply, WorkerTask } from '../src/engine/protocol.ts';
+import { ServeError } from '../src/errors.ts';
+import { Telemetry } from '../src/telemetry/layout.ts';
+import { materializeDefaultModel } from './default-model.ts';
+import type { LanguageModel } from './models/decoder.ts';
+import { loadModel, parameterBytes, readJson, type ModelConfig } from './models/loader.ts';
+import { collectGarbage, Scheduler } from './scheduler.ts';
+import { Sequence } from './sequence.ts';
+import { ModelTokenizer } from './tokenizer.ts';
+
+interface LoadedModel {
+  source: ModelSource;
+  model: LanguageModel;
+  tokenizer: ModelTokenizer;
+  eosIds: Set<number>;
+  info: LoadResult;
+}
+
+let loaded: LoadedModel | null = null;
+let scheduler: Scheduler | null = null;
+
+function eosIds(dir: string, config: ModelConfig, tokenizer: ModelTokenizer): Set<number> {
+  const ids = new Set<number>();
+  const add = (value: unknown): void => {
+    for (const id of Array.isArray(value) ? value : [value]) if (typeof id === 'number') ids.add(id);
+  };
+  add(config.eos_token_id);
+  const generationConfig = join(dir, 'generation_config.json');
+  if (existsSync(generationConfig)) add(readJson<{ eos_token_id?: unknown }>(generationConfig, 'generation_config.json').eos_token_id);
+  const eos = tokenizer.eosToken ? tokenizer.tokenId(tokenizer.eosToken) : null;
+  if (eos !== null) ids.add(eos);
+  return ids;
+}
+
+function load(source: ModelSource, telemetry: Telemetry): LoadedModel {
+  if (loaded?.source.path === source.path) return loaded;
+  loaded = null;
+  collectGarbage({ type: 'major' });
+  const started = performance.now();
+  if (source.builtin) materializeDefaultModel(source.path);
+  const { model, config } = loadModel(source.path);
+  const tokenizer = new ModelTokenizer(source.path);
+  if (tokenizer.vocabSize > model.vocabSize) {
+    throw new ServeError(422, 'model_load_failed', `tokenizer has ${tokenizer.vocabSize} tokens but the embedding only ${model.vocabSize} rows`);
+  }
+  const bytes = parameterBytes(model);
+  telemetry.write('modelBytes', bytes);
+  const info: LoadResult = { name: source.name, modelType: model.modelType, bytes, loadMs: performance.now() - started, contextLength: model.contextLength };
+  loaded = { source, model, tokenizer, eosIds: eosIds(source.path, config, tokenizer), info };
+  return loaded;
+}
+
+async function promptIds(target: LoadedModel, request: GenerationRequest): Promise<number[]> {
+  const { prompt } = request;
+  switch (prompt.kind) {
+    case 'tokens':
+      return prompt.ids;
+    case 'text':
+      return target.tokenizer.encode(prompt.text, prompt.addSpecialTokens);
+    case 'chat':
+      return target.tokenizer.encode(target.tokenizer.applyChatTemplate(prompt.messages, prompt.tools), false);
+  }
+}
+
+function validate(target: LoadedModel, request: GenerationRequest, ids: number[]): void {
+  const { contextLength, vocabSize } = target.model;
+  if (ids.length === 0) throw new ServeError(400, 'invalid_request', 'the prompt is empty after tokenization', 'prompt');
+  const bad = ids.find((id) => !Number.isInteger(id) || id < 0 || id >= vocabSize);
+  if (bad !== undefined) throw new ServeError(400, 'invalid_request', `token id ${bad} is outside the vocabulary (0..${vocabSize - 1})`, 'prompt');
+  const wanted = ids.length + (request.maxTokens ?? 1);
+  if (wanted > contextLength) {
+    throw new ServeError(
+      400,
+      'context_length_exceeded',
+      `this model's maximum context length is ${contextLength} tokens, but the request needs ${wanted} (${ids.length} in the prompt, ${request.maxTokens ?? 1} to generate)`,
+      'messages',
+    );
+  }
+}
+
+async function generate(task: Extract<WorkerTask, { op: 'generate' }>, telemetry: Telemetry): Promise<WorkerReply> {
+  const { port, request } = task;
+  try {
+    const target = load(task.model, telemetry);
+    const ids = await promptIds(target, request);
+    validate(target, request, ids);
+    scheduler ??= new Scheduler(telemetry);
+    await scheduler.run(new Sequence(target.model, target.tokenizer, request, ids, target.eosIds, task.slot, port, telemetry));
+    return { ok: true };
+  } catch (error) {
+    const shape = ServeError.from(error).toShape();
+    port.postMessage({ type: 'error', error: shape });
+    port.close();
+    return { ok: false, error: shape };
+  }
+}
+
+export default async function handle(task: WorkerTask): Promise<WorkerReply> {
+  switch (task.op) {
+    case 'load': {
+      try {
+        return { ok: true, load: load(task.model, new Telemetry(task.telemetry)).info };
+      } catch (error) {
+        return { ok: false, error: ServeError.from(error).toShape() };
+      }
+    }
+    case 'generate':
+      return generate(task, new Telemetry(task.telemetry));
+    case 'release':
+      loaded = null;
+      collectGarbage({ type: 'major' });
+      return { ok: true };
+  }
+}

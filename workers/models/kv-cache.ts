@@ -1,0 +1,39 @@
+import { mx, type MxArray } from './mx.ts';
+
+const STEP = 256;
+
+/** Keys and values of one layer, kept in buffers that grow by STEP positions and are written in place. */
+export class KVCache {
+  private keys: MxArray | null = null;
+  private values: MxArray | null = null;
+  offset = 0;
+
+  update(keys: MxArray, values: MxArray): [MxArray, MxArray] {
+    const [batch, heads, length, keyDim] = keys.shape as [number, number, number, number];
+    const valueDim = values.shape[3] ?? keyDim;
+    const needed = this.offset + length;
+    if (!this.keys || !this.values || needed > (this.keys.shape[2] ?? 0)) {
+      const capacity = Math.ceil(needed / STEP) * STEP;
+      this.keys = this.grow(this.keys, [batch, heads, capacity, keyDim], keys.dtype);
+      this.values = this.grow(this.values, [batch, heads, capacity, valueDim], values.dtype);
+    }
+    const window = [mx.Slice(), mx.Slice(), mx.Slice(this.offset, needed), mx.Slice()];
+    this.keys.indexPut_(window, keys);
+    this.values.indexPut_(window, values);
+    this.offset = needed;
+    const filled = [mx.Slice(), mx.Slice(), mx.Slice(0, needed), mx.Slice()];
+    return [this.keys.index(...filled), this.values.index(...filled)];
+  }
+
+  state(): MxArray[] {
+    return this.keys && this.values ? [this.keys, this.values] : [];
+  }
+
+  private grow(previous: MxArray | null, shape: number[], dtype: MxArray['dtype']): MxArray {
+    const fresh = mx.zeros(shape, dtype);
+    if (!previous || this.offset === 0) return fresh;
+    const kept = previous.index(mx.Slice(), mx.Slice(), mx.Slice(0, this.offset), mx.Slice());
+    fresh.indexPut_([mx.Slice(), mx.Slice(), mx.Slice(0, this.offset), mx.Slice()], kept);
+    return fresh;
+  }
+}

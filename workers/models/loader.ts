@@ -1,0 +1,112 @@
+import { existsSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { ServeError } from '../../src/errors.ts';
+import type { LanguageModel } from './decoder.ts';
+import * as llama from './llama.ts';
+import { mx, type MxArray } from './mx.ts';
+import * as qwen2 from './qwen2.ts';
+import * as qwen3 from './qwen3.ts';
+import { WeightStore, type QuantizationConfig, type QuantSpec } from './weights.ts';
+
+type ArchitectureLoader = (store: WeightStore, config: never) => LanguageModel;
+
+const architectures: Record<string, ArchitectureLoader> = {
+  llama: llama.load,
+  mistral: llama.load,
+  qwen2: qwen2.load,
+  qwen3: qwen3.load,
+};
+
+export const supportedArchitectures = (): string[] => Object.keys(architectures);
+
+export interface ModelConfig {
+  model_type: string;
+  quantization?: Record<string, unknown> | false;
+  eos_token_id?: number | number[];
+  [key: string]: unknown;
+}
+
+export function readJson<T>(path: string, what: string): T {
+  try {
+    return JSON.parse(readFileSync(path, 'utf8')) as T;
+  } catch (error) {
+    throw new ServeError(422, 'model_load_failed', `cannot read ${what} (${path}): ${(error as Error).message}`);
+  }
+}
+
+function weightFiles(dir: string): string[] {
+  const index = join(dir, 'model.safetensors.index.json');
+  if (existsSync(index)) {
+    const { weight_map: weightMap } = readJson<{ weight_map: Record<string, string> }>(index, 'the safetensors index');
+    return [...new Set(Object.values(weightMap))].map((file) => join(dir, file));
+  }
+  const single = join(dir, 'model.safetensors');
+  if (existsSync(single)) return [single];
+  throw new ServeError(422, 'model_load_failed', `no model.safetensors or model.safetensors.index.json in ${dir}`);
+}
+
+function readTensors(files: string[]): Map<string, MxArray> {
+  const tensors = new Map<string, MxArray>();
+  for (const file of files) {
+    let record: Record<string, MxArray>;
+    try {
+      record = mx.load(file) as unknown as Record<string, MxArray>;
+    } catch (error) {
+      throw new ServeError(422, 'model_load_failed', `cannot read ${file}: ${(error as Error).message}`);
+    }
+    for (const [name, tensor] of Object.entries(record)) tensors.set(name, tensor);
+  }
+  return tensors;
+}
+
+function quantSpec(value: unknown): QuantSpec | null {
+  if (!value || typeof value !== 'object') return null;
+  const { group_size: groupSize, bits } = value as { group_size?: unknown; bits?: unknown };
+  if (typeof groupSize !== 'number' || typeof bits !== 'number') return null;
+  if (![32, 64, 128].includes(groupSize) || ![2, 3, 4, 6, 8].includes(bits)) {
+    throw new ServeError(422, 'unsupported_model', `unsupported quantization: group_size ${groupSize}, bits ${bits}`);
+  }
+  return { groupSize, bits };
+}
+
+function quantizationConfig(config: ModelConfig): QuantizationConfig {
+  const raw = config.quantization ?? (config as { quantization_config?: Record<string, unknown> }).quantization_config;
+  const overrides = new Map<string, QuantSpec | false>();
+  if (!raw) return { default: null, overrides };
+  for (const [key, value] of Object.entries(raw)) {
+    if (value === false) overrides.set(key, false);
+    else if (value && typeof value === 'object') {
+      const spec = quantSpec(value);
+      if (spec) overrides.set(key, spec);
+    }
+  }
+  return { default: quantSpec(raw), overrides };
+}
+
+/** The dtype matmuls run in: on the CPU node-mlx 0.0.7 implements float32 only. */
+export function computeDtype(): typeof mx.float32 {
+  return mx.metal.isAvailable() ? mx.float16 : mx.float32;
+}
+
+export function loadModel(dir: string): { model: LanguageModel; config: ModelConfig } {
+  const config = readJson<ModelConfig>(join(dir, 'config.json'), 'config.json');
+  const architecture = architectures[config.model_type];
+  if (!architecture) {
+    throw new ServeError(422, 'unsupported_model', `model_type '${config.model_type}' is not supported (supported: ${supportedArchitectures().join(', ')})`);
+  }
+  const store = new WeightStore(readTensors(weightFiles(dir)), quantizationConfig(config), computeDtype());
+  let model: LanguageModel;
+  try {
+    model = architecture(store, config as never);
+  } catch (error) {
+    if (error instanceof ServeError) throw error;
+    throw new ServeError(422, 'model_load_failed', `weights do not fit the '${config.model_type}' architecture: ${(error as Error).message}`);
+  }
+  store.assertConsumed();
+  mx.eval(...model.parameters());
+  return { model, config };
+}
+
+export function parameterBytes(model: LanguageModel): number {
+  return model.parameters().reduce((sum, p) => sum + (p.nbytes ?? p.size * p.itemsize), 0);
+}

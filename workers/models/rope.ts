@@ -1,0 +1,84 @@
+import { ServeError } from '../../src/errors.ts';
+import { mx, type MxArray } from './mx.ts';
+
+export interface RopeScaling {
+  type?: string;
+  rope_type?: string;
+  factor?: number;
+  low_freq_factor?: number;
+  high_freq_factor?: number;
+  original_max_position_embeddings?: number;
+}
+
+export interface RotaryEmbedding {
+  apply(x: MxArray, offset: number): MxArray;
+}
+
+/** Plain or linearly scaled RoPE: MLX's fused kernel. */
+class FastRope implements RotaryEmbedding {
+  constructor(private readonly dims: number, private readonly base: number, private readonly scale: number) {}
+
+  apply(x: MxArray, offset: number): MxArray {
+    return mx.fast.rope(x, this.dims, false, this.base, this.scale, offset);
+  }
+}
+
+/**
+ * RoPE from explicit inverse frequencies, written with ordinary ops, for scalings the
+ * fused kernel of node-mlx 0.0.7 cannot express (it takes no frequency table).
+ */
+class FrequencyRope implements RotaryEmbedding {
+  constructor(private readonly dims: number, private readonly inverseFrequencies: MxArray) {}
+
+  apply(x: MxArray, offset: number): MxArray {
+    const length = x.shape[x.ndim - 2] ?? 1;
+    const positions = mx.arange(offset, offset + length, 1, mx.float32);
+    const angles = mx.multiply(mx.expandDims(positions, 1), mx.expandDims(this.inverseFrequencies, 0));
+    const cos = mx.cos(angles);
+    const sin = mx.sin(angles);
+    const half = this.dims / 2;
+    const first = x.index('...', mx.Slice(0, half));
+    const second = x.index('...', mx.Slice(half, this.dims));
+    const rotated = [
+      mx.subtract(mx.multiply(first, cos), mx.multiply(second, sin)),
+      mx.add(mx.multiply(second, cos), mx.multiply(first, sin)),
+    ];
+    const rest = (x.shape[x.ndim - 1] ?? this.dims) > this.dims ? [x.index('...', mx.Slice(this.dims))] : [];
+    return mx.concatenate([...rotated, ...rest], -1);
+  }
+}
+
+function llama3InverseFrequencies(dims: number, base: number, scaling: RopeScaling): MxArray {
+  const factor = scaling.factor ?? 8;
+  const lowFreqFactor = scaling.low_freq_factor ?? 1;
+  const highFreqFactor = scaling.high_freq_factor ?? 4;
+  const originalContext = scaling.original_max_position_embeddings ?? 8192;
+  const lowFreqWavelen = originalContext / lowFreqFactor;
+  const highFreqWavelen = originalContext / highFreqFactor;
+  const values: number[] = [];
+  for (let i = 0; i < dims; i += 2) {
+    const inv = 1 / base ** (i / dims);
+    const wavelen = (2 * Math.PI) / inv;
+    if (wavelen < highFreqWavelen) values.push(inv);
+    else if (wavelen > lowFreqWavelen) values.push(inv / factor);
+    else {
+      const smooth = (originalContext / wavelen - lowFreqFactor) / (highFreqFactor - lowFreqFactor);
+      values.push((1 - smooth) * (inv / factor) + smooth * inv);
+    }
+  }
+  return mx.array(values, mx.float32);
+}
+
+export function createRope(dims: number, base: number, scaling: RopeScaling | null | undefined): RotaryEmbedding {
+  const kind = scaling?.rope_type ?? scaling?.type ?? 'default';
+  switch (kind) {
+    case 'default':
+      return new FastRope(dims, base, 1);
+    case 'linear':
+      return new FastRope(dims, base, 1 / (scaling?.factor ?? 1));
+    case 'llama3':
+      return new FrequencyRope(dims, llama3InverseFrequencies(dims, base, scaling ?? {}));
+    default:
+      throw new ServeError(422, 'unsupported_model', `unsupported rope scaling '${kind}' (supported: default, linear, llama3)`);
+  }
+}

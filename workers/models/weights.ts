@@ -1,0 +1,70 @@
+import { ServeError } from '../../src/errors.ts';
+import { mx, type MxArray } from './mx.ts';
+
+export interface QuantSpec {
+  groupSize: number;
+  bits: number;
+}
+
+export interface QuantizationConfig {
+  default: QuantSpec | null;
+  overrides: Map<string, QuantSpec | false>;
+}
+
+/**
+ * Hands out a checkpoint's tensors by name, in a dtype the device computes in. Every tensor
+ * must be claimed exactly once: what is left over or missing means the checkpoint and the
+ * architecture disagree, which is an error before any evaluation happens.
+ */
+export class WeightStore {
+  private readonly remaining: Map<string, MxArray>;
+
+  constructor(
+    tensors: Map<string, MxArray>,
+    readonly quantization: QuantizationConfig,
+    readonly computeDtype: typeof mx.float32,
+  ) {
+    this.remaining = tensors;
+  }
+
+  has(name: string): boolean {
+    return this.remaining.has(name);
+  }
+
+  /** A float tensor, cast to the compute dtype (fp16/bf16 matmuls abort on the CPU). */
+  take(name: string): MxArray {
+    const tensor = this.takeRaw(name);
+    return String(tensor.dtype) === String(this.computeDtype) ? tensor : tensor.astype(this.computeDtype);
+  }
+
+  takeOptional(name: string): MxArray | undefined {
+    return this.remaining.has(name) ? this.take(name) : undefined;
+  }
+
+  takeRaw(name: string): MxArray {
+    const tensor = this.remaining.get(name);
+    if (!tensor) throw new ServeError(422, 'model_load_failed', `checkpoint is missing tensor '${name}'`);
+    this.remaining.delete(name);
+    return tensor;
+  }
+
+  quantSpecFor(prefix: string): QuantSpec | null {
+    if (!this.remaining.has(`${prefix}.scales`)) return null;
+    const override = this.quantization.overrides.get(prefix);
+    if (override === false) return null;
+    const spec = override ?? this.quantization.default;
+    if (!spec) throw new ServeError(422, 'model_load_failed', `'${prefix}' is quantized but config.json has no quantization settings`);
+    return spec;
+  }
+
+  discard(predicate: (name: string) => boolean): void {
+    for (const name of [...this.remaining.keys()]) if (predicate(name)) this.remaining.delete(name);
+  }
+
+  assertConsumed(): void {
+    const left = [...this.remaining.keys()];
+    if (left.length > 0) {
+      throw new ServeError(422, 'model_load_failed', `checkpoint has tensors the architecture does not use: ${left.slice(0, 5).join(', ')}${left.length > 5 ? ', ...' : ''}`);
+    }
+  }
+}

@@ -1,0 +1,96 @@
+/** One request's generation inside the worker: its cache, sampler, detokenizer and stop rules. */
+import type { MessagePort } from 'node:worker_threads';
+import type { FinishReason, GenerationRequest, StreamEvent } from '../src/engine/protocol.ts';
+import type { Telemetry } from '../src/telemetry/layout.ts';
+import type { LanguageModel } from './models/decoder.ts';
+import type { KVCache } from './models/kv-cache.ts';
+import { mx } from './models/mx.ts';
+import { Sampler } from './sampling.ts';
+import { StopMatcher } from './stop-matcher.ts';
+import { StreamingDetokenizer, type ModelTokenizer } from './tokenizer.ts';
+
+export class Sequence {
+  private readonly cache: KVCache[];
+  private readonly sampler: Sampler;
+  private readonly detokenizer: StreamingDetokenizer;
+  private readonly stopMatcher: StopMatcher;
+  private readonly history: number[] = [];
+  private readonly startedAt = performance.now();
+  private promptDoneAt = 0;
+  private nextInput: number[];
+  private generated = 0;
+  finished: FinishReason | null = null;
+
+  constructor(
+    private readonly model: LanguageModel,
+    tokenizer: ModelTokenizer,
+    private readonly request: GenerationRequest,
+    private readonly promptIds: number[],
+    private readonly eosIds: Set<number>,
+    readonly slot: number,
+    private readonly port: MessagePort,
+    private readonly telemetry: Telemetry,
+  ) {
+    this.cache = model.newCache();
+    this.sampler = new Sampler(request.sampling);
+    this.detokenizer = new StreamingDetokenizer(tokenizer);
+    this.stopMatcher = new StopMatcher(request.stop);
+    this.nextInput = promptIds;
+    this.send({ type: 'started', promptTokens: promptIds.length });
+  }
+
+  /** Runs the model once (the whole prompt first, then one token at a time) and handles the sampled token. */
+  step(): void {
+    const input = mx.array([this.nextInput], mx.int32);
+    const logits = this.model.forward(input, this.cache);
+    const row = logits.index(0, -1);
+    const token = this.sampler.next(row, this.history.length > 0 ? this.history : this.promptIds);
+    if (this.promptDoneAt === 0) {
+      this.promptDoneAt = performance.now();
+      this.telemetry.increment('promptTokens', this.promptIds.length);
+    }
+    this.accept(token);
+  }
+
+  cancel(): void {
+    this.finish('cancelled');
+  }
+
+  private accept(token: number): void {
+    this.generated++;
+    this.telemetry.increment('tokensGenerated');
+    if (!this.request.ignoreEos && this.eosIds.has(token)) return this.finish('stop');
+    this.history.push(token);
+    this.nextInput = [token];
+    const { emit, stopped } = this.stopMatcher.push(this.detokenizer.push(token));
+    if (emit) this.send({ type: 'text', text: emit });
+    if (stopped) return this.finish('stop', false);
+    const atLimit = this.request.maxTokens !== null && this.generated >= this.request.maxTokens;
+    const contextFull = this.promptIds.length + this.generated >= this.model.contextLength;
+    if (atLimit || contextFull) this.finish('length');
+  }
+
+  private finish(reason: FinishReason, flush = true): void {
+    if (this.finished) return;
+    this.finished = reason;
+    if (flush && reason !== 'cancelled') {
+      const tail = this.stopMatcher.push(this.detokenizer.flush()).emit + this.stopMatcher.flush();
+      if (tail) this.send({ type: 'text', text: tail });
+    }
+    const now = performance.now();
+    const promptDone = this.promptDoneAt || now;
+    this.send({
+      type: 'done',
+      finishReason: reason,
+      promptTokens: this.promptIds.length,
+      completionTokens: this.generated,
+      promptMs: promptDone - this.startedAt,
+      decodeMs: now - promptDone,
+    });
+    this.port.close();
+  }
+
+  private send(event: StreamEvent): void {
+    this.port.postMessage(event);
+  }
+}
