@@ -41,7 +41,7 @@ function eosIds(dir: string, config: ModelConfig, tokenizer: ModelTokenizer): Se
 function load(source: ModelSource, telemetry: Telemetry): LoadedModel {
   if (loaded?.source.path === source.path) return loaded;
   loaded = null;
-  collectGarbage({ type: 'major' });
+  collectGarbage(true);
   const started = performance.now();
   if (source.builtin) materializeDefaultModel(source.path);
   const { model, config } = loadModel(source.path);
@@ -53,10 +53,11 @@ function load(source: ModelSource, telemetry: Telemetry): LoadedModel {
   telemetry.write('modelBytes', bytes);
   const info: LoadResult = { name: source.name, modelType: model.modelType, bytes, loadMs: performance.now() - started, contextLength: model.contextLength };
   loaded = { source, model, tokenizer, eosIds: eosIds(source.path, config, tokenizer), info };
+  collectGarbage(true);
   return loaded;
 }
 
-async function promptIds(target: LoadedModel, request: GenerationRequest): Promise<number[]> {
+function promptIds(target: LoadedModel, request: GenerationRequest): number[] {
   const { prompt } = request;
   switch (prompt.kind) {
     case 'tokens':
@@ -64,7 +65,7 @@ async function promptIds(target: LoadedModel, request: GenerationRequest): Promi
     case 'text':
       return target.tokenizer.encode(prompt.text, prompt.addSpecialTokens);
     case 'chat':
-      return target.tokenizer.encode(target.tokenizer.applyChatTemplate(prompt.messages, prompt.tools), false);
+      return target.tokenizer.encode(target.tokenizer.applyChatTemplate(prompt.messages, prompt.tools, prompt.templateArgs), false);
   }
 }
 
@@ -88,7 +89,7 @@ async function generate(task: Extract<WorkerTask, { op: 'generate' }>, telemetry
   const { port, request } = task;
   try {
     const target = load(task.model, telemetry);
-    const ids = await promptIds(target, request);
+    const ids = promptIds(target, request);
     validate(target, request, ids);
     scheduler ??= new Scheduler(telemetry);
     await scheduler.run(new Sequence(target.model, target.tokenizer, request, ids, target.eosIds, task.slot, port, telemetry));
@@ -114,7 +115,7 @@ export default async function handle(task: WorkerTask): Promise<WorkerReply> {
       return generate(task, new Telemetry(task.telemetry));
     case 'release':
       loaded = null;
-      collectGarbage({ type: 'major' });
+      collectGarbage(true);
       return { ok: true };
   }
 }

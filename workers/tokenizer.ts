@@ -1,12 +1,13 @@
 /**
- * A model's tokenizer: encoding through Hugging Face's Rust `tokenizers`, decoding through a
- * table of each token's bytes, so a stream of tokens becomes a stream of bytes that a streaming
- * TextDecoder turns into text without ever splitting a multi-byte character.
+ * A model's tokenizer: encoding through Hugging Face's tokenizers.js (pure JS: its memory lives
+ * in the worker's heap and goes with it on unload; the Rust bindings kept ~40 MB per load/unload
+ * cycle), decoding through a table of each token's bytes, so a stream of tokens becomes a stream
+ * of bytes that a streaming TextDecoder turns into text without ever splitting a character.
  */
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { Template } from '@huggingface/jinja';
-import { Tokenizer as RustTokenizer } from 'tokenizers';
+import { Tokenizer as JsTokenizer } from '@huggingface/tokenizers';
 import type { ChatMessage } from '../src/engine/protocol.ts';
 import { ServeError } from '../src/errors.ts';
 import { readJson } from './models/loader.ts';
@@ -55,16 +56,22 @@ function flattenDecoders(decoder: DecoderJson | null | undefined): DecoderJson[]
 const encoder = new TextEncoder();
 const BYTE_FALLBACK = /^<0x([0-9A-Fa-f]{2})>$/;
 
-function tokenBytesTable(json: TokenizerJson): { bytes: Uint8Array[]; special: Set<number>; stripsLeadingSpace: boolean } {
+/** Every token's bytes in one buffer (a typed array per token would cost ~50 MB for 150k tokens). */
+interface TokenBytes {
+  data: Uint8Array;
+  offsets: Uint32Array;
+  special: Set<number>;
+  stripsLeadingSpace: boolean;
+}
+
+function tokenBytesTable(json: TokenizerJson): TokenBytes {
   const decoders = flattenDecoders(json.decoder);
   const byteLevel = decoders.some((d) => d.type === 'ByteLevel');
   const metaspace = decoders.some((d) => d.type === 'Metaspace' || (d.type === 'Replace' && d.pattern?.String === '▁'));
   const byteFallback = decoders.some((d) => d.type === 'ByteFallback');
-  const stripsLeadingSpace = decoders.some((d) => (d.type === 'Strip' && (d.start ?? 0) > 0) || (d.type === 'Metaspace'));
+  const stripsLeadingSpace = decoders.some((d) => (d.type === 'Strip' && (d.start ?? 0) > 0) || d.type === 'Metaspace');
   const byteTable = byteLevel ? byteLevelDecodeTable() : null;
 
-  const entries: [string, number][] = Array.isArray(json.model.vocab) ? json.model.vocab.map(([t], i) => [t, i]) : Object.entries(json.model.vocab);
-  const bytes: Uint8Array[] = [];
   const toBytes = (token: string): Uint8Array => {
     if (byteTable) {
       const out = new Uint8Array(token.length);
@@ -80,13 +87,25 @@ function tokenBytesTable(json: TokenizerJson): { bytes: Uint8Array[]; special: S
     if (fallback) return Uint8Array.of(parseInt(fallback[1] as string, 16));
     return encoder.encode(metaspace ? token.replaceAll('▁', ' ') : token);
   };
-  for (const [token, id] of entries) bytes[id] = toBytes(token);
+  const byId = new Map<number, Uint8Array>();
+  const entries: [string, number][] = Array.isArray(json.model.vocab) ? json.model.vocab.map(([t], i) => [t, i]) : Object.entries(json.model.vocab);
+  for (const [token, id] of entries) byId.set(id, toBytes(token));
   const special = new Set<number>();
   for (const added of json.added_tokens ?? []) {
-    bytes[added.id] = encoder.encode(added.content);
+    byId.set(added.id, encoder.encode(added.content));
     if (added.special) special.add(added.id);
   }
-  return { bytes, special, stripsLeadingSpace };
+  const count = [...byId.keys()].reduce((max, id) => Math.max(max, id + 1), 0);
+  const offsets = new Uint32Array(count + 1);
+  let total = 0;
+  for (let id = 0; id < count; id++) {
+    offsets[id] = total;
+    total += byId.get(id)?.length ?? 0;
+  }
+  offsets[count] = total;
+  const data = new Uint8Array(total);
+  for (const [id, bytes] of byId) data.set(bytes, offsets[id] as number);
+  return { data, offsets, special, stripsLeadingSpace };
 }
 
 function tokenContent(token: TokenizerConfig['bos_token']): string | null {
@@ -95,9 +114,8 @@ function tokenContent(token: TokenizerConfig['bos_token']): string | null {
 }
 
 export class ModelTokenizer {
-  private readonly rust: RustTokenizer;
-  private readonly tokenBytes: Uint8Array[];
-  private readonly special: Set<number>;
+  private readonly encoder: JsTokenizer;
+  private readonly tokenBytes: TokenBytes;
   private readonly template: Template | null;
   readonly stripsLeadingSpace: boolean;
   readonly bosToken: string | null;
@@ -107,12 +125,10 @@ export class ModelTokenizer {
   constructor(dir: string) {
     const path = join(dir, 'tokenizer.json');
     if (!existsSync(path)) throw new ServeError(422, 'model_load_failed', `no tokenizer.json in ${dir}`);
-    this.rust = RustTokenizer.fromFile(path);
-    const table = tokenBytesTable(readJson<TokenizerJson>(path, 'tokenizer.json'));
-    this.tokenBytes = table.bytes;
-    this.special = table.special;
-    this.stripsLeadingSpace = table.stripsLeadingSpace;
-    this.vocabSize = table.bytes.length;
+    const json = readJson<TokenizerJson>(path, 'tokenizer.json');
+    this.tokenBytes = tokenBytesTable(json);
+    this.stripsLeadingSpace = this.tokenBytes.stripsLeadingSpace;
+    this.vocabSize = this.tokenBytes.offsets.length - 1;
     const configPath = join(dir, 'tokenizer_config.json');
     const config = existsSync(configPath) ? readJson<TokenizerConfig>(configPath, 'tokenizer_config.json') : {};
     this.bosToken = tokenContent(config.bos_token);
@@ -121,19 +137,25 @@ export class ModelTokenizer {
       ? (config.chat_template.find((t) => t.name === 'default') ?? config.chat_template[0])?.template
       : config.chat_template;
     this.template = source ? new Template(source) : null;
+    try {
+      this.encoder = new JsTokenizer(json, config);
+    } catch (error) {
+      throw new ServeError(422, 'model_load_failed', `unsupported tokenizer.json: ${(error as Error).message}`);
+    }
   }
 
-  async encode(text: string, addSpecialTokens: boolean): Promise<number[]> {
-    const encoding = await this.rust.encode(text, null, { addSpecialTokens });
-    return encoding.getIds();
+  encode(text: string, addSpecialTokens: boolean): number[] {
+    return this.encoder.encode(text, { add_special_tokens: addSpecialTokens }).ids;
   }
 
   tokenId(token: string): number | null {
-    return this.rust.tokenToId(token);
+    return this.encoder.token_to_id(token) ?? null;
   }
 
   bytesOf(id: number): Uint8Array | undefined {
-    return this.special.has(id) ? undefined : this.tokenBytes[id];
+    const { data, offsets, special } = this.tokenBytes;
+    if (special.has(id) || id < 0 || id >= offsets.length - 1) return undefined;
+    return data.subarray(offsets[id], offsets[id + 1]);
   }
 
   decode(ids: number[]): string {
@@ -142,15 +164,16 @@ export class ModelTokenizer {
     return this.stripsLeadingSpace && text.startsWith(' ') ? text.slice(1) : text;
   }
 
-  applyChatTemplate(messages: ChatMessage[], tools: unknown[] | undefined): string {
+  applyChatTemplate(messages: ChatMessage[], tools?: unknown[], templateArgs: Record<string, unknown> = {}, addGenerationPrompt = true): string {
     if (!this.template) {
       throw new ServeError(400, 'invalid_request', 'this model has no chat template; use the completions route with a plain prompt');
     }
     try {
       return this.template.render({
+        ...templateArgs,
         messages,
         ...(tools && tools.length > 0 ? { tools } : {}),
-        add_generation_prompt: true,
+        add_generation_prompt: addGenerationPrompt,
         bos_token: this.bosToken ?? '',
         eos_token: this.eosToken ?? '',
       });

@@ -108,6 +108,8 @@ def log(*a):
 
 def f32(x):
     """Shortest decimal that round-trips the float32 value."""
+    if torch.is_tensor(x):
+        x = x.detach().float().cpu().item()
     return float(str(np.float32(x)))
 
 
@@ -368,6 +370,8 @@ def describe(model, cfg):
     for k in ("layer_types", "sliding_window", "tie_word_embeddings", "head_dim", "query_pre_attn_scalar",
               "attn_logit_softcapping", "final_logit_softcapping", "rope_theta", "rope_scaling",
               "rope_parameters", "rope_local_base_freq", "sliding_window_pattern", "use_sliding_window"):
+        if k == "rope_scaling" and getattr(cfg, "rope_parameters", None) is not None:
+            continue  # alias of rope_parameters in transformers 5
         if hasattr(cfg, k):
             v = getattr(cfg, k)
             try:
@@ -484,8 +488,12 @@ def make_cast(spec, model, base_ref, out, device, dtype, dname, dstr):
     shutil.rmtree(d, ignore_errors=True)
     mc = copy.deepcopy(model).cpu().to(dtype)
     save_model(mc, d)
-    # reference: fp32 model on the cast-back (upcast) weights
-    up = copy.deepcopy(mc).to(torch.float32).to(device)
+    # reference: fp32 model on the cast-back (upcast) weights. Build a fresh fp32 model and load the
+    # upcast state dict (a plain .to(float32) of the cast model would also carry the rounded rotary
+    # inv_freq buffer, which a loader recomputes in fp32).
+    up = new_model(spec, copy.deepcopy(model.config))
+    up.load_state_dict({k: v.to(torch.float32) for k, v in mc.state_dict().items()})
+    up = up.to(device)
     mem = full_logits(up, PROMPTS[1], device)
     loaded, diff = finalize_dir(spec, d, dstr, mem, device, mc.config)
     ref = compute_reference(loaded, device, {"name": dname})
@@ -654,8 +662,8 @@ def make_tokenizer_fixture(tok_dir, out_path):
               "<|im_start|>user\nHi there<|im_end|>\n<|im_start|>assistant\n",
               "text<|endoftext|>more", "Café naïve", "I ❤️ 🦀 and 👨‍👩‍👧‍👦"]:
         dec_ids.append(tok.encode(t, add_special_tokens=False))
-    crab = tok.encode("🦀", add_special_tokens=False)
-    dec_ids.append(crab[:1])  # a partial UTF-8 sequence
+    crab = tok.encode(" 🦀", add_special_tokens=False)  # 3 byte-level tokens
+    dec_ids.append(crab[:2])  # a partial UTF-8 sequence
     fam = tok.encode("👨‍👩‍👧‍👦", add_special_tokens=False)
     dec_ids.append(fam[: max(1, len(fam) // 2)])
     dec_ids.append([151643, 151644, 151645])  # <|endoftext|> <|im_start|> <|im_end|>

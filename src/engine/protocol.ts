@@ -15,7 +15,7 @@ export interface ChatMessage {
 export type PromptInput =
   | { kind: 'text'; text: string; addSpecialTokens: boolean }
   | { kind: 'tokens'; ids: number[] }
-  | { kind: 'chat'; messages: ChatMessage[]; tools?: unknown[] };
+  | { kind: 'chat'; messages: ChatMessage[]; tools?: unknown[]; templateArgs?: Record<string, unknown> };
 
 export interface SamplingParams {
   temperature: number;

@@ -1,0 +1,38 @@
+import type { Logger } from 'pino';
+import type { ServerConfig } from '../config.ts';
+import type { Engine } from '../engine/engine.ts';
+import type { GenerationRequest, GenerationStats, StreamEvent } from '../engine/protocol.ts';
+import type { Exchange } from '../http/exchange.ts';
+import type { ModelEntry, ModelRegistry } from '../models/registry.ts';
+import type { Telemetry } from '../telemetry/layout.ts';
+
+/** What every route family is built from. */
+export interface ServeContext {
+  config: ServerConfig;
+  engine: Engine;
+  registry: ModelRegistry;
+  telemetry: Telemetry;
+  logger: Logger;
+}
+
+/** Runs one generation for an exchange; a client that goes away cancels it. */
+export async function runGeneration(
+  ctx: ServeContext,
+  exchange: Exchange,
+  request: GenerationRequest,
+  model: ModelEntry,
+  onEvent: (event: StreamEvent) => void,
+): Promise<GenerationStats> {
+  const handle = ctx.engine.generate(request, model, onEvent);
+  exchange.onAbort(() => handle.cancel());
+  return handle.done;
+}
+
+/** Runs a generation to the end and returns its whole text. */
+export async function generateText(ctx: ServeContext, exchange: Exchange, request: GenerationRequest, model: ModelEntry): Promise<{ text: string; stats: GenerationStats }> {
+  const parts: string[] = [];
+  const stats = await runGeneration(ctx, exchange, request, model, (event) => {
+    if (event.type === 'text') parts.push(event.text);
+  });
+  return { text: parts.join(''), stats };
+}

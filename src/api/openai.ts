@@ -1,0 +1,198 @@
+/** OpenAI-compatible routes: they translate wire shapes to one GenerationRequest and back, nothing more. */
+import { randomUUID } from 'node:crypto';
+import type { ChatMessage, GenerationRequest, GenerationStats, PromptInput } from '../engine/protocol.ts';
+import { badRequest } from '../errors.ts';
+import type { Exchange } from '../http/exchange.ts';
+import { openAiError, parseJsonObject, type Route } from '../http/server.ts';
+import { Fields } from './fields.ts';
+import { generateText, runGeneration, type ServeContext } from './context.ts';
+
+const SAMPLING_FIELDS = ['model', 'max_tokens', 'max_completion_tokens', 'temperature', 'top_p', 'top_k', 'min_p', 'seed', 'stop', 'repetition_penalty', 'stream', 'stream_options', 'ignore_eos', 'n', 'user', 'presence_penalty', 'frequency_penalty', 'logprobs', 'top_logprobs', 'logit_bias', 'response_format', 'metadata', 'store', 'service_tier'] as const;
+const COMPLETION_FIELDS = [...SAMPLING_FIELDS, 'prompt', 'echo', 'suffix', 'best_of'] as const;
+const CHAT_FIELDS = [...SAMPLING_FIELDS, 'messages', 'tools', 'tool_choice', 'parallel_tool_calls', 'reasoning_effort'] as const;
+const ROLES = ['system', 'developer', 'user', 'assistant', 'tool'];
+
+/** Fields clients send with their defaults; anything else asks for a feature we do not have. */
+function rejectUnsupported(fields: Fields): void {
+  const unsupported: [string, (v: unknown) => boolean][] = [
+    ['presence_penalty', (v) => v === 0],
+    ['frequency_penalty', (v) => v === 0],
+    ['logprobs', (v) => v === false || v === null],
+    ['echo', (v) => v === false],
+    ['suffix', (v) => v === null || v === ''],
+    ['best_of', (v) => v === 1],
+    ['logit_bias', (v) => typeof v === 'object' && v !== null && Object.keys(v).length === 0],
+  ];
+  for (const [name, isDefault] of unsupported) {
+    if (fields.has(name) && !isDefault(fields.raw(name))) throw badRequest(`'${name}' is not supported by this server`, name);
+  }
+  const n = fields.number('n', { integer: true, min: 1 });
+  if (n !== undefined && n !== 1) throw badRequest(`'n' must be 1 (one choice per request), got ${n}`, 'n');
+  const format = fields.object('response_format');
+  if (format && format.type !== 'text') throw badRequest("only response_format {type: 'text'} is supported", 'response_format');
+}
+
+function commonRequest(ctx: ServeContext, fields: Fields, prompt: PromptInput): { request: GenerationRequest; stream: boolean; includeUsage: boolean } {
+  rejectUnsupported(fields);
+  const model = ctx.registry.resolve(fields.string('model'));
+  const maxTokens = fields.number('max_completion_tokens', { integer: true, min: 1 }) ?? fields.number('max_tokens', { integer: true, min: 1 }) ?? null;
+  const streamOptions = fields.object('stream_options');
+  const stream = fields.boolean('stream') ?? false;
+  const includeUsage = streamOptions ? new Fields(streamOptions, 'stream_options.').boolean('include_usage') ?? false : false;
+  const request: GenerationRequest = {
+    id: randomUUID(),
+    model: model.name,
+    prompt,
+    maxTokens,
+    sampling: {
+      temperature: fields.number('temperature', { min: 0, max: 2 }) ?? 1,
+      topP: fields.number('top_p', { above: 0, max: 1 }) ?? 1,
+      topK: fields.number('top_k', { integer: true, min: -1 }) ?? 0,
+      minP: fields.number('min_p', { min: 0, max: 1 }) ?? 0,
+      repetitionPenalty: fields.number('repetition_penalty', { above: 0, max: 10 }) ?? 1,
+      repetitionContextSize: 64,
+      seed: fields.number('seed', { integer: true }) ?? null,
+    },
+    stop: fields.stringList('stop', 16),
+    ignoreEos: fields.boolean('ignore_eos') ?? false,
+  };
+  if (request.sampling.topK < 0) request.sampling.topK = 0;
+  return { request, stream, includeUsage };
+}
+
+function completionPrompt(fields: Fields): PromptInput {
+  const prompt = fields.raw('prompt');
+  if (typeof prompt === 'string') return { kind: 'text', text: prompt, addSpecialTokens: true };
+  if (Array.isArray(prompt) && prompt.length === 1 && typeof prompt[0] === 'string') return { kind: 'text', text: prompt[0], addSpecialTokens: true };
+  if (Array.isArray(prompt) && prompt.length > 0 && prompt.every((t) => Number.isInteger(t))) return { kind: 'tokens', ids: prompt as number[] };
+  if (prompt === undefined || prompt === null) throw badRequest("'prompt' is required", 'prompt');
+  throw badRequest("'prompt' must be a string, a list of one string, or a list of token ids", 'prompt');
+}
+
+function messageText(content: unknown, index: number): string {
+  if (typeof content === 'string') return content;
+  if (content === null || content === undefined) return '';
+  if (Array.isArray(content)) {
+    return content
+      .map((part, j) => {
+        const p = part as { type?: unknown; text?: unknown };
+        if (p && p.type === 'text' && typeof p.text === 'string') return p.text;
+        throw badRequest(`messages[${index}].content[${j}]: only text parts are supported`, `messages[${index}].content`);
+      })
+      .join('');
+  }
+  throw badRequest(`messages[${index}].content must be a string or a list of text parts`, `messages[${index}].content`);
+}
+
+export function chatMessages(value: unknown): ChatMessage[] {
+  if (!Array.isArray(value) || value.length === 0) throw badRequest("'messages' must be a non-empty list", 'messages');
+  return value.map((raw, i) => {
+    if (typeof raw !== 'object' || raw === null) throw badRequest(`messages[${i}] must be an object`, 'messages');
+    const m = raw as Record<string, unknown>;
+    if (typeof m.role !== 'string' || !ROLES.includes(m.role)) throw badRequest(`messages[${i}].role must be one of ${ROLES.join(', ')}`, 'messages');
+    const message: ChatMessage = { role: m.role === 'developer' ? 'system' : (m.role as ChatMessage['role']), content: messageText(m.content, i) };
+    if (Array.isArray(m.tool_calls)) message.tool_calls = m.tool_calls;
+    if (typeof m.tool_call_id === 'string') message.tool_call_id = m.tool_call_id;
+    if (typeof m.name === 'string') message.name = m.name;
+    return message;
+  });
+}
+
+const usage = (stats: GenerationStats) => ({ prompt_tokens: stats.promptTokens, completion_tokens: stats.completionTokens, total_tokens: stats.promptTokens + stats.completionTokens });
+const finishReason = (stats: GenerationStats): string => (stats.finishReason === 'length' ? 'length' : 'stop');
+const sse = (data: unknown): string => `data: ${JSON.stringify(data)}\n\n`;
+
+interface Shape {
+  object: string;
+  chunkObject: string;
+  idPrefix: string;
+  choice(text: string, stats: GenerationStats): Record<string, unknown>;
+  delta(text: string): Record<string, unknown>;
+  opening: Record<string, unknown> | null;
+  closing(stats: GenerationStats): Record<string, unknown>;
+}
+
+const completionShape: Shape = {
+  object: 'text_completion',
+  chunkObject: 'text_completion',
+  idPrefix: 'cmpl-',
+  choice: (text, stats) => ({ index: 0, text, logprobs: null, finish_reason: finishReason(stats) }),
+  delta: (text) => ({ index: 0, text, logprobs: null, finish_reason: null }),
+  opening: null,
+  closing: (stats) => ({ index: 0, text: '', logprobs: null, finish_reason: finishReason(stats) }),
+};
+
+const chatShape: Shape = {
+  object: 'chat.completion',
+  chunkObject: 'chat.completion.chunk',
+  idPrefix: 'chatcmpl-',
+  choice: (text, stats) => ({ index: 0, message: { role: 'assistant', content: text }, logprobs: null, finish_reason: finishReason(stats) }),
+  delta: (text) => ({ index: 0, delta: { content: text }, logprobs: null, finish_reason: null }),
+  opening: { index: 0, delta: { role: 'assistant', content: '' }, logprobs: null, finish_reason: null },
+  closing: (stats) => ({ index: 0, delta: {}, logprobs: null, finish_reason: finishReason(stats) }),
+};
+
+async function respond(ctx: ServeContext, exchange: Exchange, shape: Shape, parsed: ReturnType<typeof commonRequest>): Promise<void> {
+  const { request, stream, includeUsage } = parsed;
+  const model = ctx.registry.resolve(request.model);
+  const id = shape.idPrefix + request.id.replaceAll('-', '').slice(0, 24);
+  const created = Math.floor(Date.now() / 1000);
+  const envelope = { id, object: shape.chunkObject, created, model: request.model };
+  if (!stream) {
+    const { text, stats } = await generateText(ctx, exchange, request, model);
+    exchange.json(200, { id, object: shape.object, created, model: request.model, choices: [shape.choice(text, stats)], usage: usage(stats) });
+    return;
+  }
+  try {
+    const stats = await runGeneration(ctx, exchange, request, model, (event) => {
+      if (event.type === 'started') {
+        exchange.startStream('text/event-stream; charset=utf-8');
+        if (shape.opening) exchange.write(sse({ ...envelope, choices: [shape.opening] }));
+      } else if (event.type === 'text') exchange.write(sse({ ...envelope, choices: [shape.delta(event.text)] }));
+    });
+    exchange.write(sse({ ...envelope, choices: [shape.closing(stats)] }));
+    if (includeUsage) exchange.write(sse({ ...envelope, choices: [], usage: usage(stats) }));
+    exchange.end('data: [DONE]\n\n');
+  } catch (error) {
+    if (!exchange.isStreaming) throw error;
+    const { message, code } = error as { message: string; code?: string };
+    exchange.write(sse({ error: { message, type: 'server_error', code: code ?? 'internal_error' } }));
+    exchange.end('data: [DONE]\n\n');
+  }
+}
+
+export function openAiRoutes(ctx: ServeContext): Route[] {
+  const body = async (exchange: Exchange): Promise<Record<string, unknown>> => parseJsonObject(await exchange.readBody(ctx.config.maxBodyBytes));
+  return [
+    {
+      method: 'GET',
+      path: '/v1/models',
+      errors: openAiError,
+      handler: (exchange) => {
+        const data = ctx.registry.list().map((m) => ({ id: m.name, object: 'model', created: Math.floor(m.modifiedAt.getTime() / 1000), owned_by: m.origin }));
+        exchange.json(200, { object: 'list', data });
+      },
+    },
+    {
+      method: 'POST',
+      path: '/v1/completions',
+      errors: openAiError,
+      handler: async (exchange) => {
+        const fields = Fields.strict(await body(exchange), COMPLETION_FIELDS);
+        await respond(ctx, exchange, completionShape, commonRequest(ctx, fields, completionPrompt(fields)));
+      },
+    },
+    {
+      method: 'POST',
+      path: '/v1/chat/completions',
+      errors: openAiError,
+      handler: async (exchange) => {
+        const fields = Fields.strict(await body(exchange), CHAT_FIELDS);
+        const tools = fields.raw('tools');
+        if (tools !== undefined && tools !== null && !Array.isArray(tools)) throw badRequest("'tools' must be a list", 'tools');
+        const prompt: PromptInput = { kind: 'chat', messages: chatMessages(fields.raw('messages')), ...(Array.isArray(tools) ? { tools } : {}) };
+        await respond(ctx, exchange, chatShape, commonRequest(ctx, fields, prompt));
+      },
+    },
+  ];
+}

@@ -1,0 +1,51 @@
+/**
+ * `mlx-server serve` runs the server as a child process under a small supervisor. The child
+ * gets what glibc only reads at process start (a low mmap threshold, so freed model weights
+ * go back to the OS on every unload, not just the first) and is restarted if it dies
+ * abnormally: a native abort inside MLX takes the whole process down.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+import { checkNativeRuntime } from './native.ts';
+
+export const CHILD_MARKER = 'MLX_SERVER_CHILD';
+export const CONFIG_ERROR_EXIT = 2;
+const RESTART_DELAY_MS = 500;
+
+const entry = fileURLToPath(new URL('../../bin/mlx-server.js', import.meta.url));
+
+function say(message: string): void {
+  process.stderr.write(`mlx-server: ${message}\n`);
+}
+
+export function superviseServer(args: string[]): void {
+  const problem = checkNativeRuntime();
+  if (problem) {
+    say(problem);
+    process.exit(1);
+  }
+  let child: ChildProcess | null = null;
+  let stopping = false;
+  const start = (): void => {
+    child = spawn(process.execPath, ['--import', import.meta.resolve('tsx'), '--expose-gc', entry, 'serve', ...args], {
+      stdio: 'inherit',
+      env: { ...process.env, [CHILD_MARKER]: '1', MALLOC_MMAP_THRESHOLD_: process.env.MALLOC_MMAP_THRESHOLD_ ?? '131072' },
+    });
+    const startedAt = Date.now();
+    child.on('exit', (code, signal) => {
+      child = null;
+      if (stopping || code === 0 || code === CONFIG_ERROR_EXIT) process.exit(code ?? 0);
+      const uptime = Math.round((Date.now() - startedAt) / 1000);
+      say(`server exited (${signal ?? `code ${code}`}) after ${uptime}s; restarting in ${RESTART_DELAY_MS} ms`);
+      setTimeout(start, RESTART_DELAY_MS);
+    });
+  };
+  for (const signal of ['SIGTERM', 'SIGINT', 'SIGHUP'] as const) {
+    process.on(signal, () => {
+      stopping = true;
+      if (child) child.kill(signal);
+      else process.exit(0);
+    });
+  }
+  start();
+}

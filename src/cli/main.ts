@@ -1,0 +1,85 @@
+/** The `mlx-server` command line. */
+import { ConfigError, flagsHelp, parseServerConfig } from '../config.ts';
+import { createLogger } from '../log.ts';
+import { startServer } from '../server.ts';
+import { CHILD_MARKER, CONFIG_ERROR_EXIT, superviseServer } from './launcher.ts';
+
+const USAGE = `mlx-server: serve local LLMs with MLX over OpenAI-compatible HTTP
+
+usage:
+  mlx-server serve [flags]     start the server (under a supervisor that restarts it on a crash)
+  mlx-server help              this text
+
+flags (each has an environment twin):
+${flagsHelp()}
+`;
+
+/** Exit when the supervisor is gone, so a killed launcher never leaves an orphan holding the port. */
+function exitWithParent(): void {
+  const parent = process.ppid;
+  setInterval(() => {
+    if (process.ppid !== parent) process.exit(0);
+  }, 1000).unref();
+}
+
+async function serveInProcess(args: string[]): Promise<void> {
+  let config;
+  try {
+    config = parseServerConfig(args);
+  } catch (error) {
+    process.stderr.write(`mlx-server: ${(error as Error).message}\n\n${USAGE}`);
+    process.exit(CONFIG_ERROR_EXIT);
+  }
+  const logger = createLogger(config.logLevel, config.logFile);
+  exitWithParent();
+  let server;
+  try {
+    server = await startServer(config, logger);
+  } catch (error) {
+    logger.fatal({ err: error }, 'cannot start');
+    logger.flush();
+    setTimeout(() => process.exit(CONFIG_ERROR_EXIT), 100);
+    return;
+  }
+  let closing = false;
+  const shutdown = (signal: string): void => {
+    if (closing) return;
+    closing = true;
+    logger.info({ event: 'shutdown', signal }, 'shutting down');
+    void server.close().finally(() => {
+      logger.flush();
+      process.exit(0);
+    });
+  };
+  process.on('SIGTERM', () => shutdown('SIGTERM'));
+  process.on('SIGINT', () => shutdown('SIGINT'));
+  process.on('SIGHUP', () => shutdown('SIGHUP'));
+}
+
+export async function main(argv: string[]): Promise<void> {
+  const [command, ...args] = argv;
+  switch (command) {
+    case 'serve':
+      if (process.env[CHILD_MARKER]) await serveInProcess(args);
+      else {
+        try {
+          parseServerConfig(args);
+        } catch (error) {
+          if (!(error instanceof ConfigError) && !(error instanceof TypeError)) throw error;
+          process.stderr.write(`mlx-server: ${error.message}\n\n${USAGE}`);
+          process.exit(CONFIG_ERROR_EXIT);
+        }
+        superviseServer(args);
+      }
+      return;
+    case undefined:
+    case 'help':
+    case '--help':
+    case '-h':
+      process.stdout.write(USAGE);
+      return;
+    default:
+      process.stderr.write(`mlx-server: unknown command '${command}'\n\n${USAGE}`);
+      process.exit(CONFIG_ERROR_EXIT);
+  }
+}

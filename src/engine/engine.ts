@@ -1,0 +1,306 @@
+/**
+ * The main thread's side of the MLX worker. It owns the model's lifecycle (load on demand,
+ * unload on request or when idle, switch models), admits generation requests, gives each a
+ * cancellation slot in shared memory and turns the worker's port messages into events.
+ * Lifecycle changes run one at a time; a change waits until no generation holds the model.
+ */
+import { MessageChannel } from 'node:worker_threads';
+import { Piscina } from 'piscina';
+import type { Logger } from 'pino';
+import { ServeError } from '../errors.ts';
+import type { ModelEntry, ModelRegistry } from '../models/registry.ts';
+import { CANCEL_SLOTS, Telemetry } from '../telemetry/layout.ts';
+import type { GenerationRequest, GenerationStats, LoadResult, StreamEvent, WorkerReply, WorkerTask } from './protocol.ts';
+
+const WORKER = new URL('../../workers/mlx-worker.ts', import.meta.url);
+
+export interface LoadedInfo extends LoadResult {
+  path: string;
+  loadedAt: Date;
+}
+
+export interface UnloadResult {
+  name: string;
+  freedBytes: number;
+  modelBytes: number;
+  unloadMs: number;
+}
+
+export interface GenerationHandle {
+  /** Resolves with the final stats, or rejects with a ServeError. */
+  readonly done: Promise<GenerationStats>;
+  cancel(): void;
+}
+
+export interface EngineOptions {
+  registry: ModelRegistry;
+  telemetry: Telemetry;
+  logger: Logger;
+  idleTimeoutSeconds: number;
+  maxQueue: number;
+}
+
+/** One lifecycle change at a time, in arrival order. */
+class SerialQueue {
+  private tail: Promise<unknown> = Promise.resolve();
+
+  run<T>(job: () => Promise<T>): Promise<T> {
+    const result = this.tail.then(job, job);
+    this.tail = result.catch(() => undefined);
+    return result;
+  }
+}
+
+export class Engine {
+  private pool: Piscina | null = null;
+  private loaded: LoadedInfo | null = null;
+  private leases = 0;
+  private drained: (() => void)[] = [];
+  private readonly lifecycle = new SerialQueue();
+  private readonly freeSlots: number[] = Array.from({ length: CANCEL_SLOTS }, (_, i) => CANCEL_SLOTS - 1 - i);
+  private idleTimer: NodeJS.Timeout | null = null;
+  private closed = false;
+
+  constructor(private readonly options: EngineOptions) {
+    const { telemetry } = options;
+    telemetry.write('startedAtMs', Date.now());
+    telemetry.write('lastActivityMs', Date.now());
+    if (options.idleTimeoutSeconds > 0) {
+      this.idleTimer = setInterval(() => this.checkIdle(), Math.min(1000, options.idleTimeoutSeconds * 250));
+      this.idleTimer.unref();
+    }
+  }
+
+  get idleTimeoutSeconds(): number {
+    return this.options.idleTimeoutSeconds;
+  }
+
+  get loadedModel(): LoadedInfo | null {
+    return this.loaded;
+  }
+
+  /** Starts a generation; the model is loaded (or switched) first if needed. */
+  generate(request: GenerationRequest, model: ModelEntry, onEvent: (event: StreamEvent) => void): GenerationHandle {
+    const { telemetry } = this.options;
+    if (telemetry.queued >= this.options.maxQueue) {
+      telemetry.increment('requestsRejected');
+      throw new ServeError(503, 'queue_full', `the server is at capacity (${this.options.maxQueue} requests waiting); retry shortly`);
+    }
+    const slot = this.freeSlots.pop();
+    if (slot === undefined) throw new ServeError(503, 'queue_full', 'the server is at capacity; retry shortly');
+    telemetry.clearCancel(slot);
+    telemetry.increment('requestsTotal');
+    telemetry.addQueued(1);
+    this.touch();
+    let started = false;
+    let cancelled = false;
+    const done = (async (): Promise<GenerationStats> => {
+      let leased = false;
+      try {
+        await this.acquire(model);
+        leased = true;
+        if (cancelled) return { finishReason: 'cancelled', promptTokens: 0, completionTokens: 0, promptMs: 0, decodeMs: 0 };
+        return await this.run(request, model, slot, (event) => {
+          if (event.type === 'started' && !started) {
+            started = true;
+            telemetry.addQueued(-1);
+            telemetry.addActive(1);
+          }
+          onEvent(event);
+        });
+      } catch (error) {
+        telemetry.increment('requestsFailed');
+        throw ServeError.from(error);
+      } finally {
+        if (started) telemetry.addActive(-1);
+        else telemetry.addQueued(-1);
+        this.freeSlots.push(slot);
+        if (leased) this.release();
+        this.touch();
+      }
+    })();
+    return {
+      done,
+      cancel: () => {
+        cancelled = true;
+        telemetry.requestCancel(slot);
+      },
+    };
+  }
+
+  /** Loads a model without generating (POST /admin/load, an empty Ollama prompt). */
+  async load(model: ModelEntry): Promise<LoadedInfo> {
+    this.touch();
+    await this.acquire(model);
+    this.release();
+    return this.loaded as LoadedInfo;
+  }
+
+  /** Unloads at once when idle, else after the running generations finish. */
+  unload(): Promise<UnloadResult> {
+    return this.lifecycle.run(async () => {
+      if (!this.loaded) throw new ServeError(409, 'nothing_loaded', 'no model is loaded');
+      return this.unloadNow();
+    });
+  }
+
+  async close(): Promise<void> {
+    this.closed = true;
+    if (this.idleTimer) clearInterval(this.idleTimer);
+    await this.lifecycle.run(async () => {
+      if (this.loaded) await this.unloadNow();
+      await this.pool?.destroy();
+      this.pool = null;
+    });
+  }
+
+  private touch(): void {
+    this.options.telemetry.write('lastActivityMs', Date.now());
+  }
+
+  private checkIdle(): void {
+    const { telemetry, idleTimeoutSeconds, logger } = this.options;
+    const idleMs = Date.now() - telemetry.read('lastActivityMs');
+    if (!this.loaded || this.leases > 0 || telemetry.queued > 0 || idleMs < idleTimeoutSeconds * 1000) return;
+    void this.lifecycle
+      .run(async () => {
+        const stillIdle = this.loaded && this.leases === 0 && telemetry.queued === 0 && Date.now() - telemetry.read('lastActivityMs') >= idleTimeoutSeconds * 1000;
+        if (!stillIdle) return;
+        const result = await this.unloadNow();
+        logger.info({ event: 'idle_unload', idleSeconds: idleTimeoutSeconds, ...result }, 'model unloaded after idle timeout');
+      })
+      .catch((error: unknown) => logger.error({ err: error }, 'idle unload failed'));
+  }
+
+  /** Takes a lease on `model`, loading or switching to it first; the lease blocks unloading. */
+  private acquire(model: ModelEntry): Promise<void> {
+    if (this.closed) return Promise.reject(new ServeError(503, 'queue_full', 'the server is shutting down'));
+    return this.lifecycle.run(async () => {
+      if (this.loaded?.path !== model.path) {
+        if (this.loaded) await this.unloadNow();
+        await this.loadNow(model);
+      }
+      this.leases++;
+    });
+  }
+
+  private release(): void {
+    this.leases--;
+    if (this.leases === 0) for (const resolve of this.drained.splice(0)) resolve();
+  }
+
+  private async waitForLeases(): Promise<void> {
+    if (this.leases > 0) await new Promise<void>((resolve) => this.drained.push(resolve));
+  }
+
+  private createPool(): Piscina {
+    return new Piscina({
+      filename: WORKER.href,
+      minThreads: 1,
+      maxThreads: 1,
+      concurrentTasksPerWorker: CANCEL_SLOTS,
+      atomics: 'async',
+      idleTimeout: Number.POSITIVE_INFINITY,
+    });
+  }
+
+  private async task(task: WorkerTask, transferList?: Transferable[]): Promise<WorkerReply> {
+    this.pool ??= this.createPool();
+    try {
+      return (await this.pool.run(task, { transferList: transferList as never })) as WorkerReply;
+    } catch (error) {
+      throw new ServeError(500, 'worker_failed', `the MLX worker failed: ${(error as Error).message}`);
+    }
+  }
+
+  private async loadNow(model: ModelEntry): Promise<void> {
+    const { telemetry, logger } = this.options;
+    const rssBefore = process.memoryUsage.rss();
+    if (telemetry.read('modelLoads') === 0) telemetry.write('baselineRssBytes', rssBefore);
+    telemetry.modelState = 'loading';
+    logger.info({ event: 'load_start', model: model.name, path: model.path }, 'loading model');
+    const started = performance.now();
+    let reply: WorkerReply;
+    try {
+      reply = await this.task({ op: 'load', model: { name: model.name, path: model.path, builtin: model.builtin }, telemetry: telemetry.buffers });
+    } catch (error) {
+      await this.discardPool();
+      throw error;
+    }
+    if (!reply.ok || !reply.load) {
+      await this.discardPool();
+      const error = reply.ok ? new ServeError(500, 'model_load_failed', 'the worker returned no load result') : ServeError.fromShape(reply.error);
+      logger.warn({ event: 'load_failed', model: model.name, err: error.message }, 'model load failed');
+      throw error;
+    }
+    const seconds = (performance.now() - started) / 1000;
+    this.loaded = { ...reply.load, path: model.path, loadedAt: new Date() };
+    telemetry.modelState = 'loaded';
+    telemetry.write('loadedAtMs', Date.now());
+    telemetry.write('loadSeconds', seconds);
+    telemetry.increment('modelLoads');
+    logger.info({ event: 'loaded', model: model.name, bytes: reply.load.bytes, seconds, rssMb: process.memoryUsage.rss() / 2 ** 20 }, 'model loaded');
+  }
+
+  /** Caller holds the lifecycle queue. Terminating the worker frees every array it held. */
+  private async unloadNow(): Promise<UnloadResult> {
+    const { telemetry, logger } = this.options;
+    const loaded = this.loaded as LoadedInfo;
+    await this.waitForLeases();
+    telemetry.modelState = 'unloading';
+    const started = performance.now();
+    const rssBefore = process.memoryUsage.rss();
+    await this.discardPool();
+    this.loaded = null;
+    telemetry.write('modelBytes', 0);
+    telemetry.write('loadedAtMs', 0);
+    telemetry.increment('modelUnloads');
+    const result: UnloadResult = {
+      name: loaded.name,
+      modelBytes: loaded.bytes,
+      freedBytes: Math.max(0, rssBefore - process.memoryUsage.rss()),
+      unloadMs: performance.now() - started,
+    };
+    logger.info({ event: 'unloaded', ...result }, 'model unloaded');
+    return result;
+  }
+
+  private async discardPool(): Promise<void> {
+    const pool = this.pool;
+    this.pool = null;
+    await pool?.destroy();
+    this.options.telemetry.modelState = 'unloaded';
+  }
+
+  private async run(request: GenerationRequest, model: ModelEntry, slot: number, onEvent: (event: StreamEvent) => void): Promise<GenerationStats> {
+    const { port1, port2 } = new MessageChannel();
+    const finished = new Promise<GenerationStats>((resolve, reject) => {
+      port1.on('message', (event: StreamEvent) => {
+        if (event.type === 'error') reject(ServeError.fromShape(event.error));
+        else {
+          onEvent(event);
+          if (event.type === 'done') {
+            const { type: _type, ...stats } = event;
+            resolve(stats);
+          }
+        }
+      });
+      port1.on('close', () => reject(new ServeError(500, 'worker_failed', 'the MLX worker stopped before the generation finished')));
+    });
+    const task: WorkerTask = {
+      op: 'generate',
+      model: { name: model.name, path: model.path, builtin: model.builtin },
+      request,
+      slot,
+      port: port2,
+      telemetry: this.options.telemetry.buffers,
+    };
+    const reply = this.task(task, [port2 as unknown as Transferable]);
+    try {
+      const [stats] = await Promise.all([finished, reply]);
+      return stats;
+    } finally {
+      port1.close();
+    }
+  }
+}

@@ -1,0 +1,97 @@
+/** The uWebSockets.js app: routing, 404/405, JSON bodies, per-request ids and logs, typed errors. */
+import uWS from 'uWebSockets.js';
+import type { Logger } from 'pino';
+import { ServeError } from '../errors.ts';
+import { Exchange } from './exchange.ts';
+
+export type Method = 'GET' | 'POST' | 'HEAD' | 'DELETE';
+export type ErrorWriter = (exchange: Exchange, error: ServeError) => void;
+
+export interface Route {
+  method: Method;
+  path: string;
+  handler: (exchange: Exchange) => Promise<void> | void;
+  errors: ErrorWriter;
+  /** Polled routes (health, status) log at debug so polling does not flood the log. */
+  quiet?: boolean;
+}
+
+export interface HttpServer {
+  readonly port: number;
+  close(): void;
+}
+
+/** OpenAI's error shape; the admin routes use it too. */
+export const openAiError: ErrorWriter = (exchange, error) => {
+  const type = error.status >= 500 ? 'server_error' : error.status === 404 && error.code !== 'model_not_found' ? 'not_found_error' : 'invalid_request_error';
+  const headers: Record<string, string> = error.code === 'queue_full' ? { 'retry-after': '1' } : {};
+  exchange.json(error.status, { error: { message: error.message, type, param: error.param ?? null, code: error.code } }, headers);
+};
+
+export function parseJsonObject(body: Buffer): Record<string, unknown> {
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(body.toString('utf8'));
+  } catch (error) {
+    throw new ServeError(400, 'invalid_json', `request body is not valid JSON: ${(error as Error).message}`);
+  }
+  if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed)) {
+    throw new ServeError(400, 'invalid_json', 'request body must be a JSON object');
+  }
+  return parsed as Record<string, unknown>;
+}
+
+let requestCounter = 0;
+const nextRequestId = (): string => `req-${Date.now().toString(36)}-${(requestCounter++).toString(36)}`;
+
+export function startHttpServer(routes: Route[], options: { host: string; port: number; logger: Logger }): Promise<HttpServer> {
+  const { logger } = options;
+  const app = uWS.App();
+
+  const serve = (route: Route) => (res: uWS.HttpResponse, req: uWS.HttpRequest) => {
+    const exchange = new Exchange(res, req, req.getHeader('x-request-id') || nextRequestId());
+    const started = performance.now();
+    const finish = (): void => {
+      const entry = { reqId: exchange.requestId, method: exchange.method, path: exchange.path, status: exchange.status, ms: Math.round((performance.now() - started) * 100) / 100, aborted: exchange.aborted };
+      if (route.quiet) logger.debug(entry, 'request');
+      else logger.info(entry, 'request');
+    };
+    const fail = (error: unknown): void => {
+      const serveError = ServeError.from(error);
+      if (serveError.status >= 500) logger.error({ reqId: exchange.requestId, err: serveError }, 'request failed');
+      if (!exchange.hasResponded && !exchange.isStreaming) route.errors(exchange, serveError);
+      else if (exchange.isStreaming) exchange.end();
+    };
+    try {
+      const pending = route.handler(exchange);
+      if (pending) pending.catch(fail).finally(finish);
+      else finish();
+    } catch (error) {
+      fail(error);
+      finish();
+    }
+  };
+
+  const methodsByPath = new Map<string, Route[]>();
+  for (const route of routes) {
+    const register = { GET: app.get, POST: app.post, HEAD: app.head, DELETE: app.del }[route.method].bind(app);
+    register(route.path, serve(route));
+    methodsByPath.set(route.path, [...(methodsByPath.get(route.path) ?? []), route]);
+  }
+  for (const [path, pathRoutes] of methodsByPath) {
+    const allowed = pathRoutes.map((r) => r.method).join(', ');
+    const first = pathRoutes[0] as Route;
+    app.any(path, serve({ ...first, method: 'GET', handler: () => { throw new ServeError(405, 'method_not_allowed', `method not allowed; ${path} accepts ${allowed}`); } }));
+  }
+  app.any('/*', serve({ method: 'GET', path: '/*', errors: openAiError, handler: (exchange) => { throw new ServeError(404, 'not_found', `no route for ${exchange.method} ${exchange.path}`); } }));
+
+  return new Promise((resolve, reject) => {
+    app.listen(options.host, options.port, (socket) => {
+      if (!socket) {
+        reject(new Error(`cannot listen on ${options.host}:${options.port} (address in use or not permitted)`));
+        return;
+      }
+      resolve({ port: uWS.us_socket_local_port(socket as unknown as uWS.us_socket), close: () => uWS.us_listen_socket_close(socket) });
+    });
+  });
+}

@@ -1,0 +1,103 @@
+/**
+ * Where model names come from: the operator's --model, the subfolders of each --models-dir,
+ * the Hugging Face cache, and the built-in tiny model. A client only ever names a model; the
+ * registry turns the name into a folder it found itself, so no request reaches another path.
+ */
+import { existsSync, readdirSync, readFileSync, statSync } from 'node:fs';
+import { homedir } from 'node:os';
+import { basename, join, resolve } from 'node:path';
+import type { ModelSource } from '../engine/protocol.ts';
+import { ServeError } from '../errors.ts';
+
+export const BUILTIN_MODEL = 'tiny-qwen3';
+
+export interface ModelEntry extends ModelSource {
+  origin: 'builtin' | 'flag' | 'models-dir' | 'hf-cache';
+  modifiedAt: Date;
+  sizeBytes: number;
+}
+
+export function huggingFaceHubCache(env: NodeJS.ProcessEnv = process.env): string {
+  if (env.HF_HUB_CACHE) return env.HF_HUB_CACHE;
+  if (env.HF_HOME) return join(env.HF_HOME, 'hub');
+  return join(homedir(), '.cache', 'huggingface', 'hub');
+}
+
+const isModelDir = (dir: string): boolean => existsSync(join(dir, 'config.json'));
+
+function folderStats(dir: string): { modifiedAt: Date; sizeBytes: number } {
+  let sizeBytes = 0;
+  let modifiedAt = new Date(0);
+  for (const file of existsSync(dir) ? readdirSync(dir) : []) {
+    const stats = statSync(join(dir, file));
+    if (!stats.isFile()) continue;
+    sizeBytes += stats.size;
+    if (stats.mtime > modifiedAt) modifiedAt = stats.mtime;
+  }
+  return { modifiedAt, sizeBytes };
+}
+
+function huggingFaceModels(cache: string): { name: string; path: string }[] {
+  if (!existsSync(cache)) return [];
+  const found: { name: string; path: string }[] = [];
+  for (const entry of readdirSync(cache)) {
+    if (!entry.startsWith('models--')) continue;
+    const repo = join(cache, entry);
+    const ref = join(repo, 'refs', 'main');
+    const snapshots = join(repo, 'snapshots');
+    const revision = existsSync(ref) ? readFileSync(ref, 'utf8').trim() : existsSync(snapshots) ? readdirSync(snapshots)[0] : undefined;
+    if (!revision) continue;
+    const path = join(snapshots, revision);
+    if (isModelDir(path)) found.push({ name: entry.slice('models--'.length).replace('--', '/'), path });
+  }
+  return found;
+}
+
+export interface RegistryOptions {
+  model: string | null;
+  modelsDirs: string[];
+  cacheDir: string;
+  hubCache?: string;
+}
+
+export class ModelRegistry {
+  constructor(private readonly options: RegistryOptions) {}
+
+  get builtinPath(): string {
+    return join(this.options.cacheDir, BUILTIN_MODEL);
+  }
+
+  /** Every model that can be named right now; the folders are re-read each time, so new ones appear. */
+  list(): ModelEntry[] {
+    const entries = new Map<string, ModelEntry>();
+    const add = (name: string, path: string, origin: ModelEntry['origin']): void => {
+      if (!entries.has(name)) entries.set(name, { name, path, builtin: origin === 'builtin', origin, ...folderStats(path) });
+    };
+    const flagged = this.options.model;
+    if (flagged && flagged !== BUILTIN_MODEL && isModelDir(resolve(flagged))) add(basename(resolve(flagged)), resolve(flagged), 'flag');
+    for (const dir of this.options.modelsDirs) {
+      if (!existsSync(dir)) continue;
+      for (const sub of readdirSync(dir)) if (isModelDir(join(dir, sub))) add(sub, resolve(dir, sub), 'models-dir');
+    }
+    for (const { name, path } of huggingFaceModels(this.options.hubCache ?? huggingFaceHubCache())) add(name, path, 'hf-cache');
+    add(BUILTIN_MODEL, this.builtinPath, 'builtin');
+    return [...entries.values()];
+  }
+
+  /** The model served when a request names none: --model, else the built-in one. */
+  get defaultName(): string {
+    const flagged = this.options.model;
+    if (!flagged) return BUILTIN_MODEL;
+    return isModelDir(resolve(flagged)) ? basename(resolve(flagged)) : flagged;
+  }
+
+  resolve(name: string | undefined | null): ModelEntry {
+    const wanted = name && name.length > 0 ? name : this.defaultName;
+    const models = this.list();
+    const found = models.find((m) => m.name === wanted) ?? models.find((m) => m.name === wanted.replace(/:latest$/, ''));
+    if (!found) {
+      throw new ServeError(404, 'model_not_found', `model '${wanted}' not found; available: ${models.map((m) => m.name).join(', ')}`, 'model');
+    }
+    return found;
+  }
+}

@@ -1,0 +1,36 @@
+/** The server process: telemetry, registry, engine and routes, on one uWebSockets.js port. */
+import type { Logger } from 'pino';
+import { adminRoutes, sampleMemory } from './api/admin.ts';
+import type { ServeContext } from './api/context.ts';
+import { openAiRoutes } from './api/openai.ts';
+import type { ServerConfig } from './config.ts';
+import { Engine } from './engine/engine.ts';
+import { startHttpServer } from './http/server.ts';
+import { ModelRegistry } from './models/registry.ts';
+import { createTelemetryBuffers, Telemetry } from './telemetry/layout.ts';
+
+export interface RunningServer {
+  readonly port: number;
+  readonly context: ServeContext;
+  close(): Promise<void>;
+}
+
+export async function startServer(config: ServerConfig, logger: Logger): Promise<RunningServer> {
+  const telemetry = new Telemetry(createTelemetryBuffers());
+  const registry = new ModelRegistry({ model: config.model, modelsDirs: config.modelsDirs, cacheDir: config.cacheDir });
+  const engine = new Engine({ registry, telemetry, logger, idleTimeoutSeconds: config.idleTimeoutSeconds, maxQueue: config.maxQueue });
+  const context: ServeContext = { config, engine, registry, telemetry, logger };
+  const http = await startHttpServer([...adminRoutes(context), ...openAiRoutes(context)], { host: config.host, port: config.port, logger });
+  const sampler = setInterval(() => sampleMemory(telemetry), 1000);
+  sampler.unref();
+  logger.info({ event: 'listening', host: config.host, port: http.port, defaultModel: registry.defaultName, idleTimeoutSeconds: config.idleTimeoutSeconds }, 'listening');
+  return {
+    port: http.port,
+    context,
+    close: async () => {
+      clearInterval(sampler);
+      http.close();
+      await engine.close();
+    },
+  };
+}
