@@ -1,0 +1,153 @@
+/**
+ * The soak suite's eleven checks (../shared/seeds/mlx-inference-server-soak-suite.md) against a
+ * real server on the built-in model, with a short idle timeout.
+ */
+import t from 'tap';
+import { json, post, startServer } from './helpers/server.ts';
+
+const IDLE_SECONDS = 3;
+const server = await startServer(['--idle-timeout', String(IDLE_SECONDS)]);
+t.teardown(() => server.stop());
+const { url } = server;
+
+type Status = {
+  status: string;
+  memory: { active_memory_gb: number; peak_memory_gb: number; rss_gb: number; model_loaded: boolean; model_memory_gb: number };
+  requests: { total: number; active: number; queued: number; uptime_seconds: number; last_activity: string };
+  model: { name: string | null; state: string; loaded_at: string | null; load_seconds: number | null; loads: number; unloads: number };
+  idle_timeout_seconds: number;
+};
+const status = async (): Promise<Status> => (await json<Status>(`${url}/admin/status`)).body;
+const complete = (prompt: string, extra: Record<string, unknown> = {}) =>
+  post(`${url}/v1/completions`, { prompt, max_tokens: 12, temperature: 0, ignore_eos: true, ...extra });
+const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+
+let baseline = 0;
+let loadedDelta = 0;
+
+t.test('1. health', async (t) => {
+  const { status: code, body } = await json<{ status: string }>(`${url}/admin/health`);
+  t.equal(code, 200);
+  t.equal(body.status, 'healthy');
+});
+
+t.test('2. baseline: nothing loaded at start-up', async (t) => {
+  const s = await status();
+  t.equal(s.memory.model_loaded, false);
+  t.equal(s.model.state, 'unloaded');
+  t.equal(s.memory.active_memory_gb, 0);
+  baseline = s.memory.rss_gb;
+});
+
+t.test('3. on-demand loading: the first request loads the model', async (t) => {
+  const r = await complete('MLX Test 1');
+  t.equal(r.status, 200);
+  t.ok(r.body.choices[0].text.length > 0);
+  const s = await status();
+  t.equal(s.memory.model_loaded, true);
+  t.equal(s.model.name, 'tiny-qwen3');
+  t.equal(s.model.loads, 1);
+  t.ok(s.memory.model_memory_gb >= 0.1, `model holds ${s.memory.model_memory_gb} GB (>= 0.1)`);
+  t.ok(s.memory.active_memory_gb >= s.memory.model_memory_gb, 'the process measures at least the weights');
+  t.ok(s.model.load_seconds !== null && s.model.load_seconds > 0);
+  loadedDelta = s.memory.rss_gb - baseline;
+});
+
+t.test('4. subsequent requests reuse the loaded model', async (t) => {
+  for (let i = 1; i <= 3; i++) t.equal((await complete(`Query ${i}`)).status, 200);
+  const s = await status();
+  t.equal(s.model.loads, 1, 'no reload');
+  t.equal(s.requests.total, 4);
+});
+
+t.test('5. concurrent requests are all answered, as if run alone', async (t) => {
+  const prompts = ['alpha', 'beta', 'gamma', 'delta', 'epsilon'];
+  const alone = [];
+  for (const p of prompts) alone.push((await complete(p)).body.choices[0].text);
+  const together = await Promise.all(prompts.map((p) => complete(p)));
+  t.same(together.map((r) => r.status), prompts.map(() => 200));
+  t.same(together.map((r) => r.body.choices[0].text), alone, 'no interleaving corrupts a sequence');
+  t.equal((await status()).requests.active, 0);
+});
+
+t.test('6. manual unload, and 7. memory recovery', async (t) => {
+  const r = await post(`${url}/admin/unload`, {});
+  t.equal(r.status, 200);
+  t.equal(r.body.status, 'unloaded');
+  t.ok(r.body.memory_freed_gb > 0, `freed ${r.body.memory_freed_gb} GB`);
+  const s = await status();
+  t.equal(s.memory.model_loaded, false);
+  t.equal(s.model.state, 'unloaded');
+  const residual = s.memory.rss_gb - baseline;
+  const recovery = 1 - residual / loadedDelta;
+  t.comment(`baseline ${baseline} GB, loaded +${loadedDelta.toFixed(4)} GB, after unload +${residual.toFixed(4)} GB, recovery ${(recovery * 100).toFixed(1)}%`);
+  t.ok(residual < 0.1, `residual ${residual.toFixed(4)} GB < 0.1 GB`);
+  t.ok(recovery >= 0.8, `recovery ${(recovery * 100).toFixed(1)}% >= 80%`);
+  const again = await post(`${url}/admin/unload`, {});
+  t.equal(again.status, 409, 'unloading nothing is a clear 4xx');
+  t.equal(again.body.error.code, 'nothing_loaded');
+});
+
+t.test('8. reload after unload', async (t) => {
+  t.equal((await complete('RELOADED')).status, 200);
+  const s = await status();
+  t.equal(s.memory.model_loaded, true);
+  t.equal(s.model.loads, 2);
+});
+
+t.test('9. idle timeout unloads; polling status is not activity', async (t) => {
+  const started = Date.now();
+  let unloadedAfter = -1;
+  while (Date.now() - started < (IDLE_SECONDS + 10) * 1000) {
+    await sleep(200);
+    await json(`${url}/admin/health`);
+    if ((await status()).model.state === 'unloaded') {
+      unloadedAfter = (Date.now() - started) / 1000;
+      break;
+    }
+  }
+  t.ok(unloadedAfter >= IDLE_SECONDS - 1, `unloaded after ${unloadedAfter}s, not before the ${IDLE_SECONDS}s timeout`);
+  t.ok(unloadedAfter > 0 && unloadedAfter <= IDLE_SECONDS + 3, 'unloaded close to the timeout while being polled');
+  t.equal((await status()).model.unloads, 2);
+});
+
+t.test('10. no leak: five load/unload cycles', async (t) => {
+  const residuals: number[] = [];
+  for (let cycle = 0; cycle < 5; cycle++) {
+    t.equal((await post(`${url}/admin/load`, { model: 'tiny-qwen3' })).status, 200);
+    t.equal((await complete(`cycle ${cycle}`, { max_tokens: 32 })).status, 200);
+    t.equal((await post(`${url}/admin/unload`, {})).status, 200);
+    residuals.push((await status()).memory.rss_gb - baseline);
+  }
+  t.comment(`residual after each unload (GB): ${residuals.map((r) => r.toFixed(4)).join(', ')}`);
+  const growth = Math.max(...residuals) - (residuals[0] as number);
+  t.ok(growth < 20 / 1024, `growth over 5 cycles ${(growth * 1024).toFixed(1)} MB < 20 MB`);
+  t.ok(Math.max(...residuals) < 0.1, 'final delta < 0.1 GB');
+});
+
+t.test('11. status API fields', async (t) => {
+  const s = await status();
+  for (const field of ['status', 'memory', 'requests', 'idle_timeout_seconds'] as const) t.ok(field in s, field);
+  for (const field of ['active_memory_gb', 'peak_memory_gb', 'rss_gb', 'model_loaded', 'model_memory_gb'] as const) t.ok(field in s.memory, `memory.${field}`);
+  for (const field of ['total', 'active', 'queued', 'uptime_seconds', 'last_activity'] as const) t.ok(field in s.requests, `requests.${field}`);
+  for (const field of ['name', 'state', 'loaded_at', 'load_seconds'] as const) t.ok(field in s.model, `model.${field}`);
+  t.equal(s.idle_timeout_seconds, IDLE_SECONDS);
+  t.ok(s.memory.peak_memory_gb >= loadedDelta * 0.9, 'peak remembers the loaded model');
+});
+
+t.test('request tracking: active and queued rise during requests and return to zero', async (t) => {
+  const pending = Promise.all([1, 2, 3].map((i) => complete(`track ${i}`, { max_tokens: 48 })));
+  let sawActive = 0;
+  let sawQueued = 0;
+  for (let i = 0; i < 100 && sawActive === 0; i++) {
+    const h = (await json<{ active_requests: number; queued_requests: number }>(`${url}/admin/health`)).body;
+    sawActive = Math.max(sawActive, h.active_requests);
+    sawQueued = Math.max(sawQueued, h.queued_requests);
+    await sleep(20);
+  }
+  await pending;
+  t.ok(sawActive >= 1, `saw ${sawActive} active`);
+  const s = await status();
+  t.equal(s.requests.active, 0);
+  t.equal(s.requests.queued, 0);
+});
