@@ -14,6 +14,9 @@ export interface ServerConfig {
   maxQueue: number;
   maxBodyBytes: number;
   cacheDir: string;
+  requestTimeoutSeconds: number;
+  shutdownTimeoutSeconds: number;
+  memoryReserveBytes: number;
 }
 
 interface FlagSpec {
@@ -33,6 +36,9 @@ export const FLAGS: FlagSpec[] = [
   { flag: 'log-file', help: 'also write logs to this file', default: '' },
   { flag: 'max-queue', help: 'requests allowed to wait for the model before 503', default: '256' },
   { flag: 'max-body', help: 'largest request body in bytes (413 above)', default: String(10 * 1024 * 1024) },
+  { flag: 'request-timeout', help: 'seconds a request may take in all before it is cancelled (0: no limit)', default: '600' },
+  { flag: 'shutdown-timeout', help: 'seconds SIGTERM waits for running generations before cancelling them', default: '30' },
+  { flag: 'memory-reserve', help: 'bytes of available memory a model load must leave free', default: String(512 * 1024 * 1024) },
   { flag: 'cache-dir', help: 'where the built-in model is written', default: join(process.env.XDG_CACHE_HOME ?? join(homedir(), '.cache'), 'mlx-inference-server') },
 ];
 
@@ -72,6 +78,9 @@ export function parseServerConfig(argv: string[], env: NodeJS.ProcessEnv = proce
     maxQueue: integer('max-queue', get('max-queue'), 0),
     maxBodyBytes: integer('max-body', get('max-body'), 1),
     cacheDir: get('cache-dir'),
+    requestTimeoutSeconds: integer('request-timeout', get('request-timeout'), 0),
+    shutdownTimeoutSeconds: integer('shutdown-timeout', get('shutdown-timeout'), 0),
+    memoryReserveBytes: integer('memory-reserve', get('memory-reserve'), 0),
   };
 }
 

@@ -11,6 +11,9 @@ export type ErrorCode =
   | 'model_load_failed'
   | 'nothing_loaded'
   | 'queue_full'
+  | 'insufficient_memory'
+  | 'request_timeout'
+  | 'shutting_down'
   | 'cancelled'
   | 'worker_failed'
   | 'internal_error';

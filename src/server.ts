@@ -2,6 +2,7 @@
 import type { Logger } from 'pino';
 import { adminRoutes, sampleMemory } from './api/admin.ts';
 import type { ServeContext } from './api/context.ts';
+import { ollamaRoutes } from './api/ollama.ts';
 import { openAiRoutes } from './api/openai.ts';
 import type { ServerConfig } from './config.ts';
 import { Engine } from './engine/engine.ts';
@@ -18,9 +19,17 @@ export interface RunningServer {
 export async function startServer(config: ServerConfig, logger: Logger): Promise<RunningServer> {
   const telemetry = new Telemetry(createTelemetryBuffers());
   const registry = new ModelRegistry({ model: config.model, modelsDirs: config.modelsDirs, cacheDir: config.cacheDir });
-  const engine = new Engine({ registry, telemetry, logger, idleTimeoutSeconds: config.idleTimeoutSeconds, maxQueue: config.maxQueue });
+  const engine = new Engine({
+    registry,
+    telemetry,
+    logger,
+    idleTimeoutSeconds: config.idleTimeoutSeconds,
+    maxQueue: config.maxQueue,
+    requestTimeoutSeconds: config.requestTimeoutSeconds,
+    memoryReserveBytes: config.memoryReserveBytes,
+  });
   const context: ServeContext = { config, engine, registry, telemetry, logger };
-  const http = await startHttpServer([...adminRoutes(context), ...openAiRoutes(context)], { host: config.host, port: config.port, logger });
+  const http = await startHttpServer([...adminRoutes(context), ...openAiRoutes(context), ...ollamaRoutes(context)], { host: config.host, port: config.port, logger });
   const sampler = setInterval(() => sampleMemory(telemetry), 1000);
   sampler.unref();
   logger.info({ event: 'listening', host: config.host, port: http.port, defaultModel: registry.defaultName, idleTimeoutSeconds: config.idleTimeoutSeconds }, 'listening');
@@ -30,7 +39,7 @@ export async function startServer(config: ServerConfig, logger: Logger): Promise
     close: async () => {
       clearInterval(sampler);
       http.close();
-      await engine.close();
+      await engine.close(config.shutdownTimeoutSeconds * 1000);
     },
   };
 }

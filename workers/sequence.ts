@@ -63,7 +63,7 @@ export class Sequence {
     this.history.push(token);
     this.nextInput = [token];
     const { emit, stopped } = this.stopMatcher.push(this.detokenizer.push(token));
-    if (emit) this.send({ type: 'text', text: emit });
+    if (emit) this.send({ type: 'text', text: emit, tokens: this.generated });
     if (stopped) return this.finish('stop', false);
     const atLimit = this.request.maxTokens !== null && this.generated >= this.request.maxTokens;
     const contextFull = this.promptIds.length + this.generated >= this.model.contextLength;
@@ -75,7 +75,7 @@ export class Sequence {
     this.finished = reason;
     if (flush && reason !== 'cancelled') {
       const tail = this.stopMatcher.push(this.detokenizer.flush()).emit + this.stopMatcher.flush();
-      if (tail) this.send({ type: 'text', text: tail });
+      if (tail) this.send({ type: 'text', text: tail, tokens: this.generated });
     }
     const now = performance.now();
     const promptDone = this.promptDoneAt || now;

@@ -1,5 +1,4 @@
 /** OpenAI-compatible routes: they translate wire shapes to one GenerationRequest and back, nothing more. */
-import { randomUUID } from 'node:crypto';
 import type { ChatMessage, GenerationRequest, GenerationStats, PromptInput } from '../engine/protocol.ts';
 import { badRequest } from '../errors.ts';
 import type { Exchange } from '../http/exchange.ts';
@@ -32,7 +31,7 @@ function rejectUnsupported(fields: Fields): void {
   if (format && format.type !== 'text') throw badRequest("only response_format {type: 'text'} is supported", 'response_format');
 }
 
-function commonRequest(ctx: ServeContext, fields: Fields, prompt: PromptInput): { request: GenerationRequest; stream: boolean; includeUsage: boolean } {
+function commonRequest(ctx: ServeContext, exchange: Exchange, fields: Fields, prompt: PromptInput): { request: GenerationRequest; stream: boolean; includeUsage: boolean } {
   rejectUnsupported(fields);
   const model = ctx.registry.resolve(fields.string('model'));
   const maxTokens = fields.number('max_completion_tokens', { integer: true, min: 1 }) ?? fields.number('max_tokens', { integer: true, min: 1 }) ?? null;
@@ -40,7 +39,7 @@ function commonRequest(ctx: ServeContext, fields: Fields, prompt: PromptInput): 
   const stream = fields.boolean('stream') ?? false;
   const includeUsage = streamOptions ? new Fields(streamOptions, 'stream_options.').boolean('include_usage') ?? false : false;
   const request: GenerationRequest = {
-    id: randomUUID(),
+    id: exchange.requestId,
     model: model.name,
     prompt,
     maxTokens,
@@ -135,7 +134,7 @@ const chatShape: Shape = {
 async function respond(ctx: ServeContext, exchange: Exchange, shape: Shape, parsed: ReturnType<typeof commonRequest>): Promise<void> {
   const { request, stream, includeUsage } = parsed;
   const model = ctx.registry.resolve(request.model);
-  const id = shape.idPrefix + request.id.replaceAll('-', '').slice(0, 24);
+  const id = shape.idPrefix + request.id;
   const created = Math.floor(Date.now() / 1000);
   const envelope = { id, object: shape.chunkObject, created, model: request.model };
   if (!stream) {
@@ -179,7 +178,7 @@ export function openAiRoutes(ctx: ServeContext): Route[] {
       errors: openAiError,
       handler: async (exchange) => {
         const fields = Fields.strict(await body(exchange), COMPLETION_FIELDS);
-        await respond(ctx, exchange, completionShape, commonRequest(ctx, fields, completionPrompt(fields)));
+        await respond(ctx, exchange, completionShape, commonRequest(ctx, exchange, fields, completionPrompt(fields)));
       },
     },
     {
@@ -191,7 +190,7 @@ export function openAiRoutes(ctx: ServeContext): Route[] {
         const tools = fields.raw('tools');
         if (tools !== undefined && tools !== null && !Array.isArray(tools)) throw badRequest("'tools' must be a list", 'tools');
         const prompt: PromptInput = { kind: 'chat', messages: chatMessages(fields.raw('messages')), ...(Array.isArray(tools) ? { tools } : {}) };
-        await respond(ctx, exchange, chatShape, commonRequest(ctx, fields, prompt));
+        await respond(ctx, exchange, chatShape, commonRequest(ctx, exchange, fields, prompt));
       },
     },
   ];

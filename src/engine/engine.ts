@@ -8,6 +8,7 @@ import { MessageChannel } from 'node:worker_threads';
 import { Piscina } from 'piscina';
 import type { Logger } from 'pino';
 import { ServeError } from '../errors.ts';
+import { assertFits } from '../models/footprint.ts';
 import type { ModelEntry, ModelRegistry } from '../models/registry.ts';
 import { CANCEL_SLOTS, Telemetry } from '../telemetry/layout.ts';
 import type { GenerationRequest, GenerationStats, LoadResult, StreamEvent, WorkerReply, WorkerTask } from './protocol.ts';
@@ -38,7 +39,18 @@ export interface EngineOptions {
   logger: Logger;
   idleTimeoutSeconds: number;
   maxQueue: number;
+  /** 0: no limit. */
+  requestTimeoutSeconds: number;
+  memoryReserveBytes: number;
 }
+
+/** Why a generation was cancelled; a client that left gets nothing, the others get an error. */
+type CancelReason = 'client' | 'timeout' | 'shutdown';
+
+const cancellationError: Record<Exclude<CancelReason, 'client'>, () => ServeError> = {
+  timeout: () => new ServeError(504, 'request_timeout', 'the request took longer than --request-timeout and was cancelled'),
+  shutdown: () => new ServeError(503, 'shutting_down', 'the server is shutting down; the generation was cancelled'),
+};
 
 /** One lifecycle change at a time, in arrival order. */
 class SerialQueue {
@@ -59,16 +71,42 @@ export class Engine {
   private readonly lifecycle = new SerialQueue();
   private readonly freeSlots: number[] = Array.from({ length: CANCEL_SLOTS }, (_, i) => CANCEL_SLOTS - 1 - i);
   private idleTimer: NodeJS.Timeout | null = null;
+  /** How long the loaded model stays after its last request (Ollama's keep_alive); null: until unloaded on request. */
+  private keepAliveMs: number | null;
   private closed = false;
+  /** The worker died under us: its replacement holds no model, so the next acquire reloads. */
+  private workerLost = false;
+  /** Generations admitted and not yet finished, by slot, so shutdown can cancel them. */
+  private readonly running = new Map<number, (reason: CancelReason) => void>();
 
   constructor(private readonly options: EngineOptions) {
     const { telemetry } = options;
     telemetry.write('startedAtMs', Date.now());
     telemetry.write('lastActivityMs', Date.now());
-    if (options.idleTimeoutSeconds > 0) {
-      this.idleTimer = setInterval(() => this.checkIdle(), Math.min(1000, options.idleTimeoutSeconds * 250));
-      this.idleTimer.unref();
-    }
+    this.keepAliveMs = this.defaultKeepAliveMs;
+    this.idleTimer = setInterval(() => void this.checkIdle(), options.idleTimeoutSeconds > 0 ? Math.min(1000, options.idleTimeoutSeconds * 250) : 1000);
+    this.idleTimer.unref();
+  }
+
+  private get defaultKeepAliveMs(): number | null {
+    return this.options.idleTimeoutSeconds > 0 ? this.options.idleTimeoutSeconds * 1000 : null;
+  }
+
+  /**
+   * Sets how long the loaded model stays after its last request (null: until unloaded on
+   * request; 0: unload as soon as nothing uses it); an unload resets it to --idle-timeout.
+   * Resolves once a model whose time is up has been unloaded.
+   */
+  keepAlive(ms: number | null): Promise<void> {
+    this.keepAliveMs = ms;
+    return this.checkIdle();
+  }
+
+  /** When the loaded model will be unloaded if no request comes; null when it stays. */
+  get expiresAt(): Date | null {
+    if (!this.loaded || this.keepAliveMs === null) return null;
+    const busy = this.leases > 0 || this.options.telemetry.queued > 0;
+    return new Date((busy ? Date.now() : this.options.telemetry.read('lastActivityMs')) + this.keepAliveMs);
   }
 
   get idleTimeoutSeconds(): number {
@@ -81,7 +119,8 @@ export class Engine {
 
   /** Starts a generation; the model is loaded (or switched) first if needed. */
   generate(request: GenerationRequest, model: ModelEntry, onEvent: (event: StreamEvent) => void): GenerationHandle {
-    const { telemetry } = this.options;
+    const { telemetry, logger } = this.options;
+    if (this.closed) throw cancellationError.shutdown();
     if (telemetry.queued >= this.options.maxQueue) {
       telemetry.increment('requestsRejected');
       throw new ServeError(503, 'queue_full', `the server is at capacity (${this.options.maxQueue} requests waiting); retry shortly`);
@@ -93,25 +132,44 @@ export class Engine {
     telemetry.addQueued(1);
     this.touch();
     let started = false;
-    let cancelled = false;
+    let tokensSeen = 0;
+    const cancellation: { reason: CancelReason | null; tokensSeen: number } = { reason: null, tokensSeen: 0 };
+    const cancel = (reason: CancelReason): void => {
+      if (cancellation.reason) return;
+      cancellation.reason = reason;
+      cancellation.tokensSeen = tokensSeen;
+      telemetry.requestCancel(slot);
+    };
+    this.running.set(slot, cancel);
+    const timeout = this.options.requestTimeoutSeconds > 0 ? setTimeout(() => cancel('timeout'), this.options.requestTimeoutSeconds * 1000) : null;
     const done = (async (): Promise<GenerationStats> => {
       let leased = false;
       try {
         await this.acquire(model);
         leased = true;
-        if (cancelled) return { finishReason: 'cancelled', promptTokens: 0, completionTokens: 0, promptMs: 0, decodeMs: 0 };
-        return await this.run(request, model, slot, (event) => {
-          if (event.type === 'started' && !started) {
-            started = true;
-            telemetry.addQueued(-1);
-            telemetry.addActive(1);
-          }
-          onEvent(event);
-        });
+        const stats = cancellation.reason
+          ? { finishReason: 'cancelled' as const, promptTokens: 0, completionTokens: 0, promptMs: 0, decodeMs: 0 }
+          : await this.run(request, model, slot, (event) => {
+              if (event.type === 'started' && !started) {
+                started = true;
+                telemetry.addQueued(-1);
+                telemetry.addActive(1);
+              }
+              if (event.type === 'text') tokensSeen = event.tokens;
+              onEvent(event);
+            });
+        const { reason } = cancellation;
+        if (reason) {
+          logger.info({ event: 'cancelled', reqId: request.id, reason, tokensAfterCancel: Math.max(0, stats.completionTokens - cancellation.tokensSeen) }, 'generation cancelled');
+          if (reason !== 'client') throw cancellationError[reason]();
+        }
+        return stats;
       } catch (error) {
         telemetry.increment('requestsFailed');
         throw ServeError.from(error);
       } finally {
+        if (timeout) clearTimeout(timeout);
+        this.running.delete(slot);
         if (started) telemetry.addActive(-1);
         else telemetry.addQueued(-1);
         this.freeSlots.push(slot);
@@ -119,13 +177,7 @@ export class Engine {
         this.touch();
       }
     })();
-    return {
-      done,
-      cancel: () => {
-        cancelled = true;
-        telemetry.requestCancel(slot);
-      },
-    };
+    return { done, cancel: () => cancel('client') };
   }
 
   /** Loads a model without generating (POST /admin/load, an empty Ollama prompt). */
@@ -144,9 +196,19 @@ export class Engine {
     });
   }
 
-  async close(): Promise<void> {
+  /**
+   * Stops admitting work, lets running generations finish for up to `graceMs`, then cancels
+   * the rest (their clients get a shutdown error), unloads and stops the worker.
+   */
+  async close(graceMs = 0): Promise<void> {
     this.closed = true;
     if (this.idleTimer) clearInterval(this.idleTimer);
+    const drained = this.leases === 0 ? Promise.resolve() : new Promise<void>((resolve) => this.drained.push(resolve));
+    const grace = new Promise<'timeout'>((resolve) => setTimeout(() => resolve('timeout'), graceMs).unref());
+    if ((await Promise.race([drained, grace])) === 'timeout') {
+      this.options.logger.warn({ event: 'shutdown_cancel', running: this.running.size }, 'cancelling generations still running at shutdown');
+      for (const cancel of this.running.values()) cancel('shutdown');
+    }
     await this.lifecycle.run(async () => {
       if (this.loaded) await this.unloadNow();
       await this.pool?.destroy();
@@ -158,16 +220,17 @@ export class Engine {
     this.options.telemetry.write('lastActivityMs', Date.now());
   }
 
-  private checkIdle(): void {
-    const { telemetry, idleTimeoutSeconds, logger } = this.options;
-    const idleMs = Date.now() - telemetry.read('lastActivityMs');
-    if (!this.loaded || this.leases > 0 || telemetry.queued > 0 || idleMs < idleTimeoutSeconds * 1000) return;
-    void this.lifecycle
+  private checkIdle(): Promise<void> {
+    const { telemetry, logger } = this.options;
+    const expired = (): boolean =>
+      this.loaded !== null && this.keepAliveMs !== null && this.leases === 0 && telemetry.queued === 0 && Date.now() - telemetry.read('lastActivityMs') >= this.keepAliveMs;
+    if (!expired()) return Promise.resolve();
+    return this.lifecycle
       .run(async () => {
-        const stillIdle = this.loaded && this.leases === 0 && telemetry.queued === 0 && Date.now() - telemetry.read('lastActivityMs') >= idleTimeoutSeconds * 1000;
-        if (!stillIdle) return;
+        if (!expired()) return;
+        const idleSeconds = (this.keepAliveMs ?? 0) / 1000;
         const result = await this.unloadNow();
-        logger.info({ event: 'idle_unload', idleSeconds: idleTimeoutSeconds, ...result }, 'model unloaded after idle timeout');
+        logger.info({ event: 'idle_unload', idleSeconds, ...result }, 'model unloaded after idle timeout');
       })
       .catch((error: unknown) => logger.error({ err: error }, 'idle unload failed'));
   }
@@ -176,6 +239,11 @@ export class Engine {
   private acquire(model: ModelEntry): Promise<void> {
     if (this.closed) return Promise.reject(new ServeError(503, 'queue_full', 'the server is shutting down'));
     return this.lifecycle.run(async () => {
+      if (this.workerLost) {
+        this.workerLost = false;
+        this.loaded = null;
+        await this.discardPool();
+      }
       if (this.loaded?.path !== model.path) {
         if (this.loaded) await this.unloadNow();
         await this.loadNow(model);
@@ -209,12 +277,15 @@ export class Engine {
     try {
       return (await this.pool.run(task, { transferList: transferList as never })) as WorkerReply;
     } catch (error) {
+      this.workerLost = true;
+      this.options.logger.error({ event: 'worker_failed', err: error }, 'the MLX worker failed; the model will be reloaded on the next request');
       throw new ServeError(500, 'worker_failed', `the MLX worker failed: ${(error as Error).message}`);
     }
   }
 
   private async loadNow(model: ModelEntry): Promise<void> {
     const { telemetry, logger } = this.options;
+    assertFits(model.name, model.path, this.options.memoryReserveBytes);
     const rssBefore = process.memoryUsage.rss();
     if (telemetry.read('modelLoads') === 0) telemetry.write('baselineRssBytes', rssBefore);
     telemetry.modelState = 'loading';
@@ -252,6 +323,7 @@ export class Engine {
     const rssBefore = process.memoryUsage.rss();
     await this.discardPool();
     this.loaded = null;
+    this.keepAliveMs = this.defaultKeepAliveMs;
     telemetry.write('modelBytes', 0);
     telemetry.write('loadedAtMs', 0);
     telemetry.increment('modelUnloads');

@@ -56,7 +56,8 @@ export interface GenerationStats {
 
 export type StreamEvent =
   | { type: 'started'; promptTokens: number }
-  | { type: 'text'; text: string }
+  /** `tokens`: how many tokens the sequence has generated so far. */
+  | { type: 'text'; text: string; tokens: number }
   | ({ type: 'done' } & GenerationStats)
   | { type: 'error'; error: ServeErrorShape };
 
