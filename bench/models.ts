@@ -1,0 +1,57 @@
+/**
+ * The models a bench run measures and the workload each can afford. The 0.5B-shaped models are
+ * random weights the bench writes itself (bench/make-model.ts, in a child process), so every
+ * machine measures the same shapes with no download. Nothing here loads node-mlx.
+ */
+import { existsSync } from 'node:fs';
+import { join } from 'node:path';
+import { BUILTIN_MODEL } from '../src/models/registry.ts';
+
+export const FP32_05B = 'qwen2.5-0.5b-shape-fp32';
+export const Q4_05B = 'qwen2.5-0.5b-shape-4bit';
+export type GeneratedModel = typeof FP32_05B | typeof Q4_05B;
+
+/** Counts for one model: slow formats get fewer and shorter requests so a full run stays in minutes. */
+export interface Workload {
+  maxTokens: number;
+  /** Requests per single-stream scenario. */
+  repeats: number;
+  shortPromptWords: number;
+  longPromptWords: number;
+  concurrency: number[];
+  /** Rounds of the whole sweep level; each round is one aggregate tok/s sample. */
+  sweepRounds: number;
+  sweepMaxTokens: number;
+}
+
+export interface BenchModel {
+  /** The name requests use (the server's registry name). */
+  name: string;
+  /** Where the raw engine loads it from; null when only the server knows it. */
+  path: string | null;
+  generated: GeneratedModel | null;
+  workload: Workload;
+}
+
+export const QUICK_WORKLOAD: Workload = { maxTokens: 16, repeats: 3, shortPromptWords: 12, longPromptWords: 200, concurrency: [1, 2, 4], sweepRounds: 2, sweepMaxTokens: 8 };
+
+const WORKLOADS: Record<string, Workload> = {
+  [BUILTIN_MODEL]: { maxTokens: 64, repeats: 8, shortPromptWords: 12, longPromptWords: 800, concurrency: [1, 2, 4, 8, 16], sweepRounds: 3, sweepMaxTokens: 32 },
+  [FP32_05B]: { maxTokens: 24, repeats: 3, shortPromptWords: 12, longPromptWords: 400, concurrency: [1, 2, 4, 8, 16], sweepRounds: 2, sweepMaxTokens: 8 },
+  [Q4_05B]: { maxTokens: 6, repeats: 2, shortPromptWords: 6, longPromptWords: 40, concurrency: [1, 2, 4], sweepRounds: 1, sweepMaxTokens: 3 },
+};
+/** A model named with --model: its speed is unknown, so it gets modest counts. */
+const OTHER_WORKLOAD: Workload = { maxTokens: 16, repeats: 3, shortPromptWords: 12, longPromptWords: 200, concurrency: [1, 2, 4, 8], sweepRounds: 2, sweepMaxTokens: 8 };
+
+export const benchModelsDir = (cacheDir: string): string => join(cacheDir, 'bench-models');
+
+export function workloadFor(name: string, quick: boolean): Workload {
+  if (quick) return QUICK_WORKLOAD;
+  return WORKLOADS[name] ?? OTHER_WORKLOAD;
+}
+
+export function generatedModel(name: string, cacheDir: string, quick: boolean): BenchModel {
+  return { name, path: join(benchModelsDir(cacheDir), name), generated: name === FP32_05B || name === Q4_05B ? name : null, workload: workloadFor(name, quick) };
+}
+
+export const isComplete = (dir: string): boolean => existsSync(join(dir, 'model.safetensors')) && existsSync(join(dir, 'config.json'));

@@ -1,0 +1,193 @@
+/**
+ * `npm run bench`: measures a server (one it starts, or --url) and the raw engine beside it,
+ * writes bench/results/<host>-<time>.json and .html, and with --compare judges the run
+ * against a baseline. See bench/README.md.
+ */
+import { spawn } from 'node:child_process';
+import { writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { parseArgs } from 'node:util';
+import { parseServerConfig } from '../src/config.ts';
+import { BUILTIN_MODEL, ModelRegistry } from '../src/models/registry.ts';
+import { agent } from './client.ts';
+import { compareResults, formatComparison } from './compare.ts';
+import { Recorders } from './histograms.ts';
+import { renderHtml } from './html.ts';
+import { fingerprint, LoadMonitor } from './machine.ts';
+import { benchModelsDir, FP32_05B, generatedModel, isComplete, Q4_05B, workloadFor, type BenchModel } from './models.ts';
+import { efficiencyRows, readResult, RESULT_SCHEMA, writeResult, type BenchResult } from './result.ts';
+import { frontEndCost, runRawEngine, runServerScenarios, sweepScenario, type ModelRunInfo, type ScenarioContext } from './scenarios.ts';
+import { startBenchServer, type BenchServer } from './server-process.ts';
+
+const USAGE = `usage: npm run bench -- [options]
+
+  --quick             the built-in tiny model only, small counts (under 2 minutes; CI's smoke run)
+  --url URL           measure a running server instead of starting one
+  --model NAME|PATH   measure this model instead of the default set (tiny-qwen3, ${FP32_05B}, ${Q4_05B})
+  --cache-dir DIR     where the built-in and the bench's generated models live (default: the server's)
+  --out DIR           where result files go (default bench/results)
+  --no-raw            skip the raw-engine baseline
+  --compare FILE      judge this run (or --current FILE) against the baseline FILE; exit 1 on a regression
+  --current FILE      with --compare: compare an existing result instead of running
+`;
+
+const started = performance.now();
+let monitor: LoadMonitor | null = null;
+const progress = (message: string): void => {
+  const others = monitor?.latestOthersBusy;
+  const load = others === null || others === undefined ? '' : ` [others ${others}% CPU]`;
+  process.stderr.write(`[${((performance.now() - started) / 1000).toFixed(1).padStart(6)}s]${load} ${message}\n`);
+};
+
+function childEnv(): NodeJS.ProcessEnv {
+  return { ...process.env, MALLOC_MMAP_THRESHOLD_: process.env.MALLOC_MMAP_THRESHOLD_ ?? '131072' };
+}
+
+async function makeModel(model: BenchModel, cacheDir: string): Promise<void> {
+  if (!model.path || !model.generated || isComplete(model.path)) return;
+  progress(`${model.name}: generating random weights into ${model.path} (once per cache dir)`);
+  const format = model.generated === FP32_05B ? 'fp32' : '4bit';
+  const script = fileURLToPath(new URL('./make-model.ts', import.meta.url));
+  const child = spawn(process.execPath, ['--import', import.meta.resolve('tsx'), '--expose-gc', script, format, model.path, join(cacheDir, BUILTIN_MODEL)], { env: childEnv(), stdio: ['ignore', 'ignore', 'inherit'] });
+  const code = await new Promise<number | null>((resolve) => child.on('exit', resolve));
+  if (code !== 0) throw new Error(`making ${model.name} failed (exit ${code})`);
+}
+
+function chooseModels(requested: string | undefined, quick: boolean, cacheDir: string): BenchModel[] {
+  if (!requested) {
+    const tiny: BenchModel = { name: BUILTIN_MODEL, path: join(cacheDir, BUILTIN_MODEL), generated: null, workload: workloadFor(BUILTIN_MODEL, quick) };
+    return quick ? [tiny] : [tiny, generatedModel(FP32_05B, cacheDir, false), generatedModel(Q4_05B, cacheDir, false)];
+  }
+  if (requested === FP32_05B || requested === Q4_05B) return [generatedModel(requested, cacheDir, quick)];
+  const registry = new ModelRegistry({ model: requested, modelsDirs: [benchModelsDir(cacheDir)], cacheDir });
+  const name = registry.defaultName;
+  let path: string | null = null;
+  try {
+    path = registry.resolve(name).path;
+  } catch {
+    // known only to a remote server (--url): measured without the raw engine
+  }
+  return [{ name, path, generated: null, workload: workloadFor(name, quick) }];
+}
+
+function summary(result: BenchResult): string {
+  const lines = ['', `machine: ${result.fingerprint.cpuModel}, ${result.fingerprint.cores} cores, ${result.fingerprint.memoryGiB} GiB, ${result.fingerprint.os}, Node ${result.fingerprint.node}, OpenBLAS core ${result.fingerprint.openblasCore ?? '?'}`];
+  lines.push(result.load.busy ? `BUSY MACHINE: ${result.load.busyReasons.join('; ')}` : `load: others used ${result.load.during.othersBusyMean}% of the CPUs on average (quiet enough)`);
+  for (const e of result.efficiency) {
+    lines.push(`${e.model} ${e.prompt}: server ${e.serverTokensPerSecond.toFixed(1)} tok/s vs raw ${e.rawTokensPerSecond.toFixed(1)} (x${e.throughputRatio}), TTFT ${e.serverTtftMs.toFixed(1)} vs ${e.rawTtftMs.toFixed(1)} ms (+${e.ttftOverheadMs.toFixed(1)} ms)`);
+  }
+  for (const model of result.models) {
+    const levels = model.workload.concurrency.map((c) => {
+      const h = result.histograms.find((x) => x.model === model.name && x.scenario === sweepScenario(c) && x.metric === 'aggregate_tps');
+      return `${c}: ${h ? h.percentiles.p50.toFixed(1) : '-'}`;
+    });
+    lines.push(`${model.name} aggregate tok/s by clients: ${levels.join(', ')}`);
+  }
+  for (const f of result.frontEnd) lines.push(`front end ${f.path}: ${(f.requests / f.seconds).toFixed(0)} req/s over ${f.connections} connections`);
+  return lines.join('\n');
+}
+
+async function bench(values: { quick: boolean; url?: string; model?: string; 'cache-dir'?: string; 'no-raw': boolean }, out: string, argv: string[]): Promise<BenchResult> {
+  const quick = values.quick;
+  const cacheDir = values['cache-dir'] ?? parseServerConfig([]).cacheDir;
+  const models = chooseModels(values.model, quick, cacheDir);
+  progress(`bench ${quick ? '--quick ' : ''}on ${models.map((m) => m.name).join(', ')}; results to ${out}`);
+  monitor = await LoadMonitor.baseline(quick ? 1000 : 3000);
+  for (const model of models) await makeModel(model, cacheDir);
+  const startedAt = new Date().toISOString();
+  monitor.start();
+  let server: BenchServer | null = null;
+  if (!values.url) {
+    const requested = values.model && !models[0]?.generated ? ['--model', values.model] : [];
+    server = await startBenchServer(['--cache-dir', cacheDir, '--models-dir', benchModelsDir(cacheDir), ...requested]);
+    progress(`server started at ${server.url}`);
+  }
+  const baseUrl = values.url ?? (server as BenchServer).url;
+  const ctx: ScenarioContext = { baseUrl, recorders: new Recorders(), progress, failures: {} };
+  const runs: BenchResult['models'] = [];
+  let blasLibraries: string[] = [];
+  let openblasCore: string | null = null;
+  try {
+    for (const model of models) {
+      let rawEngineLoadMs: number | null = null;
+      if (!values['no-raw'] && model.path) {
+        const raw = await runRawEngine(ctx, { ...model, path: model.path }, model.name === BUILTIN_MODEL && !values.model);
+        rawEngineLoadMs = raw.result.loadMs;
+        blasLibraries = raw.result.blasLibraries;
+        openblasCore = raw.openblasCore;
+      }
+      const info: ModelRunInfo = await runServerScenarios(ctx, model);
+      runs.push({ ...info, rawEngineLoadMs });
+    }
+    progress('front end: routes with no model work');
+    const serverPid = server?.process.pid ?? null;
+    const frontEnd = [];
+    for (const path of ['/admin/health', '/v1/models']) frontEnd.push(await frontEndCost(ctx, path, 32, quick ? 1500 : 5000, serverPid));
+    const finishedAt = new Date().toISOString();
+    return {
+      schema: RESULT_SCHEMA,
+      startedAt,
+      finishedAt,
+      durationSeconds: (performance.now() - started) / 1000,
+      fingerprint: fingerprint(blasLibraries, openblasCore),
+      flags: { quick, url: values.url ?? null, models: models.map((m) => m.name), argv },
+      server: { url: baseUrl, startedByBench: server !== null },
+      models: runs,
+      efficiency: efficiencyRows(ctx.recorders, models.map((m) => m.name)),
+      frontEnd,
+      failures: ctx.failures,
+      load: monitor.stop(),
+      histograms: ctx.recorders.toRecords(),
+    };
+  } finally {
+    agent.destroy();
+    await server?.stop();
+  }
+}
+
+async function main(argv: string[]): Promise<number> {
+  const { values } = parseArgs({
+    args: argv,
+    options: {
+      quick: { type: 'boolean', default: false },
+      url: { type: 'string' },
+      model: { type: 'string' },
+      'cache-dir': { type: 'string' },
+      out: { type: 'string' },
+      'no-raw': { type: 'boolean', default: false },
+      compare: { type: 'string' },
+      current: { type: 'string' },
+      help: { type: 'boolean', default: false },
+    },
+    strict: true,
+  });
+  if (values.help) {
+    process.stdout.write(USAGE);
+    return 0;
+  }
+  if (values.current && !values.compare) throw new Error('--current needs --compare BASELINE');
+  const baseline = values.compare ? readResult(values.compare) : null;
+  let current: BenchResult;
+  if (values.current) current = readResult(values.current);
+  else {
+    const out = values.out ?? fileURLToPath(new URL('./results/', import.meta.url));
+    current = await bench(values, out, argv);
+    const path = writeResult(current, out);
+    const htmlPath = path.replace(/\.json$/, '.html');
+    writeFileSync(htmlPath, renderHtml(current));
+    process.stdout.write(`${summary(current)}\n\nresult: ${path}\nreport: ${htmlPath}\n`);
+  }
+  if (!baseline) return 0;
+  const rows = compareResults(baseline, current);
+  process.stdout.write(`\n${formatComparison(baseline, current, rows)}\n`);
+  return rows.some((r) => r.verdict === 'REGRESSED') ? 1 : 0;
+}
+
+main(process.argv.slice(2)).then(
+  (code) => process.exit(code),
+  (error: unknown) => {
+    process.stderr.write(`bench: ${(error as Error).message}\n\n${USAGE}`);
+    process.exit(2);
+  },
+);

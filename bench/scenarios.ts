@@ -1,0 +1,235 @@
+/**
+ * The scenarios a bench run drives against a server, and the raw engine run beside them.
+ * Every generation is greedy with ignore_eos and a fixed max_tokens, so runs are comparable.
+ */
+import { spawn } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+import { getJson, recordTiming, send, timedGeneration, type ApiRoute, type GenerationCall, type RequestTiming } from './client.ts';
+import type { Recorders } from './histograms.ts';
+import { treeJiffies } from './machine.ts';
+import type { BenchModel } from './models.ts';
+import type { RawEngineJob, RawEngineResult } from './raw-engine.ts';
+
+export interface Progress {
+  (message: string): void;
+}
+
+export interface ScenarioContext {
+  baseUrl: string;
+  recorders: Recorders;
+  progress: Progress;
+  /** Failed requests by `model/scenario`, with the first error seen. */
+  failures: Record<string, { count: number; firstError: string }>;
+}
+
+const WORDS = 'the quiet harbor town woke slowly as fishing boats returned with silver nets while gulls argued over scraps and an old painter set up her easel near the lighthouse to catch the morning light'.split(' ');
+
+/** A deterministic English-like prompt of `words` words. */
+export function promptOfWords(words: number): string {
+  return Array.from({ length: words }, (_, i) => WORDS[i % WORDS.length]).join(' ');
+}
+
+export const SHORT = 'short';
+export const LONG = 'long';
+/** The server scenario the raw engine is compared with: same prompt, same route shape as a plain completion. */
+export const STREAM_SHORT = 'openai-completions.stream.short';
+export const STREAM_LONG = 'openai-completions.stream.long';
+export const RAW_SHORT = 'raw.short';
+export const RAW_LONG = 'raw.long';
+export const HEALTH_WHILE_GENERATING = 'admin-health.while-generating';
+export const sweepScenario = (clients: number): string => `sweep.c${clients}`;
+
+async function attempt<T>(ctx: ScenarioContext, model: string, scenario: string, job: () => Promise<T>): Promise<T | null> {
+  try {
+    return await job();
+  } catch (error) {
+    const key = `${model}/${scenario}`;
+    const message = (error as Error).message;
+    const entry = (ctx.failures[key] ??= { count: 0, firstError: message });
+    entry.count++;
+    if (entry.count === 1) ctx.progress(`  ! ${key} failed: ${message.slice(0, 200)}`);
+    return null;
+  }
+}
+
+const seconds = (t: RequestTiming): number => (t.endedAt - t.startedAt) / 1000;
+
+/** Returns the prompt's length in tokens as the server counted it, when any request succeeded. */
+async function sequential(ctx: ScenarioContext, model: BenchModel, scenario: string, call: GenerationCall, repeats: number): Promise<number | null> {
+  let promptTokens: number | null = null;
+  for (let i = 0; i < repeats; i++) {
+    const timing = await attempt(ctx, model.name, scenario, () => timedGeneration(ctx.baseUrl, call));
+    if (!timing) continue;
+    recordTiming(ctx.recorders, model.name, scenario, timing);
+    promptTokens = timing.promptTokens;
+    const ttft = timing.chunkTimes[0] === undefined ? '' : `, ttft ${(timing.chunkTimes[0] - timing.startedAt).toFixed(1)} ms`;
+    ctx.progress(`  ${scenario} ${i + 1}/${repeats}: ${timing.promptTokens}+${timing.completionTokens} tokens, ${(timing.completionTokens / seconds(timing)).toFixed(1)} tok/s${ttft}`);
+  }
+  return promptTokens;
+}
+
+/** Polls GET /admin/health back to back, `gapMs` apart, until `until` settles. */
+async function pollHealthUntil(ctx: ScenarioContext, model: string, until: Promise<unknown>, gapMs = 10): Promise<void> {
+  let done = false;
+  void until.finally(() => (done = true));
+  while (!done) {
+    const started = performance.now();
+    const reply = await attempt(ctx, model, HEALTH_WHILE_GENERATING, () => send(`${ctx.baseUrl}/admin/health`, 'GET'));
+    if (reply?.status === 200) ctx.recorders.record(model, HEALTH_WHILE_GENERATING, 'latency', performance.now() - started);
+    await new Promise((resolve) => setTimeout(resolve, gapMs));
+  }
+}
+
+/** Each level starts `clients` streaming requests at once, `sweepRounds` times; a round's aggregate tok/s is one sample. */
+async function concurrencySweep(ctx: ScenarioContext, model: BenchModel, prompt: string): Promise<void> {
+  const { concurrency, sweepRounds, sweepMaxTokens } = model.workload;
+  const healthLevel = concurrency.filter((c) => c <= 4).at(-1) ?? concurrency[0];
+  for (const clients of concurrency) {
+    const scenario = sweepScenario(clients);
+    for (let round = 0; round < sweepRounds; round++) {
+      const started = performance.now();
+      const call: GenerationCall = { route: 'openai-completions', model: model.name, prompt, maxTokens: sweepMaxTokens, stream: true };
+      const requests = Promise.all(Array.from({ length: clients }, () => attempt(ctx, model.name, scenario, () => timedGeneration(ctx.baseUrl, call))));
+      if (clients === healthLevel) await pollHealthUntil(ctx, model.name, requests);
+      const timings = (await requests).filter((t): t is RequestTiming => t !== null);
+      const wallSeconds = (performance.now() - started) / 1000;
+      for (const timing of timings) recordTiming(ctx.recorders, model.name, scenario, timing);
+      const tokens = timings.reduce((sum, t) => sum + t.completionTokens, 0);
+      if (timings.length === clients) ctx.recorders.record(model.name, scenario, 'aggregate_tps', tokens / wallSeconds);
+      ctx.progress(`  ${scenario} round ${round + 1}/${sweepRounds}: ${timings.length}/${clients} ok, aggregate ${(tokens / wallSeconds).toFixed(1)} tok/s`);
+    }
+  }
+}
+
+export interface ModelRunInfo {
+  name: string;
+  loadSeconds: number | null;
+  routes: ApiRoute[];
+  workload: BenchModel['workload'];
+  /** Prompt lengths in tokens as the server counted them (completions route, no chat template). */
+  promptTokens: { short: number | null; long: number | null };
+}
+
+/** Which Ollama routes this server has: a one-token request answers 200 only where the route exists. */
+async function availableRoutes(baseUrl: string, model: string): Promise<ApiRoute[]> {
+  const routes: ApiRoute[] = ['openai-completions', 'openai-chat'];
+  for (const route of ['ollama-generate', 'ollama-chat'] as const) {
+    try {
+      await timedGeneration(baseUrl, { route, model, prompt: 'hi', maxTokens: 1, stream: false });
+      routes.push(route);
+    } catch {
+      // not served (404) or not compatible: the scenarios on it are skipped
+    }
+  }
+  return routes;
+}
+
+export async function runServerScenarios(ctx: ScenarioContext, model: BenchModel): Promise<ModelRunInfo> {
+  const { workload } = model;
+  ctx.progress(`${model.name}: loading on the server`);
+  const loaded = await getJson<{ load_seconds?: number }>(`${ctx.baseUrl}/admin/load`, 'POST', { model: model.name });
+  const routes = await availableRoutes(ctx.baseUrl, model.name);
+  ctx.progress(`${model.name}: loaded in ${loaded.load_seconds ?? '?'} s; routes: ${routes.join(', ')}`);
+  const short = promptOfWords(workload.shortPromptWords);
+  const long = promptOfWords(workload.longPromptWords);
+  const base = { model: model.name, maxTokens: workload.maxTokens };
+  await attempt(ctx, model.name, 'warm-up', () => timedGeneration(ctx.baseUrl, { ...base, route: 'openai-completions', prompt: short, stream: true, maxTokens: 2 }));
+  const promptTokens: ModelRunInfo['promptTokens'] = { short: null, long: null };
+  for (const route of routes) {
+    for (const stream of [true, false]) {
+      const scenario = `${route}.${stream ? 'stream' : 'nostream'}.${SHORT}`;
+      const counted = await sequential(ctx, model, scenario, { ...base, route, prompt: short, stream }, workload.repeats);
+      if (scenario === STREAM_SHORT) promptTokens.short = counted;
+    }
+  }
+  promptTokens.long = await sequential(ctx, model, STREAM_LONG, { ...base, route: 'openai-completions', prompt: long, stream: true }, workload.repeats);
+  await concurrencySweep(ctx, model, short);
+  await getJson(`${ctx.baseUrl}/admin/unload`, 'POST', {});
+  return { name: model.name, loadSeconds: loaded.load_seconds ?? null, routes, workload, promptTokens };
+}
+
+const RAW_ENGINE = fileURLToPath(new URL('./raw-engine.ts', import.meta.url));
+
+/** Runs the raw engine in a child process, as the server's worker would run, and records its timings. */
+export async function runRawEngine(ctx: ScenarioContext, model: BenchModel & { path: string }, builtin: boolean): Promise<{ result: RawEngineResult; openblasCore: string | null }> {
+  const { workload } = model;
+  const job: RawEngineJob = {
+    path: model.path,
+    builtin,
+    prompts: [
+      { label: SHORT, text: promptOfWords(workload.shortPromptWords) },
+      { label: LONG, text: promptOfWords(workload.longPromptWords) },
+    ],
+    maxTokens: workload.maxTokens,
+    repeats: workload.repeats,
+  };
+  ctx.progress(`${model.name}: raw engine (no server)`);
+  const child = spawn(process.execPath, ['--import', import.meta.resolve('tsx'), '--expose-gc', RAW_ENGINE, JSON.stringify(job)], {
+    env: { ...process.env, OPENBLAS_VERBOSE: '2', MALLOC_MMAP_THRESHOLD_: process.env.MALLOC_MMAP_THRESHOLD_ ?? '131072' },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let stdout = '';
+  let stderr = '';
+  child.stdout.on('data', (chunk: Buffer) => (stdout += chunk.toString()));
+  child.stderr.on('data', (chunk: Buffer) => {
+    stderr += chunk.toString();
+    for (const line of chunk.toString().split('\n')) if (line.startsWith('raw ')) ctx.progress(`  ${line}`);
+  });
+  const code = await new Promise<number | null>((resolve) => child.on('exit', resolve));
+  const resultLine = stdout.split('\n').filter((line) => line.startsWith('{')).at(-1);
+  if (code !== 0 || !resultLine) throw new Error(`raw engine exited with ${code}: ${stderr.slice(-2000)}`);
+  const result = JSON.parse(resultLine) as RawEngineResult;
+  for (const [label, timings] of Object.entries(result.timings)) for (const timing of timings) recordTiming(ctx.recorders, model.name, `raw.${label}`, timing);
+  return { result, openblasCore: /Core: (\S+)/.exec(stdout + stderr)?.[1] ?? null };
+}
+
+export interface FrontEndResult {
+  path: string;
+  connections: number;
+  seconds: number;
+  requests: number;
+  errors: number;
+  /** CPU time over wall time, in percent of one core: near 100 for the client means it, not the server, was the limit. */
+  clientCpuPercent: number;
+  serverCpuPercent: number | null;
+}
+
+/** Many keep-alive connections hammering a route that does no model work. */
+export async function frontEndCost(ctx: ScenarioContext, path: string, connections: number, durationMs: number, serverPid: number | null): Promise<FrontEndResult> {
+  const scenario = `frontend.${path}`;
+  const windowMs = 500;
+  const started = performance.now();
+  const deadline = started + durationMs;
+  const cpuBefore = process.cpuUsage();
+  const serverBefore = serverPid === null ? 0 : treeJiffies(serverPid);
+  const windows: number[] = [];
+  let requests = 0;
+  let errors = 0;
+  const client = async (): Promise<void> => {
+    while (performance.now() < deadline) {
+      const sent = performance.now();
+      try {
+        const reply = await send(ctx.baseUrl + path, 'GET');
+        if (reply.status !== 200) throw new Error(`HTTP ${reply.status}`);
+      } catch {
+        errors++;
+        continue;
+      }
+      const now = performance.now();
+      ctx.recorders.record('server', scenario, 'latency', now - sent);
+      const window = Math.floor((now - started) / windowMs);
+      windows[window] = (windows[window] ?? 0) + 1;
+      requests++;
+    }
+  };
+  await Promise.all(Array.from({ length: connections }, client));
+  const wallMs = performance.now() - started;
+  const fullWindows = Math.floor(durationMs / windowMs);
+  for (let i = 0; i < fullWindows; i++) ctx.recorders.record('server', scenario, 'requests_per_s', (windows[i] ?? 0) * (1000 / windowMs));
+  const cpu = process.cpuUsage(cpuBefore);
+  const jiffiesPerSecond = 100;
+  const serverCpuPercent = serverPid === null ? null : Math.round((((treeJiffies(serverPid) - serverBefore) / jiffiesPerSecond) / (wallMs / 1000)) * 1000) / 10;
+  const result = { path, connections, seconds: wallMs / 1000, requests, errors, clientCpuPercent: Math.round(((cpu.user + cpu.system) / 1000 / wallMs) * 1000) / 10, serverCpuPercent };
+  ctx.progress(`  ${scenario}: ${(requests / (wallMs / 1000)).toFixed(0)} req/s over ${connections} connections, client CPU ${result.clientCpuPercent}%, server CPU ${serverCpuPercent ?? '?'}%`);
+  return result;
+}
