@@ -11,6 +11,9 @@ import { checkNativeRuntime } from './native.ts';
 export const CHILD_MARKER = 'MLX_SERVER_CHILD';
 export const CONFIG_ERROR_EXIT = 2;
 const RESTART_DELAY_MS = 500;
+/** A child that dies this soon after starting, this many times in a row, is not going to recover. */
+const EARLY_EXIT_MS = 5000;
+const EARLY_EXITS_BEFORE_GIVING_UP = 3;
 
 const entry = fileURLToPath(new URL('../../bin/mlx-server.js', import.meta.url));
 
@@ -26,6 +29,7 @@ export function superviseServer(args: string[]): void {
   }
   let child: ChildProcess | null = null;
   let stopping = false;
+  let earlyExits = 0;
   const start = (): void => {
     child = spawn(process.execPath, ['--import', import.meta.resolve('tsx'), '--expose-gc', entry, 'serve', ...args], {
       stdio: 'inherit',
@@ -35,8 +39,13 @@ export function superviseServer(args: string[]): void {
     child.on('exit', (code, signal) => {
       child = null;
       if (stopping || code === 0 || code === CONFIG_ERROR_EXIT) process.exit(code ?? 0);
-      const uptime = Math.round((Date.now() - startedAt) / 1000);
-      say(`server exited (${signal ?? `code ${code}`}) after ${uptime}s; restarting in ${RESTART_DELAY_MS} ms`);
+      const uptimeMs = Date.now() - startedAt;
+      earlyExits = uptimeMs < EARLY_EXIT_MS ? earlyExits + 1 : 0;
+      if (earlyExits >= EARLY_EXITS_BEFORE_GIVING_UP) {
+        say(`server exited (${signal ?? `code ${code}`}) within ${EARLY_EXIT_MS / 1000}s of starting ${earlyExits} times in a row; giving up`);
+        process.exit(code || 1);
+      }
+      say(`server exited (${signal ?? `code ${code}`}) after ${Math.round(uptimeMs / 1000)}s; restarting in ${RESTART_DELAY_MS} ms`);
       setTimeout(start, RESTART_DELAY_MS);
     });
   };
