@@ -1,5 +1,5 @@
 import type { KVCache } from './kv-cache.ts';
-import { Linear, RMSNorm, type Module } from './layers.ts';
+import { Linear, RMSNorm, softCap, type Module } from './layers.ts';
 import { mx, type MxArray } from './mx.ts';
 import type { RotaryEmbedding } from './rope.ts';
 import type { WeightStore } from './weights.ts';
@@ -10,50 +10,95 @@ export interface AttentionShape {
   headDim: number;
   /** Qwen2-style biases on q, k and v. */
   qkvBias: boolean;
-  /** Qwen3-style RMSNorm of each query and key head, eps given. */
+  /** RMSNorm of each query and key head (Qwen3, Gemma 3), eps given. */
   qkNormEps: number | null;
+  /** Gemma 3's q/k norms scale by (1 + w). */
+  qkNormUnitOffset?: boolean;
+  /** Score scale; 1/sqrt(headDim) when absent (Gemma: 1/sqrt(query_pre_attn_scalar)). */
+  scale?: number;
+  /** Gemma 2's cap * tanh(score / cap) on attention scores before the mask. */
+  scoreSoftCap?: number | null;
+  /** Sliding window: a query sees keys with query_pos - key_pos < window; null: all earlier keys. */
+  window?: number | null;
 }
 
-/** Additive causal mask for `length` new positions after `offset` cached ones. */
-export function causalMask(length: number, offset: number): MxArray | undefined {
-  if (length === 1) return undefined;
-  const rows = mx.add(mx.arange(length, mx.int32), offset);
-  const cols = mx.arange(offset + length, mx.int32);
-  const allowed = mx.lessEqual(mx.expandDims(cols, 0), mx.expandDims(rows, 1));
+/**
+ * Additive causal mask for `length` new positions after `offset` cached ones, limited to the
+ * last `window` keys (the query's own position included) when a window is given. Undefined
+ * when nothing needs hiding: one new position that sees every cached key.
+ */
+export function causalMask(length: number, offset: number, window: number | null = null): MxArray | undefined {
+  if (length === 1 && (window === null || offset < window)) return undefined;
+  const rows = mx.expandDims(mx.add(mx.arange(length, mx.int32), offset), 1);
+  const cols = mx.expandDims(mx.arange(offset + length, mx.int32), 0);
+  let allowed = mx.lessEqual(cols, rows);
+  if (window !== null) allowed = mx.logicalAnd(allowed, mx.less(mx.subtract(rows, cols), window));
   return mx.where(allowed, mx.array(0, mx.float32), mx.array(-Infinity, mx.float32));
 }
+
+/**
+ * Attention written with ordinary ops, for what mx.fast.scaledDotProductAttention cannot do
+ * (soft-capped scores). Grouped-query heads share keys through broadcasting, not copies.
+ */
+function softCappedAttention(queries: MxArray, keys: MxArray, values: MxArray, scale: number, cap: number, mask: MxArray | undefined): MxArray {
+  const [batch, heads, length, headDim] = queries.shape as [number, number, number, number];
+  const kvHeads = keys.shape[1] as number;
+  const grouped = queries.reshape([batch, kvHeads, heads / kvHeads, length, headDim]);
+  let scores = mx.matmul(mx.multiply(grouped, scale), mx.swapaxes(mx.expandDims(keys, 2), -1, -2));
+  scores = softCap(scores, cap);
+  if (mask) scores = mx.add(scores, mask);
+  const weights = mx.softmax(scores, -1, true);
+  return mx.matmul(weights, mx.expandDims(values, 2)).reshape([batch, heads, length, headDim]);
+}
+
+/** q, k and v from separate projections or one fused `qkv_proj` (Phi-3). */
+type Projections = { q: Linear; k: Linear; v: Linear } | { qkv: Linear };
 
 export class Attention implements Module {
   private readonly qNorm: RMSNorm | null;
   private readonly kNorm: RMSNorm | null;
   private readonly scale: number;
+  readonly window: number | null;
 
   constructor(
     private readonly shape: AttentionShape,
     private readonly rope: RotaryEmbedding,
-    private readonly q: Linear,
-    private readonly k: Linear,
-    private readonly v: Linear,
+    private readonly projections: Projections,
     private readonly o: Linear,
     norms: [RMSNorm, RMSNorm] | null,
   ) {
     this.qNorm = norms?.[0] ?? null;
     this.kNorm = norms?.[1] ?? null;
-    this.scale = shape.headDim ** -0.5;
+    this.scale = shape.scale ?? shape.headDim ** -0.5;
+    this.window = shape.window ?? null;
   }
 
   static load(store: WeightStore, prefix: string, shape: AttentionShape, rope: RotaryEmbedding): Attention {
-    const norms: [RMSNorm, RMSNorm] | null =
-      shape.qkNormEps === null ? null : [RMSNorm.load(store, `${prefix}.q_norm`, shape.qkNormEps), RMSNorm.load(store, `${prefix}.k_norm`, shape.qkNormEps)];
-    return new Attention(
-      shape,
-      rope,
-      Linear.load(store, `${prefix}.q_proj`, shape.qkvBias),
-      Linear.load(store, `${prefix}.k_proj`, shape.qkvBias),
-      Linear.load(store, `${prefix}.v_proj`, shape.qkvBias),
-      Linear.load(store, `${prefix}.o_proj`),
-      norms,
-    );
+    const norm = (name: string, eps: number): RMSNorm => RMSNorm.load(store, `${prefix}.${name}`, eps, shape.qkNormUnitOffset ?? false);
+    const norms: [RMSNorm, RMSNorm] | null = shape.qkNormEps === null ? null : [norm('q_norm', shape.qkNormEps), norm('k_norm', shape.qkNormEps)];
+    const projections: Projections = store.has(`${prefix}.qkv_proj.weight`)
+      ? { qkv: Linear.load(store, `${prefix}.qkv_proj`, shape.qkvBias) }
+      : {
+          q: Linear.load(store, `${prefix}.q_proj`, shape.qkvBias),
+          k: Linear.load(store, `${prefix}.k_proj`, shape.qkvBias),
+          v: Linear.load(store, `${prefix}.v_proj`, shape.qkvBias),
+        };
+    return new Attention(shape, rope, projections, Linear.load(store, `${prefix}.o_proj`), norms);
+  }
+
+  private project(x: MxArray): [MxArray, MxArray, MxArray] {
+    if (!('qkv' in this.projections)) {
+      const { q, k, v } = this.projections;
+      return [q.forward(x), k.forward(x), v.forward(x)];
+    }
+    const qSize = this.shape.heads * this.shape.headDim;
+    const kvSize = this.shape.kvHeads * this.shape.headDim;
+    const qkv = this.projections.qkv.forward(x);
+    return [
+      qkv.index('...', mx.Slice(0, qSize)),
+      qkv.index('...', mx.Slice(qSize, qSize + kvSize)),
+      qkv.index('...', mx.Slice(qSize + kvSize, qSize + 2 * kvSize)),
+    ];
   }
 
   forward(x: MxArray, cache: KVCache, mask: MxArray | undefined): MxArray {
@@ -63,15 +108,21 @@ export class Attention implements Module {
       const perHead = t.reshape([batch, length, n, headDim]);
       return (norm ? norm.forward(perHead) : perHead).transpose(0, 2, 1, 3);
     };
+    const [q, k, v] = this.project(x);
     const offset = cache.offset;
-    const queries = this.rope.apply(split(this.q.forward(x), heads, this.qNorm), offset);
-    const newKeys = this.rope.apply(split(this.k.forward(x), kvHeads, this.kNorm), offset);
-    const [keys, values] = cache.update(newKeys, split(this.v.forward(x), kvHeads, null));
-    const attended = mx.fast.scaledDotProductAttention(queries, keys, values, this.scale, mask);
+    const queries = this.rope.apply(split(q, heads, this.qNorm), offset);
+    const newKeys = this.rope.apply(split(k, kvHeads, this.kNorm), offset);
+    const [keys, values] = cache.update(newKeys, split(v, kvHeads, null));
+    const cap = this.shape.scoreSoftCap ?? null;
+    const attended =
+      cap === null
+        ? mx.fast.scaledDotProductAttention(queries, keys, values, this.scale, mask)
+        : softCappedAttention(queries, keys, values, this.scale, cap, mask);
     return this.o.forward(attended.transpose(0, 2, 1, 3).reshape([batch, length, heads * headDim]));
   }
 
   parameters(): MxArray[] {
-    return [this.q, this.k, this.v, this.o, ...(this.qNorm ? [this.qNorm] : []), ...(this.kNorm ? [this.kNorm] : [])].flatMap((m) => m.parameters());
+    const projections = 'qkv' in this.projections ? [this.projections.qkv] : [this.projections.q, this.projections.k, this.projections.v];
+    return [...projections, this.o, ...(this.qNorm ? [this.qNorm] : []), ...(this.kNorm ? [this.kNorm] : [])].flatMap((m) => m.parameters());
   }
 }

@@ -1,10 +1,11 @@
 /**
- * The pre-norm decoder stack the Llama family shares: embed, N blocks of
- * (norm, attention, residual, norm, gated MLP, residual), final norm, output head.
+ * The decoder stack every architecture shares: embed, N blocks, final norm, output head.
+ * The Llama family's block is built here (norm, attention, residual, norm, gated MLP,
+ * residual); architectures with other blocks (Gemma) bring their own.
  */
 import { Attention, causalMask, type AttentionShape } from './attention.ts';
 import { KVCache } from './kv-cache.ts';
-import { Embedding, GatedMLP, Linear, RMSNorm, type Module } from './layers.ts';
+import { Embedding, GatedMLP, Linear, RMSNorm, softCap, type Activation, type Module } from './layers.ts';
 import { mx, type MxArray } from './mx.ts';
 import type { RotaryEmbedding } from './rope.ts';
 import type { WeightStore } from './weights.ts';
@@ -18,13 +19,24 @@ export interface LanguageModel extends Module {
   forward(ids: MxArray, cache: KVCache[], allPositions?: boolean): MxArray;
 }
 
-class PreNormBlock implements Module {
+/** One layer of a decoder stack. */
+export interface DecoderBlock extends Module {
+  /** The sliding window its attention keeps (see AttentionShape.window); null: full causal. */
+  readonly window: number | null;
+  forward(x: MxArray, cache: KVCache, mask: MxArray | undefined): MxArray;
+}
+
+class PreNormBlock implements DecoderBlock {
   constructor(
     private readonly inputNorm: RMSNorm,
     private readonly attention: Attention,
     private readonly postAttentionNorm: RMSNorm,
     private readonly mlp: GatedMLP,
   ) {}
+
+  get window(): number | null {
+    return this.attention.window;
+  }
 
   forward(x: MxArray, cache: KVCache, mask: MxArray | undefined): MxArray {
     const h = mx.add(x, this.attention.forward(this.inputNorm.forward(x), cache, mask));
@@ -45,62 +57,86 @@ export interface DecoderSpec {
   tiedEmbeddings: boolean;
   attention: AttentionShape;
   rope: RotaryEmbedding;
+  activation?: Activation;
+}
+
+/** What every decoder stack is made of; the blocks are the architecture's own. */
+export interface StackParts {
+  modelType: string;
+  contextLength: number;
+  embed: Embedding;
+  /** Gemma multiplies embeddings by sqrt(hidden_size). */
+  embedScale: number | null;
+  blocks: DecoderBlock[];
+  norm: RMSNorm;
+  head: Linear | null;
+  /** Gemma 2's cap * tanh(logits / cap). */
+  finalSoftCap: number | null;
+}
+
+/** Drops what no architecture computes with, then loads the embedding and the (possibly tied) head. */
+export function loadEmbeddings(store: WeightStore, tiedEmbeddings: boolean): { embed: Embedding; head: () => Linear | null } {
+  store.discard((name) => name.includes('rotary_emb.inv_freq'));
+  if (tiedEmbeddings) store.discard((name) => name.startsWith('lm_head.'));
+  const embed = Embedding.load(store, 'model.embed_tokens');
+  return { embed, head: () => (tiedEmbeddings ? null : Linear.load(store, 'lm_head')) };
 }
 
 export class DecoderStack implements LanguageModel {
   readonly modelType: string;
   readonly contextLength: number;
 
-  private constructor(
-    spec: DecoderSpec,
-    private readonly embed: Embedding,
-    private readonly blocks: PreNormBlock[],
-    private readonly norm: RMSNorm,
-    private readonly head: Linear | null,
-  ) {
-    this.modelType = spec.modelType;
-    this.contextLength = spec.contextLength;
+  constructor(private readonly parts: StackParts) {
+    this.modelType = parts.modelType;
+    this.contextLength = parts.contextLength;
   }
 
+  /** The Llama-family pre-norm stack. */
   static load(store: WeightStore, spec: DecoderSpec): DecoderStack {
-    store.discard((name) => name.includes('rotary_emb.inv_freq'));
-    if (spec.tiedEmbeddings) store.discard((name) => name.startsWith('lm_head.'));
-    const embed = Embedding.load(store, 'model.embed_tokens');
+    const { embed, head } = loadEmbeddings(store, spec.tiedEmbeddings);
     const blocks = Array.from({ length: spec.layers }, (_, i) => {
       const prefix = `model.layers.${i}`;
       return new PreNormBlock(
         RMSNorm.load(store, `${prefix}.input_layernorm`, spec.rmsNormEps),
         Attention.load(store, `${prefix}.self_attn`, spec.attention, spec.rope),
         RMSNorm.load(store, `${prefix}.post_attention_layernorm`, spec.rmsNormEps),
-        GatedMLP.load(store, `${prefix}.mlp`),
+        GatedMLP.load(store, `${prefix}.mlp`, spec.activation),
       );
     });
     const norm = RMSNorm.load(store, 'model.norm', spec.rmsNormEps);
-    const head = spec.tiedEmbeddings ? null : Linear.load(store, 'lm_head');
-    return new DecoderStack(spec, embed, blocks, norm, head);
+    return new DecoderStack({ modelType: spec.modelType, contextLength: spec.contextLength, embed, embedScale: null, blocks, norm, head: head(), finalSoftCap: null });
   }
 
   get vocabSize(): number {
-    return this.embed.rows;
+    return this.parts.embed.rows;
   }
 
   newCache(): KVCache[] {
-    return this.blocks.map(() => new KVCache());
+    return this.parts.blocks.map(() => new KVCache());
   }
 
   forward(ids: MxArray, cache: KVCache[], allPositions = false): MxArray {
+    const { embed, embedScale, blocks, norm, head, finalSoftCap } = this.parts;
     const length = ids.shape[1] ?? 1;
-    const mask = causalMask(length, cache[0]?.offset ?? 0);
-    let h = this.embed.forward(ids);
-    this.blocks.forEach((block, i) => {
-      h = block.forward(h, cache[i] as KVCache, mask);
+    const offset = cache[0]?.offset ?? 0;
+    const masks = new Map<number | null, MxArray | undefined>();
+    const maskFor = (window: number | null): MxArray | undefined => {
+      if (!masks.has(window)) masks.set(window, causalMask(length, offset, window));
+      return masks.get(window);
+    };
+    let h = embed.forward(ids);
+    if (embedScale !== null) h = mx.multiply(h, mx.array(embedScale, h.dtype));
+    blocks.forEach((block, i) => {
+      h = block.forward(h, cache[i] as KVCache, maskFor(block.window));
     });
     if (!allPositions && length > 1) h = h.index(mx.Slice(), mx.Slice(length - 1, length));
-    h = this.norm.forward(h);
-    return this.head ? this.head.forward(h) : this.embed.asLinear(h);
+    h = norm.forward(h);
+    const logits = head ? head.forward(h) : embed.asLinear(h);
+    return finalSoftCap === null ? logits : softCap(logits, finalSoftCap);
   }
 
   parameters(): MxArray[] {
-    return [this.embed, ...this.blocks, this.norm, ...(this.head ? [this.head] : [])].flatMap((m) => m.parameters());
+    const { embed, blocks, norm, head } = this.parts;
+    return [embed, ...blocks, norm, ...(head ? [head] : [])].flatMap((m) => m.parameters());
   }
 }

@@ -1,4 +1,5 @@
 /** The building blocks the architectures share: linear (dense or MLX affine-quantized), embedding, norms, MLP. */
+import { ServeError } from '../../src/errors.ts';
 import { mx, type MxArray } from './mx.ts';
 import type { QuantSpec, WeightStore } from './weights.ts';
 
@@ -19,6 +20,11 @@ export class Linear implements Module {
     const quant = spec ? { scales: store.take(`${prefix}.scales`), biases: store.take(`${prefix}.biases`), spec } : null;
     const bias = withBias ? store.take(`${prefix}.bias`) : store.takeOptional(`${prefix}.bias`);
     return new Linear(weight, bias, quant);
+  }
+
+  /** Output features (rows of the weight, packed or not). */
+  get outputs(): number {
+    return this.weight.shape[0] ?? 0;
   }
 
   forward(x: MxArray): MxArray {
@@ -71,8 +77,10 @@ export class Embedding implements Module {
 export class RMSNorm implements Module {
   constructor(private readonly weight: MxArray, private readonly eps: number) {}
 
-  static load(store: WeightStore, prefix: string, eps: number): RMSNorm {
-    return new RMSNorm(store.take(`${prefix}.weight`), eps);
+  /** `unitOffset`: Gemma stores w and scales by (1 + w). */
+  static load(store: WeightStore, prefix: string, eps: number, unitOffset = false): RMSNorm {
+    const weight = store.take(`${prefix}.weight`);
+    return new RMSNorm(unitOffset ? mx.add(weight, 1) : weight, eps);
   }
 
   forward(x: MxArray): MxArray {
@@ -84,20 +92,81 @@ export class RMSNorm implements Module {
   }
 }
 
-/** SwiGLU feed-forward: down(silu(gate(x)) * up(x)). */
-export class GatedMLP implements Module {
-  constructor(private readonly gate: Linear, private readonly up: Linear, private readonly down: Linear) {}
+export type Activation = 'silu' | 'gelu' | 'gelu_tanh';
 
-  static load(store: WeightStore, prefix: string): GatedMLP {
-    return new GatedMLP(Linear.load(store, `${prefix}.gate_proj`), Linear.load(store, `${prefix}.up_proj`), Linear.load(store, `${prefix}.down_proj`));
+/** The activation a config's `hidden_act` / `hidden_activation` names. */
+export function activationNamed(name: string | undefined, fallback: Activation): Activation {
+  switch (name) {
+    case undefined:
+      return fallback;
+    case 'silu':
+    case 'swish':
+      return 'silu';
+    case 'gelu':
+      return 'gelu';
+    case 'gelu_pytorch_tanh':
+    case 'gelu_new':
+    case 'gelu_fast':
+      return 'gelu_tanh';
+    default:
+      throw new ServeError(422, 'unsupported_model', `unsupported activation '${name}' (supported: silu, gelu, gelu_pytorch_tanh)`);
+  }
+}
+
+const SQRT_2_OVER_PI = Math.sqrt(2 / Math.PI);
+
+function activate(activation: Activation, x: MxArray): MxArray {
+  switch (activation) {
+    case 'silu':
+      return mx.multiply(x, mx.sigmoid(x));
+    case 'gelu':
+      return mx.multiply(mx.multiply(x, 0.5), mx.add(mx.erf(mx.multiply(x, Math.SQRT1_2)), 1));
+    case 'gelu_tanh': {
+      const inner = mx.multiply(mx.add(x, mx.multiply(mx.multiply(mx.multiply(x, x), x), 0.044715)), SQRT_2_OVER_PI);
+      return mx.multiply(mx.multiply(x, 0.5), mx.add(mx.tanh(inner), 1));
+    }
+  }
+}
+
+/** cap * tanh(x / cap): Gemma's soft limit on attention scores and logits. */
+export function softCap(x: MxArray, cap: number): MxArray {
+  return mx.multiply(mx.tanh(mx.divide(x, cap)), cap);
+}
+
+/**
+ * Gated feed-forward: down(act(gate(x)) * up(x)). Gate and up are two projections, or one
+ * fused `gate_up_proj` (Phi-3) whose first half of outputs is the gate.
+ */
+export class GatedMLP implements Module {
+  constructor(
+    private readonly gateUp: Linear | [gate: Linear, up: Linear],
+    private readonly down: Linear,
+    private readonly activation: Activation,
+  ) {}
+
+  static load(store: WeightStore, prefix: string, activation: Activation = 'silu'): GatedMLP {
+    const gateUp: GatedMLP['gateUp'] = store.has(`${prefix}.gate_up_proj.weight`)
+      ? Linear.load(store, `${prefix}.gate_up_proj`)
+      : [Linear.load(store, `${prefix}.gate_proj`), Linear.load(store, `${prefix}.up_proj`)];
+    return new GatedMLP(gateUp, Linear.load(store, `${prefix}.down_proj`), activation);
   }
 
   forward(x: MxArray): MxArray {
-    const gate = this.gate.forward(x);
-    return this.down.forward(mx.multiply(mx.multiply(gate, mx.sigmoid(gate)), this.up.forward(x)));
+    let gate: MxArray;
+    let up: MxArray;
+    if (Array.isArray(this.gateUp)) {
+      gate = this.gateUp[0].forward(x);
+      up = this.gateUp[1].forward(x);
+    } else {
+      const half = this.gateUp.outputs / 2;
+      const both = this.gateUp.forward(x);
+      gate = both.index('...', mx.Slice(0, half));
+      up = both.index('...', mx.Slice(half));
+    }
+    return this.down.forward(mx.multiply(activate(this.activation, gate), up));
   }
 
   parameters(): MxArray[] {
-    return [...this.gate.parameters(), ...this.up.parameters(), ...this.down.parameters()];
+    return [...(Array.isArray(this.gateUp) ? this.gateUp : [this.gateUp]), this.down].flatMap((m) => m.parameters());
   }
 }

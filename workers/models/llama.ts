@@ -1,25 +1,28 @@
 import { DecoderStack, type LanguageModel } from './decoder.ts';
-import { createRope, type RopeScaling } from './rope.ts';
+import { activationNamed } from './layers.ts';
+import { ropeFromConfig, type RopeConfig } from './rope.ts';
 import type { WeightStore } from './weights.ts';
 
-export interface LlamaConfig {
+export interface LlamaConfig extends RopeConfig {
   hidden_size: number;
   num_hidden_layers: number;
   num_attention_heads: number;
   num_key_value_heads?: number;
   head_dim?: number;
   rms_norm_eps?: number;
-  rope_theta?: number;
-  rope_scaling?: RopeScaling | null;
   max_position_embeddings?: number;
   tie_word_embeddings?: boolean;
   attention_bias?: boolean;
+  hidden_act?: string;
+  /** Mistral's sliding window; null or absent: full attention. */
+  sliding_window?: number | null;
 }
 
-export function load(store: WeightStore, config: LlamaConfig): LanguageModel {
+/** Llama, and the architectures that are Llama with other defaults (Mistral). */
+export function loadLlamaFamily(store: WeightStore, config: LlamaConfig, modelType: string): LanguageModel {
   const headDim = config.head_dim ?? config.hidden_size / config.num_attention_heads;
   return DecoderStack.load(store, {
-    modelType: 'llama',
+    modelType,
     layers: config.num_hidden_layers,
     hiddenSize: config.hidden_size,
     rmsNormEps: config.rms_norm_eps ?? 1e-6,
@@ -31,7 +34,14 @@ export function load(store: WeightStore, config: LlamaConfig): LanguageModel {
       headDim,
       qkvBias: config.attention_bias ?? false,
       qkNormEps: null,
+      window: config.sliding_window ?? null,
     },
-    rope: createRope(headDim, config.rope_theta ?? 10000, config.rope_scaling),
+    rope: ropeFromConfig(config, headDim, 10000),
+    activation: activationNamed(config.hidden_act, 'silu'),
   });
+}
+
+/** Llama ignores `sliding_window` (transformers' LlamaAttention has none). */
+export function load(store: WeightStore, config: LlamaConfig): LanguageModel {
+  return loadLlamaFamily(store, { ...config, sliding_window: null }, 'llama');
 }

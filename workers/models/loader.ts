@@ -2,8 +2,12 @@ import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { ServeError } from '../../src/errors.ts';
 import type { LanguageModel } from './decoder.ts';
+import * as gemma2 from './gemma2.ts';
+import * as gemma3 from './gemma3.ts';
 import * as llama from './llama.ts';
+import * as mistral from './mistral.ts';
 import { mx, type MxArray } from './mx.ts';
+import * as phi3 from './phi3.ts';
 import * as qwen2 from './qwen2.ts';
 import * as qwen3 from './qwen3.ts';
 import { WeightStore, type QuantizationConfig, type QuantSpec } from './weights.ts';
@@ -12,9 +16,13 @@ type ArchitectureLoader = (store: WeightStore, config: never) => LanguageModel;
 
 const architectures: Record<string, ArchitectureLoader> = {
   llama: llama.load,
-  mistral: llama.load,
+  mistral: mistral.load,
   qwen2: qwen2.load,
   qwen3: qwen3.load,
+  gemma2: gemma2.load,
+  gemma3_text: gemma3.loadText,
+  gemma3: gemma3.loadMultimodal,
+  phi3: phi3.load,
 };
 
 export const supportedArchitectures = (): string[] => Object.keys(architectures);

@@ -1,22 +1,21 @@
 import { DecoderStack, type LanguageModel } from './decoder.ts';
-import { createRope, type RopeScaling } from './rope.ts';
+import { ropeFromConfig, type RopeConfig } from './rope.ts';
 import type { WeightStore } from './weights.ts';
 
-export interface Qwen2Config {
+export interface Qwen2Config extends RopeConfig {
   hidden_size: number;
   num_hidden_layers: number;
   num_attention_heads: number;
   num_key_value_heads: number;
+  head_dim?: number;
   rms_norm_eps?: number;
-  rope_theta?: number;
-  rope_scaling?: RopeScaling | null;
   max_position_embeddings?: number;
   tie_word_embeddings?: boolean;
 }
 
 /** Qwen2: the Llama block with biases on the q, k and v projections. */
 export function load(store: WeightStore, config: Qwen2Config): LanguageModel {
-  const headDim = config.hidden_size / config.num_attention_heads;
+  const headDim = config.head_dim ?? config.hidden_size / config.num_attention_heads;
   return DecoderStack.load(store, {
     modelType: 'qwen2',
     layers: config.num_hidden_layers,
@@ -25,6 +24,6 @@ export function load(store: WeightStore, config: Qwen2Config): LanguageModel {
     contextLength: config.max_position_embeddings ?? 32768,
     tiedEmbeddings: config.tie_word_embeddings ?? false,
     attention: { heads: config.num_attention_heads, kvHeads: config.num_key_value_heads, headDim, qkvBias: true, qkNormEps: null },
-    rope: createRope(headDim, config.rope_theta ?? 1000000, config.rope_scaling),
+    rope: ropeFromConfig(config, headDim, 1000000),
   });
 }

@@ -1,16 +1,14 @@
 import { DecoderStack, type LanguageModel } from './decoder.ts';
-import { createRope, type RopeScaling } from './rope.ts';
+import { ropeFromConfig, type RopeConfig } from './rope.ts';
 import type { WeightStore } from './weights.ts';
 
-export interface Qwen3Config {
+export interface Qwen3Config extends RopeConfig {
   hidden_size: number;
   num_hidden_layers: number;
   num_attention_heads: number;
   num_key_value_heads: number;
   head_dim: number;
   rms_norm_eps?: number;
-  rope_theta?: number;
-  rope_scaling?: RopeScaling | null;
   max_position_embeddings?: number;
   tie_word_embeddings?: boolean;
   attention_bias?: boolean;
@@ -33,6 +31,6 @@ export function load(store: WeightStore, config: Qwen3Config): LanguageModel {
       qkvBias: config.attention_bias ?? false,
       qkNormEps: eps,
     },
-    rope: createRope(config.head_dim, config.rope_theta ?? 1000000, config.rope_scaling),
+    rope: ropeFromConfig(config, config.head_dim, 1000000),
   });
 }

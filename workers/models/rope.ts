@@ -82,3 +82,42 @@ export function createRope(dims: number, base: number, scaling: RopeScaling | nu
       throw new ServeError(422, 'unsupported_model', `unsupported rope scaling '${kind}' (supported: default, linear, llama3)`);
   }
 }
+
+/** transformers 5's spelling: base and scaling in one object (per layer type for Gemma 3). */
+export interface RopeParameters extends RopeScaling {
+  rope_theta?: number;
+  partial_rotary_factor?: number;
+}
+
+export interface RopeConfig {
+  rope_theta?: number;
+  rope_scaling?: RopeScaling | null;
+  rope_parameters?: RopeParameters | Record<string, RopeParameters> | null;
+  partial_rotary_factor?: number;
+}
+
+function isRopeParameters(value: unknown): value is RopeParameters {
+  return typeof value === 'object' && value !== null && ('rope_theta' in value || 'rope_type' in value);
+}
+
+/**
+ * RoPE settings from a config in either spelling: `rope_parameters` (transformers 5, keyed by
+ * layer type where layers differ) or the legacy `rope_theta` + `rope_scaling`. The legacy keys
+ * fill in what `rope_parameters` lacks.
+ */
+export function ropeSettings(config: RopeConfig, layerType?: string): { base: number | undefined; scaling: RopeScaling | null; rotaryFraction: number } {
+  const raw = config.rope_parameters;
+  const perLayer = raw && !isRopeParameters(raw) && layerType ? (raw as Record<string, RopeParameters>)[layerType] : undefined;
+  const parameters = perLayer ?? (isRopeParameters(raw) ? raw : undefined);
+  return {
+    base: parameters?.rope_theta ?? config.rope_theta,
+    scaling: parameters ?? config.rope_scaling ?? null,
+    rotaryFraction: parameters?.partial_rotary_factor ?? config.partial_rotary_factor ?? 1,
+  };
+}
+
+/** The rotary embedding a config describes, over `headDim` (or the rotary fraction of it). */
+export function ropeFromConfig(config: RopeConfig, headDim: number, defaultBase: number): RotaryEmbedding {
+  const { base, scaling, rotaryFraction } = ropeSettings(config);
+  return createRope(Math.round(headDim * rotaryFraction), base ?? defaultBase, scaling);
+}

@@ -57,6 +57,15 @@ export class WeightStore {
     return spec;
   }
 
+  /** Renames every tensor under `from` to live under `to` (a text model nested in a multimodal checkpoint). */
+  movePrefix(from: string, to: string): void {
+    for (const [name, tensor] of [...this.remaining]) {
+      if (!name.startsWith(from)) continue;
+      this.remaining.delete(name);
+      this.remaining.set(to + name.slice(from.length), tensor);
+    }
+  }
+
   discard(predicate: (name: string) => boolean): void {
     for (const name of [...this.remaining.keys()]) if (predicate(name)) this.remaining.delete(name);
   }

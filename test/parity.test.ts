@@ -1,0 +1,122 @@
+/**
+ * Model parity with Hugging Face transformers (float32, eager attention) on the fixtures in
+ * test/fixtures/parity/ (see scripts/parity/README.md). For every fixture:
+ * - logits at the last prompt position, and vocab entries 0..15 at every prompt position, within
+ *   max |ours - reference| < 1e-4 * max(1, logit_scale);
+ * - 32 greedy tokens, decoded one at a time through the KV cache, identical to the reference;
+ * - token-by-token logits through the KV cache equal to the one-pass prefill (same tolerance);
+ * - a batch of two rows of the same length equal to each row run alone (same tolerance).
+ */
+import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import t from 'tap';
+import type { LanguageModel } from '../workers/models/decoder.ts';
+import { loadModel } from '../workers/models/loader.ts';
+import { mx, type MxArray } from '../workers/models/mx.ts';
+import { ServeError } from '../src/errors.ts';
+
+const FIXTURES = join(import.meta.dirname, 'fixtures', 'parity');
+const NEW_TOKENS = 32;
+const SAMPLE_VOCAB = 16;
+
+interface Reference {
+  prompts: number[][];
+  logits_last: number[][];
+  logits_all_sample: number[][][];
+  greedy: number[][];
+  logit_scale: number;
+}
+
+const fixtureNames = readdirSync(FIXTURES, { withFileTypes: true })
+  .filter((entry) => entry.isDirectory())
+  .map((entry) => entry.name)
+  .sort();
+
+function maxAbsDiff(a: number[], b: number[]): number {
+  if (a.length !== b.length) return Infinity;
+  return a.reduce((worst, value, i) => Math.max(worst, Math.abs(value - (b[i] as number))), 0);
+}
+
+/** Logits [positions][vocab] of one row (batch index `row`) of a [batch, positions, vocab] result. */
+function rowLogits(logits: MxArray, row = 0): number[][] {
+  return logits.index(row).tolist() as number[][];
+}
+
+function forward(model: LanguageModel, rows: number[][], cache = model.newCache(), allPositions = true): MxArray {
+  const logits = model.forward(mx.array(rows, mx.int32), cache, allPositions);
+  mx.eval(logits);
+  return logits;
+}
+
+function argmax(values: number[]): number {
+  return values.reduce((best, value, i) => (value > (values[best] as number) ? i : best), 0);
+}
+
+t.test('every fixture folder is covered', async (t) => {
+  t.same(fixtureNames, ['gemma2', 'gemma3', 'llama', 'llama-bf16', 'llama-fp16', 'llama-rope-llama3', 'mistral', 'phi3', 'qwen2', 'qwen3', 'qwen3-sharded']);
+});
+
+for (const name of fixtureNames) {
+  t.test(name, async (t) => {
+    const dir = join(FIXTURES, name);
+    const reference = JSON.parse(readFileSync(join(dir, 'reference.json'), 'utf8')) as Reference;
+    const { model } = loadModel(dir);
+    const tolerance = 1e-4 * Math.max(1, reference.logit_scale);
+    t.equal(model.vocabSize, reference.logits_last[0]?.length, 'vocab size');
+
+    reference.prompts.forEach((prompt, p) => {
+      const prefillCache = model.newCache();
+      const prefill = rowLogits(forward(model, [prompt], prefillCache));
+      const last = prefill.at(-1) as number[];
+      const lastDiff = maxAbsDiff(last, reference.logits_last[p] as number[]);
+      t.ok(lastDiff < tolerance, `prompt ${p}: last-position logits within ${tolerance.toExponential(2)} (max abs diff ${lastDiff.toExponential(2)})`);
+
+      const sampleDiff = Math.max(...prefill.map((position, i) => maxAbsDiff(position.slice(0, SAMPLE_VOCAB), reference.logits_all_sample[p]?.[i] as number[])));
+      t.ok(sampleDiff < tolerance, `prompt ${p}: all-position logits within tolerance (max abs diff ${sampleDiff.toExponential(2)})`);
+
+      const stepCache = model.newCache();
+      const stepDiff = Math.max(...prompt.map((token, i) => maxAbsDiff(rowLogits(forward(model, [[token]], stepCache))[0] as number[], prefill[i] as number[])));
+      t.ok(stepDiff < tolerance, `prompt ${p}: token-by-token decode equals one-pass prefill (max abs diff ${stepDiff.toExponential(2)})`);
+
+      const greedy: number[] = [];
+      let next = argmax(last);
+      while (greedy.length < NEW_TOKENS) {
+        greedy.push(next);
+        next = argmax(rowLogits(forward(model, [[next]], prefillCache, false))[0] as number[]);
+      }
+      t.same(greedy, reference.greedy[p], `prompt ${p}: ${NEW_TOKENS} greedy tokens through the KV cache match`);
+    });
+
+    const longest = reference.prompts.at(-1) as number[];
+    const rows = [longest, [...longest].reverse()];
+    const batchCache = model.newCache();
+    const batched = forward(model, rows, batchCache);
+    const batchedStep = forward(model, [[7], [11]], batchCache, false);
+    rows.forEach((row, r) => {
+      const aloneCache = model.newCache();
+      const alone = rowLogits(forward(model, [row], aloneCache));
+      const aloneStep = rowLogits(forward(model, [[r === 0 ? 7 : 11]], aloneCache, false));
+      const prefillDiff = Math.max(...alone.map((position, i) => maxAbsDiff(rowLogits(batched, r)[i] as number[], position)));
+      const stepDiff = maxAbsDiff(rowLogits(batchedStep, r)[0] as number[], aloneStep[0] as number[]);
+      t.ok(Math.max(prefillDiff, stepDiff) < tolerance, `batch row ${r} equals the row alone (prefill ${prefillDiff.toExponential(2)}, decode step ${stepDiff.toExponential(2)})`);
+    });
+  });
+}
+
+t.test('an unsupported model_type is a 422 naming the supported ones', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'parity-unsupported-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  writeFileSync(join(dir, 'config.json'), JSON.stringify({ model_type: 'mamba' }));
+  const error = (() => {
+    try {
+      loadModel(dir);
+    } catch (caught) {
+      return caught;
+    }
+    return null;
+  })();
+  t.ok(error instanceof ServeError, 'a ServeError');
+  t.match(error, { status: 422, code: 'unsupported_model', message: /mamba/ });
+  for (const type of ['llama', 'mistral', 'qwen2', 'qwen3', 'gemma2', 'gemma3_text', 'phi3']) t.match((error as Error).message, type, `names ${type}`);
+});

@@ -1,0 +1,80 @@
+/**
+ * What Gemma 2 and Gemma 3 share: the "sandwich" block (a norm before and after both attention
+ * and MLP), RMSNorms that scale by (1 + w), embeddings scaled by sqrt(hidden_size), GELU-tanh
+ * MLP, and per-layer attention (sliding or full).
+ */
+import { Attention, type AttentionShape } from './attention.ts';
+import { DecoderStack, loadEmbeddings, type DecoderBlock, type LanguageModel } from './decoder.ts';
+import type { KVCache } from './kv-cache.ts';
+import { GatedMLP, RMSNorm, type Activation } from './layers.ts';
+import { mx, type MxArray } from './mx.ts';
+import type { RotaryEmbedding } from './rope.ts';
+import type { WeightStore } from './weights.ts';
+
+class SandwichBlock implements DecoderBlock {
+  constructor(
+    private readonly inputNorm: RMSNorm,
+    private readonly attention: Attention,
+    private readonly postAttentionNorm: RMSNorm,
+    private readonly preFeedforwardNorm: RMSNorm,
+    private readonly mlp: GatedMLP,
+    private readonly postFeedforwardNorm: RMSNorm,
+  ) {}
+
+  get window(): number | null {
+    return this.attention.window;
+  }
+
+  forward(x: MxArray, cache: KVCache, mask: MxArray | undefined): MxArray {
+    const h = mx.add(x, this.postAttentionNorm.forward(this.attention.forward(this.inputNorm.forward(x), cache, mask)));
+    return mx.add(h, this.postFeedforwardNorm.forward(this.mlp.forward(this.preFeedforwardNorm.forward(h))));
+  }
+
+  parameters(): MxArray[] {
+    return [this.inputNorm, this.attention, this.postAttentionNorm, this.preFeedforwardNorm, this.mlp, this.postFeedforwardNorm].flatMap((m) => m.parameters());
+  }
+}
+
+export type LayerType = 'sliding_attention' | 'full_attention';
+
+export interface GemmaSpec {
+  modelType: string;
+  hiddenSize: number;
+  rmsNormEps: number;
+  contextLength: number;
+  tiedEmbeddings: boolean;
+  activation: Activation;
+  finalSoftCap: number | null;
+  layers: { attention: AttentionShape; rope: RotaryEmbedding }[];
+}
+
+export function loadGemmaStack(store: WeightStore, spec: GemmaSpec): LanguageModel {
+  const { embed, head } = loadEmbeddings(store, spec.tiedEmbeddings);
+  const norm = (name: string): RMSNorm => RMSNorm.load(store, name, spec.rmsNormEps, true);
+  const blocks = spec.layers.map(({ attention, rope }, i) => {
+    const prefix = `model.layers.${i}`;
+    return new SandwichBlock(
+      norm(`${prefix}.input_layernorm`),
+      Attention.load(store, `${prefix}.self_attn`, attention, rope),
+      norm(`${prefix}.post_attention_layernorm`),
+      norm(`${prefix}.pre_feedforward_layernorm`),
+      GatedMLP.load(store, `${prefix}.mlp`, spec.activation),
+      norm(`${prefix}.post_feedforward_layernorm`),
+    );
+  });
+  return new DecoderStack({
+    modelType: spec.modelType,
+    contextLength: spec.contextLength,
+    embed,
+    embedScale: Math.sqrt(spec.hiddenSize),
+    blocks,
+    norm: norm('model.norm'),
+    head: head(),
+    finalSoftCap: spec.finalSoftCap,
+  });
+}
+
+/** A config value that may be explicitly null (meaning "off"), with a default when absent. */
+export function orDefault<T>(value: T | null | undefined, fallback: T | null): T | null {
+  return value === undefined ? fallback : value;
+}
