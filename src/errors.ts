@@ -16,6 +16,10 @@ export type ErrorCode =
   | 'shutting_down'
   | 'cancelled'
   | 'worker_failed'
+  | 'hub_unauthorized'
+  | 'hub_unreachable'
+  | 'download_failed'
+  | 'disk_full'
   | 'internal_error';
 
 export interface ServeErrorShape {

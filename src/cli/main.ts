@@ -3,11 +3,13 @@ import { ConfigError, flagsHelp, parseServerConfig } from '../config.ts';
 import { createLogger } from '../log.ts';
 import { startServer } from '../server.ts';
 import { CHILD_MARKER, CONFIG_ERROR_EXIT, superviseServer } from './launcher.ts';
+import { pullCommand } from './pull.ts';
 
 const USAGE = `mlx-server: serve local LLMs with MLX over OpenAI-compatible HTTP
 
 usage:
   mlx-server serve [flags]     start the server (under a supervisor that restarts it on a crash)
+  mlx-server pull ORG/NAME     download a model from the Hugging Face Hub into its cache (no server needed)
   mlx-server help              this text
 
 flags (each has an environment twin):
@@ -71,6 +73,9 @@ export async function main(argv: string[]): Promise<void> {
         }
         superviseServer(args);
       }
+      return;
+    case 'pull':
+      await pullCommand(args);
       return;
     case undefined:
     case 'help':

@@ -145,6 +145,7 @@ export class Engine {
     const done = (async (): Promise<GenerationStats> => {
       let leased = false;
       try {
+        if (model.fetch) model = await model.fetch();
         await this.acquire(model);
         leased = true;
         const stats = cancellation.reason
@@ -183,6 +184,7 @@ export class Engine {
   /** Loads a model without generating (POST /admin/load, an empty Ollama prompt). */
   async load(model: ModelEntry): Promise<LoadedInfo> {
     this.touch();
+    if (model.fetch) model = await model.fetch();
     await this.acquire(model);
     this.release();
     return this.loaded as LoadedInfo;

@@ -19,7 +19,9 @@ const STATUS_TEXT: Record<number, string> = {
   422: '422 Unprocessable Entity',
   429: '429 Too Many Requests',
   500: '500 Internal Server Error',
+  502: '502 Bad Gateway',
   503: '503 Service Unavailable',
+  507: '507 Insufficient Storage',
 };
 
 export const statusLine = (status: number): string => STATUS_TEXT[status] ?? `${status} Status`;

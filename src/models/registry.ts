@@ -15,6 +15,8 @@ export interface ModelEntry extends ModelSource {
   origin: 'builtin' | 'flag' | 'models-dir' | 'hf-cache';
   modifiedAt: Date;
   sizeBytes: number;
+  /** Set on a model that is not on disk yet (--auto-pull): downloads it and returns its entry. */
+  fetch?: () => Promise<ModelEntry>;
 }
 
 export function huggingFaceHubCache(env: NodeJS.ProcessEnv = process.env): string {
@@ -37,7 +39,7 @@ function folderStats(dir: string): { modifiedAt: Date; sizeBytes: number } {
   return { modifiedAt, sizeBytes };
 }
 
-function huggingFaceModels(cache: string): { name: string; path: string }[] {
+export function huggingFaceModels(cache: string): { name: string; path: string }[] {
   if (!existsSync(cache)) return [];
   const found: { name: string; path: string }[] = [];
   for (const entry of readdirSync(cache)) {
@@ -58,6 +60,8 @@ export interface RegistryOptions {
   modelsDirs: string[];
   cacheDir: string;
   hubCache?: string;
+  /** How to fetch a named model that is not on disk, or null when it cannot be fetched. */
+  fetchMissing?: (name: string) => (() => Promise<void>) | null;
 }
 
 export class ModelRegistry {
@@ -96,6 +100,14 @@ export class ModelRegistry {
     const models = this.list();
     const found = models.find((m) => m.name === wanted) ?? models.find((m) => m.name === wanted.replace(/:latest$/, ''));
     if (!found) {
+      const fetchModel = this.options.fetchMissing?.(wanted);
+      if (fetchModel) {
+        const fetch = async (): Promise<ModelEntry> => {
+          await fetchModel();
+          return this.resolve(wanted);
+        };
+        return { name: wanted, path: '', builtin: false, origin: 'hf-cache', modifiedAt: new Date(), sizeBytes: 0, fetch };
+      }
       throw new ServeError(404, 'model_not_found', `model '${wanted}' not found; available: ${models.map((m) => m.name).join(', ')}`, 'model');
     }
     return found;
