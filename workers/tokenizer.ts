@@ -152,15 +152,22 @@ export class ModelTokenizer {
     return this.encoder.token_to_id(token) ?? null;
   }
 
+  private specialBytesOf(id: number): Uint8Array | undefined {
+    const { data, offsets, special } = this.tokenBytes;
+    return special.has(id) ? data.subarray(offsets[id], offsets[id + 1]) : undefined;
+  }
+
   bytesOf(id: number): Uint8Array | undefined {
     const { data, offsets, special } = this.tokenBytes;
     if (special.has(id) || id < 0 || id >= offsets.length - 1) return undefined;
     return data.subarray(offsets[id], offsets[id + 1]);
   }
 
-  decode(ids: number[]): string {
+  /** Special tokens are left out unless `skipSpecialTokens` is false (then they read as their text). */
+  decode(ids: number[], skipSpecialTokens = true): string {
     const decoder = new TextDecoder();
-    const text = ids.map((id) => decoder.decode(this.bytesOf(id) ?? new Uint8Array(), { stream: true })).join('') + decoder.decode();
+    const bytes = (id: number): Uint8Array | undefined => this.bytesOf(id) ?? (skipSpecialTokens ? undefined : this.specialBytesOf(id));
+    const text = ids.map((id) => decoder.decode(bytes(id) ?? new Uint8Array(), { stream: true })).join('') + decoder.decode();
     return this.stripsLeadingSpace && text.startsWith(' ') ? text.slice(1) : text;
   }
 
