@@ -2,15 +2,19 @@
 import { ConfigError, flagsHelp, parseServerConfig } from '../config.ts';
 import { createLogger } from '../log.ts';
 import { startServer } from '../server.ts';
+import { CLIENT_COMMANDS, CLIENT_USAGE, ClientError, runClientCommand } from './client.ts';
 import { CHILD_MARKER, CONFIG_ERROR_EXIT, superviseServer } from './launcher.ts';
 import { pullCommand } from './pull.ts';
 
-const USAGE = `mlx-server: serve local LLMs with MLX over OpenAI-compatible HTTP
+const USAGE = `mlx-server: serve local LLMs with MLX over OpenAI- and Ollama-compatible HTTP
 
 usage:
   mlx-server serve [flags]     start the server (under a supervisor that restarts it on a crash)
   mlx-server pull ORG/NAME     download a model from the Hugging Face Hub into its cache (no server needed)
   mlx-server help              this text
+
+client commands (they talk to a running server):
+${CLIENT_USAGE}
 
 flags (each has an environment twin):
 ${flagsHelp()}
@@ -84,6 +88,16 @@ export async function main(argv: string[]): Promise<void> {
       process.stdout.write(USAGE);
       return;
     default:
+      if (CLIENT_COMMANDS.includes(command)) {
+        try {
+          await runClientCommand(command, args);
+        } catch (error) {
+          if (!(error instanceof ClientError) && !(error instanceof TypeError)) throw error;
+          process.stderr.write(`mlx-server: ${error.message}\n`);
+          process.exit(1);
+        }
+        return;
+      }
       process.stderr.write(`mlx-server: unknown command '${command}'\n\n${USAGE}`);
       process.exit(CONFIG_ERROR_EXIT);
   }

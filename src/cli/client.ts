@@ -1,0 +1,290 @@
+/**
+ * Client commands (`run`, `ps`, `list`, `stop`, `show`): they talk to a running server over its
+ * Ollama-compatible API, like any other client, and never load a model in this process.
+ */
+import { createInterface } from 'node:readline';
+import { parseArgs } from 'node:util';
+
+export const DEFAULT_HOST = 'http://127.0.0.1:11437';
+export const HOST_ENV = 'MLX_SERVER_HOST';
+
+export class ClientError extends Error {}
+
+type Json = Record<string, unknown>;
+
+/**
+ * Where the server is, read as Ollama reads OLLAMA_HOST: a URL, "host:port", "host" or ":port".
+ * MLX_SERVER_HOST is also `serve`'s bind address, so a host without a port takes `serve`'s
+ * port (MLX_SERVER_PORT, default 11437); https without a port means 443.
+ */
+export function serverUrl(host: string | undefined, env: NodeJS.ProcessEnv = process.env): string {
+  const value = (host ?? '').trim() || DEFAULT_HOST;
+  const withoutScheme = value.replace(/^https?:\/\//, '');
+  const url = new URL(value === withoutScheme ? `http://${value.startsWith(':') ? `127.0.0.1${value}` : value}` : value);
+  const hasPort = /^[^/]*:\d+(\/|$)/.test(withoutScheme) || withoutScheme.startsWith(':');
+  if (!hasPort && url.protocol === 'http:') url.port = env.MLX_SERVER_PORT || new URL(DEFAULT_HOST).port;
+  return url.toString().replace(/\/+$/, '');
+}
+
+class Client {
+  constructor(readonly base: string) {}
+
+  async request(path: string, init: RequestInit = {}): Promise<Response> {
+    let response: Response;
+    try {
+      response = await fetch(this.base + path, { ...init, headers: { 'content-type': 'application/json' } });
+    } catch (error) {
+      if ((error as Error).name === 'AbortError') throw error;
+      const cause = (error as { cause?: { code?: string } }).cause;
+      throw new ClientError(
+        `no mlx-server is running at ${this.base} (${cause?.code ?? (error as Error).message}); start one with 'mlx-server serve', or point --host / ${HOST_ENV} at one`,
+      );
+    }
+    if (!response.ok) {
+      const text = await response.text();
+      let message = text;
+      try {
+        message = (JSON.parse(text) as { error?: string }).error ?? text;
+      } catch {
+        // not JSON: the text itself is the message
+      }
+      throw new ClientError(`${message} (HTTP ${response.status})`);
+    }
+    return response;
+  }
+
+  async get(path: string): Promise<Json> {
+    return (await (await this.request(path)).json()) as Json;
+  }
+
+  async post(path: string, body: Json): Promise<Json> {
+    return (await (await this.request(path, { method: 'POST', body: JSON.stringify(body) })).json()) as Json;
+  }
+
+  /** POSTs and yields each NDJSON object of the streamed answer; an {error} line is thrown. */
+  async *stream(path: string, body: Json, signal?: AbortSignal): AsyncGenerator<Json> {
+    const response = await this.request(path, { method: 'POST', body: JSON.stringify({ ...body, stream: true }), ...(signal ? { signal } : {}) });
+    const decoder = new TextDecoder();
+    let buffered = '';
+    for await (const chunk of response.body as unknown as AsyncIterable<Uint8Array>) {
+      buffered += decoder.decode(chunk, { stream: true });
+      const lines = buffered.split('\n');
+      buffered = lines.pop() ?? '';
+      for (const line of lines) {
+        if (!line.trim()) continue;
+        const object = JSON.parse(line) as Json;
+        if (typeof object.error === 'string') throw new ClientError(object.error);
+        yield object;
+      }
+    }
+  }
+}
+
+const GB = 1e9;
+function size(bytes: number): string {
+  if (bytes >= GB) return `${(bytes / GB).toFixed(1)} GB`;
+  if (bytes >= 1e6) return `${Math.round(bytes / 1e6)} MB`;
+  return `${Math.round(bytes / 1e3)} KB`;
+}
+
+function ago(iso: string, now = Date.now()): string {
+  const seconds = Math.round((now - Date.parse(iso)) / 1000);
+  const [amount, unit] = seconds < 60 ? [seconds, 'second'] : seconds < 3600 ? [Math.round(seconds / 60), 'minute'] : seconds < 86400 ? [Math.round(seconds / 3600), 'hour'] : [Math.round(seconds / 86400), 'day'];
+  return amount <= 0 ? 'just now' : `${amount} ${unit}${amount === 1 ? '' : 's'} ago`;
+}
+
+function until(iso: string, now = Date.now()): string {
+  const seconds = Math.round((Date.parse(iso) - now) / 1000);
+  if (seconds > 100 * 365 * 86400) return 'Forever';
+  if (seconds <= 0) return 'Stopping...';
+  if (seconds < 60) return `${seconds} seconds from now`;
+  if (seconds < 3600) return `${Math.round(seconds / 60)} minutes from now`;
+  return `${Math.round(seconds / 3600)} hours from now`;
+}
+
+function table(rows: string[][]): string {
+  const widths = rows[0]?.map((_, i) => Math.max(...rows.map((r) => (r[i] ?? '').length))) ?? [];
+  return rows.map((row) => row.map((cell, i) => (i === row.length - 1 ? cell : cell.padEnd((widths[i] ?? 0) + 4))).join('').trimEnd()).join('\n') + '\n';
+}
+
+interface RunOptions {
+  keepAlive: string | undefined;
+  verbose: boolean;
+  options: Json;
+}
+
+const keepAliveField = (run: RunOptions): Json => (run.keepAlive !== undefined ? { keep_alive: run.keepAlive } : {});
+
+/** Streams one answer to stdout; returns the whole text so a chat can keep it. */
+async function answer(client: Client, model: string, messages: Json[], run: RunOptions, signal?: AbortSignal): Promise<string> {
+  const parts: string[] = [];
+  for await (const object of client.stream('/api/chat', { model, messages, options: run.options, ...keepAliveField(run) }, signal)) {
+    const text = ((object.message as Json | undefined)?.content as string | undefined) ?? '';
+    if (text) {
+      process.stdout.write(text);
+      parts.push(text);
+    }
+    if (object.done && run.verbose) {
+      const seconds = (key: string): number => ((object[key] as number) ?? 0) / 1e9;
+      const rate = (count: string, duration: string): string => (seconds(duration) > 0 ? ((object[count] as number) / seconds(duration)).toFixed(2) : '-');
+      process.stderr.write(
+        `\ntotal duration:       ${seconds('total_duration').toFixed(3)}s\nload duration:        ${seconds('load_duration').toFixed(3)}s\n` +
+          `prompt eval count:    ${object.prompt_eval_count} token(s)\nprompt eval rate:     ${rate('prompt_eval_count', 'prompt_eval_duration')} tokens/s\n` +
+          `eval count:           ${object.eval_count} token(s)\neval rate:            ${rate('eval_count', 'eval_duration')} tokens/s\n`,
+      );
+    }
+  }
+  process.stdout.write('\n');
+  return parts.join('');
+}
+
+async function readStdin(): Promise<string> {
+  const chunks: Buffer[] = [];
+  for await (const chunk of process.stdin) chunks.push(chunk as Buffer);
+  return Buffer.concat(chunks).toString('utf8').trim();
+}
+
+async function interactive(client: Client, model: string, run: RunOptions): Promise<void> {
+  const rl = createInterface({ input: process.stdin, output: process.stdout, prompt: '>>> ' });
+  const history: Json[] = [];
+  let generation: AbortController | null = null;
+  rl.on('SIGINT', () => {
+    if (generation) generation.abort();
+    else {
+      process.stdout.write('\nUse Ctrl + d or /bye to exit.\n');
+      rl.prompt();
+    }
+  });
+  process.stdout.write('Send a message (/? for help)\n');
+  rl.prompt();
+  for await (const line of rl) {
+    const input = line.trim();
+    if (input === '/bye') break;
+    if (input === '/?' || input === '/help') process.stdout.write('  /clear   forget the conversation\n  /bye     exit\n  Ctrl+C   stop the answer being written\n');
+    else if (input === '/clear') {
+      history.length = 0;
+      process.stdout.write('Cleared the conversation.\n');
+    } else if (input) {
+      history.push({ role: 'user', content: input });
+      generation = new AbortController();
+      try {
+        history.push({ role: 'assistant', content: await answer(client, model, history, run, generation.signal) });
+      } catch (error) {
+        history.pop();
+        if ((error as Error).name !== 'AbortError') throw error;
+        process.stdout.write('\n');
+      } finally {
+        generation = null;
+      }
+    }
+    rl.prompt();
+  }
+  rl.close();
+}
+
+function number(flag: string, value: string | undefined): number | undefined {
+  if (value === undefined) return undefined;
+  const n = Number(value);
+  if (!Number.isFinite(n)) throw new ClientError(`--${flag} must be a number, got '${value}'`);
+  return n;
+}
+
+export const CLIENT_USAGE = `  mlx-server run MODEL [PROMPT]  answer PROMPT (or what is piped in); a chat when stdin is a terminal
+      --num-predict N  --temperature T  --seed N  --keepalive DURATION  --verbose
+  mlx-server ps                  the loaded model, its size and when it will be unloaded
+  mlx-server list                the models the server can load
+  mlx-server show MODEL          a model's architecture, parameters and capabilities
+  mlx-server stop MODEL          unload MODEL now
+
+  client commands take --host URL (env ${HOST_ENV}, default ${DEFAULT_HOST})`;
+
+export const CLIENT_COMMANDS = ['run', 'ps', 'list', 'ls', 'show', 'stop'];
+
+/** Runs one client command; throws ClientError with a message for the user. */
+export async function runClientCommand(command: string, argv: string[]): Promise<void> {
+  const { values, positionals } = parseArgs({
+    args: argv,
+    allowPositionals: true,
+    strict: true,
+    options: {
+      host: { type: 'string' },
+      'num-predict': { type: 'string' },
+      temperature: { type: 'string' },
+      seed: { type: 'string' },
+      keepalive: { type: 'string' },
+      verbose: { type: 'boolean' },
+    },
+  });
+  const client = new Client(serverUrl(values.host ?? process.env[HOST_ENV]));
+  const [model, ...rest] = positionals;
+  const needModel = (): string => {
+    if (!model) throw new ClientError(`'${command}' needs a model name (see 'mlx-server list')`);
+    return model;
+  };
+  switch (command) {
+    case 'list':
+    case 'ls': {
+      const { models } = (await client.get('/api/tags')) as { models: Json[] };
+      const rows = models.map((m) => [m.name as string, (m.digest as string).slice(0, 12), size(m.size as number), ago(m.modified_at as string)]);
+      process.stdout.write(table([['NAME', 'ID', 'SIZE', 'MODIFIED'], ...rows]));
+      return;
+    }
+    case 'ps': {
+      const { models } = (await client.get('/api/ps')) as { models: Json[] };
+      const processor = (m: Json): string => ((m.size_vram as number) > 0 ? '100% GPU' : '100% CPU');
+      const rows = models.map((m) => [m.name as string, size(m.size as number), processor(m), String(m.context_length ?? ''), until(m.expires_at as string)]);
+      process.stdout.write(table([['NAME', 'SIZE', 'PROCESSOR', 'CONTEXT', 'UNTIL'], ...rows]));
+      return;
+    }
+    case 'stop': {
+      const name = needModel();
+      const { models } = (await client.get('/api/ps')) as { models: Json[] };
+      if (!models.some((m) => m.name === name || m.name === name.replace(/:latest$/, ''))) throw new ClientError(`model '${name}' is not loaded, so there is nothing to stop`);
+      await client.post('/api/generate', { model: name, keep_alive: 0, stream: false });
+      return;
+    }
+    case 'show': {
+      const shown = await client.post('/api/show', { model: needModel() });
+      const info = shown.model_info as Json;
+      const details = shown.details as Json;
+      const arch = info['general.architecture'] as string;
+      const field = (key: string): string => String(info[`${arch}.${key}`] ?? '-');
+      const lines = [
+        '  Model',
+        `    architecture        ${arch}`,
+        `    parameters          ${(details.parameter_size as string) || '-'}`,
+        `    context length      ${field('context_length')}`,
+        `    embedding length    ${field('embedding_length')}`,
+        `    layers              ${field('block_count')}`,
+        `    quantization        ${details.quantization_level as string}`,
+        '',
+        '  Capabilities',
+        ...(shown.capabilities as string[]).map((c) => `    ${c}`),
+      ];
+      if (shown.parameters) lines.push('', '  Parameters', ...(shown.parameters as string).split('\n').map((p) => `    ${p}`));
+      process.stdout.write(`${lines.join('\n')}\n\n`);
+      return;
+    }
+    case 'run': {
+      const name = needModel();
+      const options: Json = {};
+      const numPredict = number('num-predict', values['num-predict']);
+      const temperature = number('temperature', values.temperature);
+      const seed = number('seed', values.seed);
+      if (numPredict !== undefined) options.num_predict = numPredict;
+      if (temperature !== undefined) options.temperature = temperature;
+      if (seed !== undefined) options.seed = seed;
+      const run: RunOptions = { keepAlive: values.keepalive, verbose: values.verbose ?? false, options };
+      let prompt = rest.join(' ');
+      if (!prompt && !process.stdin.isTTY) prompt = await readStdin();
+      if (prompt) await answer(client, name, [{ role: 'user', content: prompt }], run);
+      else if (process.stdin.isTTY) {
+        await client.post('/api/generate', { model: name, stream: false, ...keepAliveField(run) });
+        await interactive(client, name, run);
+      } else throw new ClientError('nothing to answer: the piped input was empty');
+      return;
+    }
+    default:
+      throw new ClientError(`unknown command '${command}'`);
+  }
+}
