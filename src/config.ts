@@ -1,4 +1,5 @@
 /** Server settings: every flag has an environment twin MLX_SERVER_<FLAG>; a flag wins over its twin. */
+import { isIP } from 'node:net';
 import { homedir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
@@ -17,6 +18,12 @@ export interface ServerConfig {
   requestTimeoutSeconds: number;
   shutdownTimeoutSeconds: number;
   memoryReserveBytes: number;
+  apiKey: string | null;
+  adminKey: string | null;
+  insecure: boolean;
+  corsOrigins: string[];
+  bodyTimeoutSeconds: number;
+  maxStreamBufferBytes: number;
 }
 
 interface FlagSpec {
@@ -24,6 +31,8 @@ interface FlagSpec {
   help: string;
   default: string;
   multiple?: boolean;
+  /** A switch: given alone on the command line; its twin is true when set to 1 or true. */
+  boolean?: boolean;
 }
 
 export const FLAGS: FlagSpec[] = [
@@ -39,12 +48,26 @@ export const FLAGS: FlagSpec[] = [
   { flag: 'request-timeout', help: 'seconds a request may take in all before it is cancelled (0: no limit)', default: '600' },
   { flag: 'shutdown-timeout', help: 'seconds SIGTERM waits for running generations before cancelling them', default: '30' },
   { flag: 'memory-reserve', help: 'bytes of available memory a model load must leave free', default: String(512 * 1024 * 1024) },
+  { flag: 'api-key', help: 'require Authorization: Bearer KEY on every route but /admin/health (prefer the env twin: argv is visible to other users)', default: '' },
+  { flag: 'admin-key', help: 'require Authorization: Bearer KEY on admin mutations (/admin/load, /admin/unload); --api-key guards them when unset', default: '' },
+  { flag: 'insecure', help: 'allow binding a non-loopback address without --api-key', default: '', boolean: true },
+  { flag: 'cors-origin', help: "answer browsers from this origin ('*' for any; repeatable; env: comma-separated); CORS is off when unset", default: '', multiple: true },
+  { flag: 'body-timeout', help: 'seconds a request body may take to arrive before the connection is dropped with 408', default: '60' },
+  { flag: 'max-stream-buffer', help: 'bytes of a streamed answer held for a client that does not read before it is dropped', default: String(1024 * 1024) },
   { flag: 'cache-dir', help: 'where the built-in model is written', default: join(process.env.XDG_CACHE_HOME ?? join(homedir(), '.cache'), 'mlx-inference-server') },
 ];
 
 export const envName = (flag: string): string => `MLX_SERVER_${flag.toUpperCase().replaceAll('-', '_')}`;
 
 export class ConfigError extends Error {}
+
+/** Loopback names and addresses: binding anything else exposes the server to the network. */
+export function isLoopback(host: string): boolean {
+  const bare = host.replace(/^\[(.*)\]$/, '$1').toLowerCase();
+  if (bare === 'localhost' || bare === '::1') return true;
+  const v4 = bare.replace(/^::ffff:/, '');
+  return isIP(v4) === 4 && v4.startsWith('127.');
+}
 
 function integer(flag: string, value: string, min: number): number {
   const n = Number(value);
@@ -55,7 +78,7 @@ function integer(flag: string, value: string, min: number): number {
 export function parseServerConfig(argv: string[], env: NodeJS.ProcessEnv = process.env): ServerConfig {
   const { values } = parseArgs({
     args: argv,
-    options: Object.fromEntries(FLAGS.map((f) => [f.flag, { type: 'string', multiple: f.multiple ?? false }])),
+    options: Object.fromEntries(FLAGS.map((f) => [f.flag, { type: f.boolean ? 'boolean' : 'string', multiple: f.multiple ?? false }])),
     strict: true,
     allowPositionals: false,
   });
@@ -65,13 +88,22 @@ export function parseServerConfig(argv: string[], env: NodeJS.ProcessEnv = proce
     return env[envName(spec.flag)] ?? spec.default;
   };
   const get = (flag: string): string => value(FLAGS.find((f) => f.flag === flag) as FlagSpec);
-  const dirs = values['models-dir'];
-  const modelsDirs = Array.isArray(dirs) && dirs.length > 0 ? dirs.map(String) : get('models-dir').split(',').filter(Boolean);
+  const list = (flag: string): string[] => {
+    const given = values[flag];
+    return Array.isArray(given) && given.length > 0 ? given.map(String) : get(flag).split(',').filter(Boolean);
+  };
+  const switchOn = (flag: string): boolean => values[flag] === true || ['1', 'true'].includes((env[envName(flag)] ?? '').toLowerCase());
+  const apiKey = get('api-key') || null;
+  const insecure = switchOn('insecure');
+  const host = get('host');
+  if (!isLoopback(host) && !apiKey && !insecure) {
+    throw new ConfigError(`refusing to bind ${host} without --api-key (${envName('api-key')}); pass --insecure to serve the network unauthenticated`);
+  }
   return {
-    host: get('host'),
+    host,
     port: integer('port', get('port'), 0),
     model: get('model') || null,
-    modelsDirs,
+    modelsDirs: list('models-dir'),
     idleTimeoutSeconds: integer('idle-timeout', get('idle-timeout'), 0),
     logLevel: get('log-level'),
     logFile: get('log-file') || null,
@@ -81,6 +113,12 @@ export function parseServerConfig(argv: string[], env: NodeJS.ProcessEnv = proce
     requestTimeoutSeconds: integer('request-timeout', get('request-timeout'), 0),
     shutdownTimeoutSeconds: integer('shutdown-timeout', get('shutdown-timeout'), 0),
     memoryReserveBytes: integer('memory-reserve', get('memory-reserve'), 0),
+    apiKey,
+    adminKey: get('admin-key') || null,
+    insecure,
+    corsOrigins: list('cors-origin'),
+    bodyTimeoutSeconds: integer('body-timeout', get('body-timeout'), 1),
+    maxStreamBufferBytes: integer('max-stream-buffer', get('max-stream-buffer'), 1024),
   };
 }
 

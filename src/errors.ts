@@ -6,6 +6,8 @@ export type ErrorCode =
   | 'not_found'
   | 'method_not_allowed'
   | 'body_too_large'
+  | 'body_timeout'
+  | 'invalid_api_key'
   | 'context_length_exceeded'
   | 'unsupported_model'
   | 'model_load_failed'

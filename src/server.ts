@@ -29,7 +29,7 @@ export async function startServer(config: ServerConfig, logger: Logger): Promise
     memoryReserveBytes: config.memoryReserveBytes,
   });
   const context: ServeContext = { config, engine, registry, telemetry, logger };
-  const http = await startHttpServer([...adminRoutes(context), ...openAiRoutes(context), ...ollamaRoutes(context)], { host: config.host, port: config.port, logger });
+  const http = await startHttpServer([...adminRoutes(context), ...openAiRoutes(context), ...ollamaRoutes(context)], { ...config, logger });
   const sampler = setInterval(() => sampleMemory(telemetry), 1000);
   sampler.unref();
   logger.info({ event: 'listening', host: config.host, port: http.port, defaultModel: registry.defaultName, idleTimeoutSeconds: config.idleTimeoutSeconds }, 'listening');

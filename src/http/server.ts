@@ -1,7 +1,15 @@
-/** The uWebSockets.js app: routing, 404/405, JSON bodies, per-request ids and logs, typed errors. */
+/**
+ * The uWebSockets.js app: routing, 404/405, API keys, CORS, JSON bodies, per-request ids and
+ * logs, typed errors. uWS itself drops a connection whose request headers are not complete
+ * 10 s after it opened, and a body that arrives slower than 16 KB/s over 10 s; neither is
+ * configurable from JavaScript.
+ */
 import uWS from 'uWebSockets.js';
 import type { Logger } from 'pino';
+import type { ServerConfig } from '../config.ts';
 import { ServeError } from '../errors.ts';
+import { Authenticator, routeAccess } from './auth.ts';
+import { CorsPolicy } from './cors.ts';
 import { Exchange } from './exchange.ts';
 
 export type Method = 'GET' | 'POST' | 'HEAD' | 'DELETE';
@@ -16,6 +24,8 @@ export interface Route {
   quiet?: boolean;
 }
 
+export type HttpOptions = Pick<ServerConfig, 'host' | 'port' | 'apiKey' | 'adminKey' | 'corsOrigins' | 'bodyTimeoutSeconds' | 'maxStreamBufferBytes'> & { logger: Logger };
+
 export interface HttpServer {
   readonly port: number;
   close(): void;
@@ -23,7 +33,7 @@ export interface HttpServer {
 
 /** OpenAI's error shape; the admin routes use it too. */
 export const openAiError: ErrorWriter = (exchange, error) => {
-  const type = error.status >= 500 ? 'server_error' : error.status === 404 && error.code !== 'model_not_found' ? 'not_found_error' : 'invalid_request_error';
+  const type = error.status >= 500 ? 'server_error' : error.status === 404 && error.code !== 'model_not_found' ? 'not_found_error' : error.status === 401 ? 'authentication_error' : 'invalid_request_error';
   const headers: Record<string, string> = error.code === 'queue_full' ? { 'retry-after': '1' } : {};
   exchange.json(error.status, { error: { message: error.message, type, param: error.param ?? null, code: error.code } }, headers);
 };
@@ -44,15 +54,30 @@ export function parseJsonObject(body: Buffer): Record<string, unknown> {
 let requestCounter = 0;
 const nextRequestId = (): string => `req-${Date.now().toString(36)}-${(requestCounter++).toString(36)}`;
 
-export function startHttpServer(routes: Route[], options: { host: string; port: number; logger: Logger }): Promise<HttpServer> {
+export function startHttpServer(routes: Route[], options: HttpOptions): Promise<HttpServer> {
   const { logger } = options;
   const app = uWS.App();
+  const authenticator = new Authenticator(options);
+  const cors = new CorsPolicy(options.corsOrigins);
 
   const serve = (route: Route) => (res: uWS.HttpResponse, req: uWS.HttpRequest) => {
-    const exchange = new Exchange(res, req, req.getHeader('x-request-id') || nextRequestId());
+    const exchange = new Exchange(res, req, {
+      requestId: req.getHeader('x-request-id') || nextRequestId(),
+      bodyTimeoutMs: options.bodyTimeoutSeconds * 1000,
+      maxStreamBufferBytes: options.maxStreamBufferBytes,
+      responseHeaders: cors.responseHeaders(req.getHeader('origin') || undefined),
+    });
     const started = performance.now();
     const finish = (): void => {
-      const entry = { reqId: exchange.requestId, method: exchange.method, path: exchange.path, status: exchange.status, ms: Math.round((performance.now() - started) * 100) / 100, aborted: exchange.aborted };
+      const entry = {
+        reqId: exchange.requestId,
+        method: exchange.method,
+        path: exchange.path,
+        status: exchange.status,
+        ms: Math.round((performance.now() - started) * 100) / 100,
+        aborted: exchange.aborted,
+        ...(exchange.dropped ? { dropped: exchange.dropped } : {}),
+      };
       if (route.quiet) logger.debug(entry, 'request');
       else logger.info(entry, 'request');
     };
@@ -63,6 +88,7 @@ export function startHttpServer(routes: Route[], options: { host: string; port: 
       else if (exchange.isStreaming) exchange.end();
     };
     try {
+      authenticator.check(routeAccess(exchange.method, route.path), exchange.headers.get('authorization'));
       const pending = route.handler(exchange);
       if (pending) pending.catch(fail).finally(finish);
       else finish();
@@ -81,8 +107,13 @@ export function startHttpServer(routes: Route[], options: { host: string; port: 
   for (const [path, pathRoutes] of methodsByPath) {
     const allowed = pathRoutes.map((r) => r.method).join(', ');
     const first = pathRoutes[0] as Route;
+    if (cors.enabled) {
+      const preflight = (exchange: Exchange): void => exchange.send(204, '', 'text/plain', cors.preflightHeaders(exchange.headers.get('origin'), [...pathRoutes.map((r) => r.method), 'OPTIONS']));
+      app.options(path, serve({ ...first, handler: preflight }));
+    }
     app.any(path, serve({ ...first, method: 'GET', handler: () => { throw new ServeError(405, 'method_not_allowed', `method not allowed; ${path} accepts ${allowed}`); } }));
   }
+  logger.debug({ event: 'routes', routes: routes.map((r) => ({ method: r.method, path: r.path, errors: r.errors.name })) }, 'routes');
   app.any('/*', serve({ method: 'GET', path: '/*', errors: openAiError, handler: (exchange) => { throw new ServeError(404, 'not_found', `no route for ${exchange.method} ${exchange.path}`); } }));
 
   return new Promise((resolve, reject) => {
