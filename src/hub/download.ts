@@ -14,12 +14,9 @@
  * its presence is what makes a folder a model) and refs/main is written last of all.
  */
 import { createHash, type Hash } from 'node:crypto';
-import { createReadStream, createWriteStream } from 'node:fs';
-import { mkdir, readFile, readlink, rename, rm, stat, statfs, symlink, writeFile } from 'node:fs/promises';
+import { createReadStream } from 'node:fs';
+import { mkdir, open, readFile, readlink, rename, rm, stat, statfs, symlink, writeFile } from 'node:fs/promises';
 import { basename, dirname, join, relative } from 'node:path';
-import { Readable, Transform } from 'node:stream';
-import type { ReadableStream as WebReadableStream } from 'node:stream/web';
-import { pipeline } from 'node:stream/promises';
 import { HubApiError, listFiles, modelInfo, type ListFileEntry } from '@huggingface/hub';
 import { ServeError } from '../errors.ts';
 import type { HubSettings } from './settings.ts';
@@ -198,8 +195,8 @@ class PullJob {
       }
       await rename(partial, blobPath);
     }
-    this.done += file.size;
     this.progress(file, file.size, true);
+    this.done += file.size;
     return blobPath;
   }
 
@@ -228,16 +225,19 @@ class PullJob {
     if (resumed) await hashPartial();
     else offset = 0;
     let fileCompleted = offset;
-    const count = new Transform({
-      transform: (chunk: Buffer, _encoding, callback) => {
+    // Each chunk is on disk before the next is read, so whatever arrived before a drop is kept for the resume.
+    const out = await open(partial, resumed ? 'a' : 'w');
+    try {
+      for await (const chunk of response.body) {
+        await out.write(chunk);
         hash.update(chunk);
         fileCompleted += chunk.length;
         this.downloaded += chunk.length;
         this.progress(file, fileCompleted);
-        callback(null, chunk);
-      },
-    });
-    await pipeline(Readable.fromWeb(response.body as WebReadableStream<Uint8Array>), count, createWriteStream(partial, { flags: resumed ? 'a' : 'w' }));
+      }
+    } finally {
+      await out.close();
+    }
     if (fileCompleted < file.size) throw new TypeError('terminated', { cause: new Error(`the Hub closed the connection after ${fileCompleted} bytes`) });
     if (fileCompleted > file.size) {
       await rm(partial);
