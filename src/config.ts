@@ -24,6 +24,7 @@ export interface ServerConfig {
   corsOrigins: string[];
   bodyTimeoutSeconds: number;
   maxStreamBufferBytes: number;
+  autoPull: boolean;
 }
 
 interface FlagSpec {
@@ -54,6 +55,7 @@ export const FLAGS: FlagSpec[] = [
   { flag: 'cors-origin', help: "answer browsers from this origin ('*' for any; repeatable; env: comma-separated); CORS is off when unset", default: '', multiple: true },
   { flag: 'body-timeout', help: 'seconds a request body may take to arrive before the connection is dropped with 408', default: '60' },
   { flag: 'max-stream-buffer', help: 'bytes of a streamed answer held for a client that does not read before it is dropped', default: String(1024 * 1024) },
+  { flag: 'auto-pull', help: 'download a model that a request names from the Hugging Face Hub when it is not cached (HF_ENDPOINT, HF_TOKEN apply)', default: '', boolean: true },
   { flag: 'cache-dir', help: 'where the built-in model is written', default: join(process.env.XDG_CACHE_HOME ?? join(homedir(), '.cache'), 'mlx-inference-server') },
 ];
 
@@ -119,6 +121,7 @@ export function parseServerConfig(argv: string[], env: NodeJS.ProcessEnv = proce
     corsOrigins: list('cors-origin'),
     bodyTimeoutSeconds: integer('body-timeout', get('body-timeout'), 1),
     maxStreamBufferBytes: integer('max-stream-buffer', get('max-stream-buffer'), 1024),
+    autoPull: switchOn('auto-pull'),
   };
 }
 

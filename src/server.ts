@@ -3,10 +3,12 @@ import type { Logger } from 'pino';
 import { adminRoutes, sampleMemory } from './api/admin.ts';
 import type { ServeContext } from './api/context.ts';
 import { ollamaRoutes } from './api/ollama.ts';
+import { pullRoutes } from './api/pull.ts';
 import { openAiRoutes } from './api/openai.ts';
 import type { ServerConfig } from './config.ts';
 import { Engine } from './engine/engine.ts';
 import { startHttpServer } from './http/server.ts';
+import { ModelPuller } from './hub/puller.ts';
 import { ModelRegistry } from './models/registry.ts';
 import { createTelemetryBuffers, Telemetry } from './telemetry/layout.ts';
 
@@ -18,7 +20,8 @@ export interface RunningServer {
 
 export async function startServer(config: ServerConfig, logger: Logger): Promise<RunningServer> {
   const telemetry = new Telemetry(createTelemetryBuffers());
-  const registry = new ModelRegistry({ model: config.model, modelsDirs: config.modelsDirs, cacheDir: config.cacheDir });
+  const puller = new ModelPuller(logger, (): string[] => registry.list().map((m) => m.name));
+  const registry: ModelRegistry = new ModelRegistry({ model: config.model, modelsDirs: config.modelsDirs, cacheDir: config.cacheDir, ...(config.autoPull ? { fetchMissing: (name: string) => puller.fetcher(name) } : {}) });
   const engine = new Engine({
     registry,
     telemetry,
@@ -29,7 +32,7 @@ export async function startServer(config: ServerConfig, logger: Logger): Promise
     memoryReserveBytes: config.memoryReserveBytes,
   });
   const context: ServeContext = { config, engine, registry, telemetry, logger };
-  const http = await startHttpServer([...adminRoutes(context), ...openAiRoutes(context), ...ollamaRoutes(context)], { ...config, logger });
+  const http = await startHttpServer([...adminRoutes(context), ...openAiRoutes(context), ...ollamaRoutes(context), ...pullRoutes(context, puller)], { ...config, logger });
   const sampler = setInterval(() => sampleMemory(telemetry), 1000);
   sampler.unref();
   logger.info({ event: 'listening', host: config.host, port: http.port, defaultModel: registry.defaultName, idleTimeoutSeconds: config.idleTimeoutSeconds }, 'listening');
