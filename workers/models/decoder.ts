@@ -17,13 +17,29 @@ export interface LanguageModel extends Module {
   newCache(): KVCache[];
   /** Logits [batch, positions, vocab]; only the last position unless `allPositions`. */
   forward(ids: MxArray, cache: KVCache[], allPositions?: boolean): MxArray;
+  /** One decode step for independent sequences: `tokens[r]` continues the sequence whose per-layer caches are `caches[r]`. Logits [rows, 1, vocab]. */
+  decodeBatch(tokens: number[], caches: KVCache[][]): MxArray;
+}
+
+/** The config.json keys every decoder architecture reads (transformers' names). */
+export interface DecoderConfig {
+  hidden_size: number;
+  num_hidden_layers: number;
+  num_attention_heads: number;
+  num_key_value_heads?: number;
+  head_dim?: number;
+  rms_norm_eps?: number;
+  max_position_embeddings?: number;
+  tie_word_embeddings?: boolean;
+  attention_bias?: boolean;
 }
 
 /** One layer of a decoder stack. */
 export interface DecoderBlock extends Module {
   /** The sliding window its attention keeps (see AttentionShape.window); null: full causal. */
   readonly window: number | null;
-  forward(x: MxArray, cache: KVCache, mask: MxArray | undefined): MxArray;
+  /** `cache`: one for the whole batch, or one per row (see Attention.forward). */
+  forward(x: MxArray, cache: KVCache | KVCache[], mask: MxArray | undefined): MxArray;
 }
 
 class PreNormBlock implements DecoderBlock {
@@ -38,7 +54,7 @@ class PreNormBlock implements DecoderBlock {
     return this.attention.window;
   }
 
-  forward(x: MxArray, cache: KVCache, mask: MxArray | undefined): MxArray {
+  forward(x: MxArray, cache: KVCache | KVCache[], mask: MxArray | undefined): MxArray {
     const h = mx.add(x, this.attention.forward(this.inputNorm.forward(x), cache, mask));
     return mx.add(h, this.mlp.forward(this.postAttentionNorm.forward(h)));
   }
@@ -116,7 +132,6 @@ export class DecoderStack implements LanguageModel {
   }
 
   forward(ids: MxArray, cache: KVCache[], allPositions = false): MxArray {
-    const { embed, embedScale, blocks, norm, head, finalSoftCap } = this.parts;
     const length = ids.shape[1] ?? 1;
     const offset = cache[0]?.offset ?? 0;
     const masks = new Map<number | null, MxArray | undefined>();
@@ -124,10 +139,22 @@ export class DecoderStack implements LanguageModel {
       if (!masks.has(window)) masks.set(window, causalMask(length, offset, window));
       return masks.get(window);
     };
+    return this.run(ids, (block, i) => [cache[i] as KVCache, maskFor(block.window)], allPositions);
+  }
+
+  decodeBatch(tokens: number[], caches: KVCache[][]): MxArray {
+    const ids = mx.array(tokens.map((token) => [token]), mx.int32);
+    return this.run(ids, (_, i) => [caches.map((rowCache) => rowCache[i] as KVCache), undefined], false);
+  }
+
+  private run(ids: MxArray, layerInputs: (block: DecoderBlock, index: number) => [KVCache | KVCache[], MxArray | undefined], allPositions: boolean): MxArray {
+    const { embed, embedScale, blocks, norm, head, finalSoftCap } = this.parts;
+    const length = ids.shape[1] ?? 1;
     let h = embed.forward(ids);
     if (embedScale !== null) h = mx.multiply(h, mx.array(embedScale, h.dtype));
     blocks.forEach((block, i) => {
-      h = block.forward(h, cache[i] as KVCache, maskFor(block.window));
+      const [cache, mask] = layerInputs(block, i);
+      h = block.forward(h, cache, mask);
     });
     if (!allPositions && length > 1) h = h.index(mx.Slice(), mx.Slice(length - 1, length));
     h = norm.forward(h);

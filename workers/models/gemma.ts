@@ -8,7 +8,7 @@ import { DecoderStack, loadEmbeddings, type DecoderBlock, type LanguageModel } f
 import type { KVCache } from './kv-cache.ts';
 import { GatedMLP, RMSNorm, type Activation } from './layers.ts';
 import { mx, type MxArray } from './mx.ts';
-import type { RotaryEmbedding } from './rope.ts';
+import type { RopeConfig, RotaryEmbedding } from './rope.ts';
 import type { WeightStore } from './weights.ts';
 
 class SandwichBlock implements DecoderBlock {
@@ -25,7 +25,7 @@ class SandwichBlock implements DecoderBlock {
     return this.attention.window;
   }
 
-  forward(x: MxArray, cache: KVCache, mask: MxArray | undefined): MxArray {
+  forward(x: MxArray, cache: KVCache | KVCache[], mask: MxArray | undefined): MxArray {
     const h = mx.add(x, this.postAttentionNorm.forward(this.attention.forward(this.inputNorm.forward(x), cache, mask)));
     return mx.add(h, this.postFeedforwardNorm.forward(this.mlp.forward(this.preFeedforwardNorm.forward(h))));
   }
@@ -36,6 +36,17 @@ class SandwichBlock implements DecoderBlock {
 }
 
 export type LayerType = 'sliding_attention' | 'full_attention';
+
+/** The config.json keys Gemma 2 and 3 add to a decoder's. */
+export interface GemmaConfig extends RopeConfig {
+  hidden_activation?: string;
+  hidden_act?: string;
+  query_pre_attn_scalar?: number;
+  attn_logit_softcapping?: number | null;
+  final_logit_softcapping?: number | null;
+  sliding_window?: number | null;
+  layer_types?: LayerType[];
+}
 
 export interface GemmaSpec {
   modelType: string;

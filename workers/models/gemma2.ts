@@ -1,27 +1,10 @@
-import type { LanguageModel } from './decoder.ts';
-import { loadGemmaStack, orDefault, type LayerType } from './gemma.ts';
+import type { DecoderConfig, LanguageModel } from './decoder.ts';
+import { loadGemmaStack, orDefault, type GemmaConfig, type LayerType } from './gemma.ts';
 import { activationNamed } from './layers.ts';
-import { ropeFromConfig, type RopeConfig } from './rope.ts';
+import { ropeFromConfig } from './rope.ts';
 import type { WeightStore } from './weights.ts';
 
-export interface Gemma2Config extends RopeConfig {
-  hidden_size: number;
-  num_hidden_layers: number;
-  num_attention_heads: number;
-  num_key_value_heads?: number;
-  head_dim?: number;
-  rms_norm_eps?: number;
-  max_position_embeddings?: number;
-  tie_word_embeddings?: boolean;
-  attention_bias?: boolean;
-  hidden_activation?: string;
-  hidden_act?: string;
-  query_pre_attn_scalar?: number;
-  attn_logit_softcapping?: number | null;
-  final_logit_softcapping?: number | null;
-  sliding_window?: number | null;
-  layer_types?: LayerType[];
-}
+export type Gemma2Config = DecoderConfig & GemmaConfig;
 
 /**
  * Gemma 2: the Gemma block with soft-capped attention scores and logits, scores scaled by

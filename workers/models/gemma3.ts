@@ -1,28 +1,14 @@
 import { ServeError } from '../../src/errors.ts';
-import type { LanguageModel } from './decoder.ts';
-import { loadGemmaStack, orDefault, type LayerType } from './gemma.ts';
+import type { DecoderConfig, LanguageModel } from './decoder.ts';
+import { loadGemmaStack, orDefault, type GemmaConfig, type LayerType } from './gemma.ts';
 import { activationNamed } from './layers.ts';
-import { createRope, ropeSettings, type RopeConfig } from './rope.ts';
+import { createRope, ropeSettings } from './rope.ts';
 import type { WeightStore } from './weights.ts';
 
-export interface Gemma3TextConfig extends RopeConfig {
-  hidden_size: number;
-  num_hidden_layers: number;
+/** Multimodal Gemma 3 checkpoints often leave the head counts to the defaults. */
+export interface Gemma3TextConfig extends Omit<DecoderConfig, 'num_attention_heads'>, GemmaConfig {
   num_attention_heads?: number;
-  num_key_value_heads?: number;
-  head_dim?: number;
-  rms_norm_eps?: number;
-  max_position_embeddings?: number;
-  tie_word_embeddings?: boolean;
-  attention_bias?: boolean;
-  hidden_activation?: string;
-  hidden_act?: string;
-  query_pre_attn_scalar?: number;
-  attn_logit_softcapping?: number | null;
-  final_logit_softcapping?: number | null;
-  sliding_window?: number | null;
   sliding_window_pattern?: number;
-  layer_types?: LayerType[];
   /** Legacy spelling of the sliding layers' RoPE base. */
   rope_local_base_freq?: number;
 }

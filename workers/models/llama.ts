@@ -1,18 +1,9 @@
-import { DecoderStack, type LanguageModel } from './decoder.ts';
+import { DecoderStack, type DecoderConfig, type LanguageModel } from './decoder.ts';
 import { activationNamed } from './layers.ts';
 import { ropeFromConfig, type RopeConfig } from './rope.ts';
 import type { WeightStore } from './weights.ts';
 
-export interface LlamaConfig extends RopeConfig {
-  hidden_size: number;
-  num_hidden_layers: number;
-  num_attention_heads: number;
-  num_key_value_heads?: number;
-  head_dim?: number;
-  rms_norm_eps?: number;
-  max_position_embeddings?: number;
-  tie_word_embeddings?: boolean;
-  attention_bias?: boolean;
+export interface LlamaConfig extends DecoderConfig, RopeConfig {
   hidden_act?: string;
   /** Mistral's sliding window; null or absent: full attention. */
   sliding_window?: number | null;

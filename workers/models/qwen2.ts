@@ -1,16 +1,9 @@
-import { DecoderStack, type LanguageModel } from './decoder.ts';
+import { DecoderStack, type DecoderConfig, type LanguageModel } from './decoder.ts';
 import { ropeFromConfig, type RopeConfig } from './rope.ts';
 import type { WeightStore } from './weights.ts';
 
-export interface Qwen2Config extends RopeConfig {
-  hidden_size: number;
-  num_hidden_layers: number;
-  num_attention_heads: number;
+export interface Qwen2Config extends DecoderConfig, RopeConfig {
   num_key_value_heads: number;
-  head_dim?: number;
-  rms_norm_eps?: number;
-  max_position_embeddings?: number;
-  tie_word_embeddings?: boolean;
 }
 
 /** Qwen2: the Llama block with biases on the q, k and v projections. */

@@ -1,17 +1,10 @@
-import { DecoderStack, type LanguageModel } from './decoder.ts';
+import { DecoderStack, type DecoderConfig, type LanguageModel } from './decoder.ts';
 import { ropeFromConfig, type RopeConfig } from './rope.ts';
 import type { WeightStore } from './weights.ts';
 
-export interface Qwen3Config extends RopeConfig {
-  hidden_size: number;
-  num_hidden_layers: number;
-  num_attention_heads: number;
+export interface Qwen3Config extends DecoderConfig, RopeConfig {
   num_key_value_heads: number;
   head_dim: number;
-  rms_norm_eps?: number;
-  max_position_embeddings?: number;
-  tie_word_embeddings?: boolean;
-  attention_bias?: boolean;
 }
 
 /** Qwen3: the Llama block with an explicit head_dim and RMSNorm on every query and key head. */
