@@ -4,6 +4,7 @@ import type { Engine } from '../engine/engine.ts';
 import type { GenerationRequest, GenerationStats, StreamEvent } from '../engine/protocol.ts';
 import type { Exchange } from '../http/exchange.ts';
 import type { ModelEntry, ModelRegistry } from '../models/registry.ts';
+import type { LatencyRecorder } from '../telemetry/latency.ts';
 import type { Telemetry } from '../telemetry/layout.ts';
 
 /** What every route family is built from. */
@@ -12,6 +13,7 @@ export interface ServeContext {
   engine: Engine;
   registry: ModelRegistry;
   telemetry: Telemetry;
+  latency: LatencyRecorder;
   logger: Logger;
 }
 
@@ -23,9 +25,15 @@ export async function runGeneration(
   model: ModelEntry,
   onEvent: (event: StreamEvent) => void,
 ): Promise<GenerationStats> {
-  const handle = ctx.engine.generate(request, model, onEvent);
+  const timing = ctx.latency.track();
+  const handle = ctx.engine.generate(request, model, (event) => {
+    timing.event(event);
+    onEvent(event);
+  });
   exchange.onAbort(() => handle.cancel());
-  return handle.done;
+  const stats = await handle.done;
+  timing.finished(stats);
+  return stats;
 }
 
 /** Runs a generation to the end and returns its whole text. */

@@ -1,0 +1,34 @@
+/**
+ * The live status page: GET /dashboard serves one self-contained HTML file (no CDN, works
+ * offline) that polls GET /dashboard/data on each host it is given. The data is the admin
+ * status (shared-memory telemetry) plus latency percentiles from the main thread's histograms.
+ */
+import { readFileSync } from 'node:fs';
+import { openAiError, type Route } from '../http/server.ts';
+import { statusBody } from './admin.ts';
+import type { ServeContext } from './context.ts';
+
+const PAGE = new URL('../dashboard/index.html', import.meta.url);
+
+export function dashboardData(ctx: ServeContext): Record<string, unknown> {
+  const { latency } = ctx;
+  return {
+    ...statusBody(ctx),
+    sampled_at_ms: Date.now(),
+    latency_seconds: {
+      time_to_first_token: latency.timeToFirstToken.percentiles(),
+      time_per_output_token: latency.timePerOutputToken.percentiles(),
+      e2e_request: latency.endToEnd.percentiles(),
+      queue: latency.queueTime.percentiles(),
+    },
+    finished: Object.fromEntries(latency.finished),
+  };
+}
+
+export function dashboardRoutes(ctx: ServeContext): Route[] {
+  const page = readFileSync(PAGE);
+  return [
+    { method: 'GET', path: '/dashboard', errors: openAiError, quiet: true, handler: (exchange) => exchange.send(200, page, 'text/html; charset=utf-8', { 'cache-control': 'no-cache' }) },
+    { method: 'GET', path: '/dashboard/data', errors: openAiError, quiet: true, handler: (exchange) => exchange.json(200, dashboardData(ctx), { 'cache-control': 'no-store' }) },
+  ];
+}
