@@ -53,7 +53,7 @@ export function parseKeepAlive(value: unknown): number | null | undefined {
     const text = value.trim();
     const sign = text.startsWith('-') ? -1 : 1;
     ms = 0;
-    for (const [, amount, , , unit] of text.matchAll(/((\d+(\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h))/g)) ms += Number(amount) * (UNIT_MS[unit as string] as number);
+    for (const [, amount, unit] of text.matchAll(/(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)/g)) ms += Number(amount) * (UNIT_MS[unit as string] as number);
     ms *= sign;
   } else throw badRequest(`'keep_alive' must be a number of seconds or a duration such as "5m", got ${JSON.stringify(value)}`, 'keep_alive');
   return ms < 0 ? null : Math.round(ms);
