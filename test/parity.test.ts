@@ -104,6 +104,23 @@ for (const name of fixtureNames) {
   });
 }
 
+t.test('a multimodal gemma3 checkpoint loads its text model', async (t) => {
+  const source = join(FIXTURES, 'gemma3');
+  const reference = JSON.parse(readFileSync(join(source, 'reference.json'), 'utf8')) as Reference;
+  const dir = mkdtempSync(join(tmpdir(), 'parity-gemma3-multimodal-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  const tensors = mx.load(join(source, 'model.safetensors')) as unknown as Record<string, MxArray>;
+  const renamed = Object.fromEntries(Object.entries(tensors).map(([name, tensor]) => [name.replace(/^model\./, 'language_model.model.'), tensor]));
+  renamed['vision_tower.vision_model.embeddings.patch_embedding.weight'] = mx.zeros([4, 3, 2, 2], mx.float32);
+  mx.saveSafetensors(join(dir, 'model.safetensors'), renamed, { format: 'pt' });
+  const textConfig = JSON.parse(readFileSync(join(source, 'config.json'), 'utf8')) as Record<string, unknown>;
+  writeFileSync(join(dir, 'config.json'), JSON.stringify({ model_type: 'gemma3', text_config: textConfig }));
+  const { model } = loadModel(dir);
+  const last = rowLogits(forward(model, [reference.prompts[1] as number[]], model.newCache(), false))[0] as number[];
+  const diff = maxAbsDiff(last, reference.logits_last[1] as number[]);
+  t.ok(diff < 1e-4 * Math.max(1, reference.logit_scale), `last-position logits match the gemma3 reference (max abs diff ${diff.toExponential(2)})`);
+});
+
 t.test('an unsupported model_type is a 422 naming the supported ones', async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'parity-unsupported-'));
   t.teardown(() => rmSync(dir, { recursive: true, force: true }));
