@@ -18,7 +18,7 @@ Environment: HF_ENDPOINT (another Hub), HF_TOKEN (private and gated models), HF_
 `;
 
 const RATE_WINDOW_MS = 5000;
-const BAR_WIDTH = 24;
+const BAR_WIDTH = 20;
 
 export function formatBytes(bytes: number): string {
   const units = ['B', 'kB', 'MB', 'GB', 'TB'];
@@ -72,8 +72,8 @@ export class PullProgress {
     const filled = Math.round(fraction * BAR_WIDTH);
     const bar = `${'█'.repeat(filled)}${'░'.repeat(BAR_WIDTH - filled)}`;
     const eta = rate > 0 ? (event.total - event.completed) / rate : Number.POSITIVE_INFINITY;
-    const text = `${event.file.padEnd(20).slice(0, 28)} ${bar} ${String(Math.floor(fraction * 100)).padStart(3)}%  ${formatBytes(event.completed)}/${formatBytes(event.total)}  ${formatBytes(rate)}/s  ETA ${formatDuration(eta)}`;
-    this.out.write(`\r${text}\x1b[K`);
+    const text = `${event.file.padEnd(22).slice(0, 22)} ${bar} ${String(Math.floor(fraction * 100)).padStart(3)}%  ${formatBytes(event.completed)}/${formatBytes(event.total)}  ${formatBytes(rate)}/s  ETA ${formatDuration(eta)}`;
+    this.out.write(`\r${text.slice(0, (this.out.columns || 80) - 1)}\x1b[K`);
   }
 
   private clear(): void {
