@@ -64,7 +64,11 @@ export interface GenerationCall {
   stream: boolean;
 }
 
-/** Greedy and without end-of-sequence stops, so every run generates exactly maxTokens tokens. */
+/**
+ * Greedy, and on the OpenAI routes without end-of-sequence stops, so every run generates exactly
+ * maxTokens tokens. Ollama's options have no ignore_eos: there a random-weight model could stop
+ * early (each token is EOS with odds ~1 in 76k), and the counted tokens are what the reply says.
+ */
 function requestBody(call: GenerationCall): Record<string, unknown> {
   const { route, model, prompt, maxTokens, stream } = call;
   const messages = [{ role: 'user', content: prompt }];
@@ -80,7 +84,7 @@ function requestBody(call: GenerationCall): Record<string, unknown> {
       ...(stream ? { stream_options: { include_usage: true } } : {}),
     };
   }
-  return { model, ...(route === 'ollama-chat' ? { messages } : { prompt }), stream, options: { num_predict: maxTokens, temperature: 0, seed: 1, ignore_eos: true } };
+  return { model, ...(route === 'ollama-chat' ? { messages } : { prompt }), stream, options: { num_predict: maxTokens, temperature: 0, seed: 1 } };
 }
 
 interface OpenAiPayload {

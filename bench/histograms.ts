@@ -60,7 +60,8 @@ export const PERCENTILE_POINTS: [keyof Percentiles, number][] = [
 
 export function percentilesOf(histogram: hdr.Histogram): Percentiles {
   const at = (p: number): number => histogram.getValueAtPercentile(p) / STORAGE_SCALE;
-  const result = { min: histogram.minNonZeroValue / STORAGE_SCALE, max: histogram.maxValue / STORAGE_SCALE } as Percentiles;
+  // max through the same quantization as the percentiles (each reports its bucket's highest equivalent value), so p99.9 <= max
+  const result = { min: histogram.minNonZeroValue / STORAGE_SCALE, max: at(100) } as Percentiles;
   for (const [name, p] of PERCENTILE_POINTS) result[name] = at(p);
   if (histogram.totalCount === 0) result.min = 0;
   return result;

@@ -63,7 +63,10 @@ function cpuTimes(): { busy: number; total: number } {
   return { busy: total - idle, total };
 }
 
-/** CPU jiffies used so far by `root` and every process below it. */
+/**
+ * CPU jiffies used so far by `root` and every process below it. Each process counts its own time
+ * and its reaped children's (cutime, cstime), so the sum stays continuous when a child exits.
+ */
 export function treeJiffies(root: number): number {
   const parents = new Map<number, number>();
   const used = new Map<number, number>();
@@ -73,7 +76,7 @@ export function treeJiffies(root: number): number {
       const stat = readFileSync(`/proc/${entry}/stat`, 'utf8');
       const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
       parents.set(Number(entry), Number(fields[1]));
-      used.set(Number(entry), Number(fields[11]) + Number(fields[12]));
+      used.set(Number(entry), Number(fields[11]) + Number(fields[12]) + Number(fields[13]) + Number(fields[14]));
     } catch {
       // the process ended while we looked
     }

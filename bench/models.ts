@@ -33,7 +33,7 @@ export interface BenchModel {
   workload: Workload;
 }
 
-export const QUICK_WORKLOAD: Workload = { maxTokens: 16, repeats: 3, shortPromptWords: 12, longPromptWords: 200, concurrency: [1, 2, 4], sweepRounds: 2, sweepMaxTokens: 8 };
+export const QUICK_WORKLOAD: Workload = { maxTokens: 12, repeats: 2, shortPromptWords: 12, longPromptWords: 150, concurrency: [1, 2, 4], sweepRounds: 1, sweepMaxTokens: 8 };
 
 const WORKLOADS: Record<string, Workload> = {
   [BUILTIN_MODEL]: { maxTokens: 64, repeats: 8, shortPromptWords: 12, longPromptWords: 800, concurrency: [1, 2, 4, 8, 16], sweepRounds: 3, sweepMaxTokens: 32 },

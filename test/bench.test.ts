@@ -1,0 +1,112 @@
+/** `npm run bench -- --quick` end to end (structure only, never speed), and --compare's verdicts. */
+import { spawnSync } from 'node:child_process';
+import { readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import t from 'tap';
+import { decodeHistogram, PERCENTILE_POINTS, Recorders } from '../bench/histograms.ts';
+import { RESULT_SCHEMA, type BenchResult } from '../bench/result.ts';
+import { TEST_CACHE_DIR, tempDir } from './helpers/server.ts';
+
+const RUN = fileURLToPath(new URL('../bench/run.ts', import.meta.url));
+const bench = (args: string[]) => spawnSync(process.execPath, ['--import', 'tsx', RUN, ...args], { encoding: 'utf8', timeout: 240_000 });
+
+t.test('--quick writes a result file and an HTML report with sane structure', async (t) => {
+  const out = tempDir('bench-quick-');
+  const run = bench(['--quick', '--out', out, '--cache-dir', TEST_CACHE_DIR]);
+  t.equal(run.status, 0, `bench exits 0\n${run.stderr.slice(-3000)}`);
+  t.match(run.stderr, /tiny-qwen3: loading on the server/, 'progress is shown while it runs');
+  const files = readdirSync(out);
+  const json = files.find((f) => f.endsWith('.json'));
+  const html = files.find((f) => f.endsWith('.html'));
+  t.ok(json && html, `one .json and one .html (${files.join(', ')})`);
+  if (!json || !html) return;
+  t.equal(html.replace(/\.html$/, ''), json.replace(/\.json$/, ''), 'named alike, by host and time');
+  const result = JSON.parse(readFileSync(join(out, json), 'utf8')) as BenchResult;
+  t.equal(result.schema, RESULT_SCHEMA);
+  t.equal(result.flags.quick, true);
+  t.same(result.flags.models, ['tiny-qwen3']);
+  for (const field of ['cpuModel', 'cores', 'memoryGiB', 'os', 'node', 'blasLibraries', 'openblasCoretypeEnv', 'gitCommit'] as const) t.ok(field in result.fingerprint, `fingerprint has ${field}`);
+  t.type(result.load.busy, 'boolean', 'load is judged');
+  t.ok(result.load.before.loadavg.length === 3 && result.load.during.samples > 0, 'load before and during');
+  t.same(result.failures, {}, 'no request failed');
+
+  const keys = new Set(result.histograms.map((h) => h.key));
+  for (const key of [
+    'tiny-qwen3/openai-completions.stream.short/ttft',
+    'tiny-qwen3/openai-completions.stream.short/itl',
+    'tiny-qwen3/openai-completions.stream.short/e2e',
+    'tiny-qwen3/openai-completions.stream.short/gen_tps',
+    'tiny-qwen3/openai-completions.stream.long/prompt_tps',
+    'tiny-qwen3/openai-completions.nostream.short/e2e',
+    'tiny-qwen3/openai-chat.stream.short/ttft',
+    'tiny-qwen3/raw.short/gen_tps',
+    'tiny-qwen3/raw.long/ttft',
+    'tiny-qwen3/sweep.c4/aggregate_tps',
+    'tiny-qwen3/admin-health.while-generating/latency',
+    'server/frontend./admin/health/requests_per_s',
+    'server/frontend./v1/models/latency',
+  ]) {
+    t.ok(keys.has(key), `histogram ${key}`);
+  }
+  for (const h of result.histograms) {
+    const p = h.percentiles;
+    const ordered = [p.min, ...PERCENTILE_POINTS.map(([name]) => p[name]), p.max].every((v, i, all) => i === 0 || v >= (all[i - 1] as number));
+    if (!ordered || h.count < 1) t.fail(`${h.key}: percentiles out of order or empty`, { percentiles: p, count: h.count });
+    if (decodeHistogram(h.encoded).totalCount !== h.count) t.fail(`${h.key}: the encoded histogram does not decode to its count`);
+  }
+  t.ok(result.efficiency.some((e) => e.model === 'tiny-qwen3' && e.prompt === 'short' && e.throughputRatio > 0), 'server efficiency against the raw engine');
+  t.equal(result.frontEnd.length, 2, 'front-end cost on two routes');
+
+  const page = readFileSync(join(out, html), 'utf8');
+  t.match(page, /<svg/, 'inline SVG charts');
+  t.match(page, /throughput vs concurrency/);
+  t.notMatch(page, /<script[^>]+src=|<link[^>]+href=|https?:\/\/(?!www\.w3\.org)/, 'nothing loaded from elsewhere');
+});
+
+function syntheticResult(genTps: number[], ttftMs: number[]): BenchResult {
+  const recorders = new Recorders();
+  for (const v of genTps) recorders.record('m', 'openai-completions.stream.short', 'gen_tps', v);
+  for (const v of ttftMs) recorders.record('m', 'openai-completions.stream.short', 'ttft', v);
+  const load = { before: { loadavg: [0, 0, 0], othersBusyPercent: 0 }, during: { samples: 0, loadavg1Max: 0, machineBusyMean: 0, othersBusyMean: 0, othersBusyMax: 0 }, busy: false, busyReasons: [], thresholdPercent: 15, samples: [] };
+  return {
+    schema: RESULT_SCHEMA,
+    startedAt: '2026-11-23T00:00:00.000Z',
+    finishedAt: '2026-11-23T00:01:00.000Z',
+    durationSeconds: 60,
+    fingerprint: { hostname: 'synthetic', cpuModel: 'cpu', cores: 2, memoryGiB: 24, os: 'os', kernel: 'k', node: 'v20', blasLibraries: [], openblasCoretypeEnv: '', openblasCore: null, gitCommit: null, gitDirty: null },
+    flags: { quick: true, url: null, models: ['m'], argv: [] },
+    server: { url: 'http://127.0.0.1:1', startedByBench: true },
+    models: [],
+    efficiency: [],
+    frontEnd: [],
+    failures: {},
+    load,
+    histograms: recorders.toRecords(),
+  };
+}
+
+t.test('--compare exits non-zero only when a figure regresses beyond the runs noise', async (t) => {
+  const dir = tempDir('bench-compare-');
+  const write = (name: string, result: BenchResult): string => {
+    const path = join(dir, name);
+    writeFileSync(path, JSON.stringify(result));
+    return path;
+  };
+  const spread = (center: number): number[] => [0.95, 0.97, 0.99, 1, 1, 1.01, 1.03, 1.05].map((f) => center * f);
+  const baseline = write('baseline.json', syntheticResult(spread(100), spread(20)));
+  const noisy = write('noisy.json', syntheticResult(spread(98), spread(20.4)));
+  const regressed = write('regressed.json', syntheticResult(spread(60), spread(20)));
+
+  const same = bench(['--compare', baseline, '--current', noisy]);
+  t.equal(same.status, 0, `a 2% change inside the runs' spread passes\n${same.stdout}${same.stderr}`);
+  t.match(same.stdout, /within noise/);
+
+  const worse = bench(['--compare', baseline, '--current', regressed]);
+  t.equal(worse.status, 1, `a 40% drop in tok/s fails\n${worse.stdout}${worse.stderr}`);
+  t.match(worse.stdout, /m\/openai-completions\.stream\.short\/gen_tps\s.*REGRESSED/);
+  t.notMatch(worse.stdout, /stream\.short\/ttft\s.*REGRESSED/, 'the unchanged figure is not blamed');
+
+  const missing = bench(['--compare', join(dir, 'nope.json'), '--current', regressed]);
+  t.equal(missing.status, 2, 'an unreadable baseline is a usage error');
+});
