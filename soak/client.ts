@@ -4,7 +4,7 @@ export interface ServerStatus {
   status: string;
   memory: { active_memory_gb: number; peak_memory_gb: number; rss_gb: number; model_loaded: boolean; model_memory_gb?: number };
   requests: { total: number; active: number; queued: number; failed?: number; uptime_seconds: number; last_activity: string; idle_seconds?: number };
-  model?: { name: string | null; state: string; loads?: number; unloads?: number };
+  model?: { name: string | null; default?: string; state: string; loads?: number; unloads?: number };
   idle_timeout_seconds: number;
 }
 
@@ -50,6 +50,7 @@ export class SoakClient {
   readonly model: string | undefined;
   private readonly timeoutMs: number;
   private api: GenerationApi | null = null;
+  private defaultModel: string | null = null;
 
   constructor(url: string, model: string | undefined, timeoutMs = 600_000) {
     this.url = trimSlash(url);
@@ -101,13 +102,25 @@ export class SoakClient {
     return this.api;
   }
 
+  /** Ollama's API names a model in every request; OpenAI's lets the server pick its default. */
+  async serverDefaultModel(): Promise<string> {
+    if (this.defaultModel === null) {
+      const listed = await this.getJson<{ data: { id: string }[] }>('/v1/models');
+      const status = await this.status();
+      const name = status.model?.default ?? listed.data[0]?.id;
+      if (!name) throw new Error('the server lists no models');
+      this.defaultModel = name;
+    }
+    return this.defaultModel;
+  }
+
   /** Never throws: a failed request is a Generation with ok false, so load generators can count it. */
   async generate(options: GenerateOptions): Promise<Generation> {
     const started = performance.now();
     const result: Generation = { ok: false, status: 0, text: '', chunks: 0, completionTokens: null, latencyMs: 0, error: null };
     try {
       const api = options.api ?? (await this.generationApi());
-      const model = options.model ?? this.model;
+      const model = options.model ?? this.model ?? (api === 'ollama' ? await this.serverDefaultModel() : undefined);
       const stream = options.stream ?? false;
       const temperature = options.temperature ?? 0;
       const body =
@@ -191,7 +204,7 @@ export class MemorySampler {
   peakRssGb = 0;
   samples = 0;
   private timer: NodeJS.Timeout | null = null;
-  private inFlight = false;
+  private inFlight: Promise<void> | null = null;
 
   constructor(
     private readonly client: SoakClient,
@@ -202,22 +215,24 @@ export class MemorySampler {
     this.timer = setInterval(() => void this.sample(), this.intervalMs);
   }
 
-  async sample(): Promise<void> {
-    if (this.inFlight) return;
-    this.inFlight = true;
-    try {
-      const status = await this.client.status();
-      this.peakRssGb = Math.max(this.peakRssGb, status.memory.rss_gb);
-      this.samples++;
-    } catch {
+  sample(): Promise<void> {
+    this.inFlight ??= this.client
+      .status()
+      .then((status) => {
+        this.peakRssGb = Math.max(this.peakRssGb, status.memory.rss_gb);
+        this.samples++;
+      })
       // A missed sample under load is not a failure of the server; the requests' own results are.
-    } finally {
-      this.inFlight = false;
-    }
+      .catch(() => undefined)
+      .finally(() => {
+        this.inFlight = null;
+      });
+    return this.inFlight;
   }
 
   async stop(): Promise<number> {
     if (this.timer) clearInterval(this.timer);
+    await this.inFlight;
     await this.sample();
     return this.peakRssGb;
   }

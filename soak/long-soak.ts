@@ -104,7 +104,7 @@ export async function runLongSoak(client: SoakClient, options: LongSoakOptions, 
   let idleCycles = 0;
   let missedIdleUnloads = 0;
   let lastRss = 0;
-  let lastLoaded = false;
+  let lastState = 'unknown';
 
   const recordError = (message: string): void => {
     errors++;
@@ -114,8 +114,8 @@ export async function runLongSoak(client: SoakClient, options: LongSoakOptions, 
     try {
       const s = await client.status();
       lastRss = s.memory.rss_gb;
-      lastLoaded = s.memory.model_loaded;
-      samples.push({ t: elapsed(), rssGb: lastRss, loaded: lastLoaded });
+      lastState = s.model?.state ?? (s.memory.model_loaded ? 'loaded' : 'unloaded');
+      samples.push({ t: elapsed(), rssGb: lastRss, loaded: s.memory.model_loaded });
     } catch (error) {
       recordError(`status poll failed: ${error instanceof Error ? error.message : String(error)}`);
     }
@@ -144,7 +144,7 @@ export async function runLongSoak(client: SoakClient, options: LongSoakOptions, 
   const sampler = setInterval(() => void sample(), options.sampleIntervalSeconds * 1000);
   const progress = setInterval(() => {
     const recent = median(msPerToken.slice(-50));
-    report.line(`[PROGRESS] ${formatSeconds(elapsed())}/${formatSeconds(options.durationSeconds)}  requests ${requests}  errors ${errors}  resident ${gb(lastRss, 3)} (${lastLoaded ? 'loaded' : 'unloaded'})  idle cycles ${idleCycles}  median ${recent === null ? '-' : recent.toFixed(1)} ms/token`);
+    report.line(`[PROGRESS] ${formatSeconds(elapsed())}/${formatSeconds(options.durationSeconds)}  requests ${requests}  errors ${errors}  resident ${gb(lastRss, 3)} (${lastState})  idle cycles ${idleCycles}  median ${recent === null ? '-' : recent.toFixed(1)} ms/token`);
   }, options.progressIntervalSeconds * 1000);
   try {
     while (elapsed() < options.durationSeconds) {

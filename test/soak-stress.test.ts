@@ -1,0 +1,47 @@
+/**
+ * The stress scenarios and a short long-soak run (soak/) against a real server with a short idle
+ * timeout. Token counts are small so the file fits CI's time on a slow shared machine.
+ */
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import t from 'tap';
+import type { HostResult } from '../soak/fleet.ts';
+import type { LongSoakResult } from '../soak/long-soak.ts';
+import type { StressResult } from '../soak/stress.ts';
+import { runSoak, testLines } from './helpers/soak.ts';
+import { startServer, tempDir } from './helpers/server.ts';
+
+const server = await startServer(['--idle-timeout', '4']);
+t.teardown(() => server.stop());
+const dir = tempDir('soak-stress-');
+
+t.test('stress suite: the five scenarios and the metrics table', async (t) => {
+  const json = join(dir, 'stress.json');
+  const run = await runSoak(['--url', server.url, '--stress', '--tokens', '8', '--long-tokens', '48', '--json', json]);
+  t.equal(run.code, 0, run.output);
+  t.same(testLines(run.output).map((line) => line.replace(/ - .*/, '')), ['1. Concurrent Requests', '2. Long-Running Generation', '3. Multiple Sessions', '4. Memory Usage Under Load', '5. Error Handling Under Load']);
+  t.match(run.output, /\| Test\s+\| Requests \| Success Rate \| Avg Response Time \| Peak Memory \| Result \|/);
+  for (const [name, requests] of [['Concurrent', 5], ['Long-running', 1], ['Multi-session', 9], ['Memory', 4], ['Errors', 6]] as const) {
+    t.match(run.output, new RegExp(`^\\| ${name}\\s*\\| ${requests}\\s*\\| 100%\\s*\\| \\d+\\.\\d\\ds\\s*\\| \\d+\\.\\d\\dGB\\s*\\| PASS\\s*\\|$`, 'm'), name);
+  }
+  const result = (JSON.parse(readFileSync(json, 'utf8')) as HostResult).results[0] as StressResult;
+  t.equal(result.passed, true);
+  t.ok(result.rows.every((r) => r.peakMemoryGb > 0), 'memory was sampled in every scenario');
+});
+
+t.test('long soak: load, idle unloads, trend, JSON summary', async (t) => {
+  const json = join(dir, 'long.json');
+  const run = await runSoak(['--url', server.url, '--duration', '30s', '--load-phase', '5s', '--json', json]);
+  t.equal(run.code, 0, run.output);
+  t.match(run.output, /^\[PROGRESS\] \d+s\/30s {2}requests \d+ {2}errors 0/m);
+  t.match(run.output, /\[PASS\] \d+\/\d+ idle unloads happened/);
+  const result = (JSON.parse(readFileSync(json, 'utf8')) as HostResult).results[0] as LongSoakResult;
+  t.equal(result.suite, 'long-soak');
+  t.equal(result.passed, true);
+  t.ok(result.requests > 0);
+  t.equal(result.errors, 0);
+  t.ok(result.idleCycles >= 1, 'at least one idle unload cycle');
+  t.equal(result.missedIdleUnloads, 0);
+  t.ok(result.memory.samples.length >= 10, 'memory sampled through the run');
+  t.ok(result.memory.loaded.points >= 3 && result.memory.loaded.fittedGrowthGb !== null, 'a line was fitted through the loaded samples');
+});
