@@ -17,6 +17,8 @@ export interface ServerConfig {
   cacheDir: string;
   requestTimeoutSeconds: number;
   shutdownTimeoutSeconds: number;
+  maxBatch: number;
+  prefillChunk: number;
   memoryReserveBytes: number;
   apiKey: string | null;
   adminKey: string | null;
@@ -46,6 +48,8 @@ export const FLAGS: FlagSpec[] = [
   { flag: 'log-file', help: 'also write logs to this file', default: '' },
   { flag: 'max-queue', help: 'requests allowed to wait for the model before 503', default: '256' },
   { flag: 'max-body', help: 'largest request body in bytes (413 above)', default: String(10 * 1024 * 1024) },
+  { flag: 'max-batch', help: 'sequences decoded together in one step; more requests wait their turn', default: '16' },
+  { flag: 'prefill-chunk', help: 'prompt tokens processed per step, so a long prompt does not stall other streams', default: '256' },
   { flag: 'request-timeout', help: 'seconds a request may take in all before it is cancelled (0: no limit)', default: '600' },
   { flag: 'shutdown-timeout', help: 'seconds SIGTERM waits for running generations before cancelling them', default: '30' },
   { flag: 'memory-reserve', help: 'bytes of available memory a model load must leave free', default: String(512 * 1024 * 1024) },
@@ -113,6 +117,8 @@ export function parseServerConfig(argv: string[], env: NodeJS.ProcessEnv = proce
     maxBodyBytes: integer('max-body', get('max-body'), 1),
     cacheDir: get('cache-dir'),
     requestTimeoutSeconds: integer('request-timeout', get('request-timeout'), 0),
+    maxBatch: integer('max-batch', get('max-batch'), 1),
+    prefillChunk: integer('prefill-chunk', get('prefill-chunk'), 1),
     shutdownTimeoutSeconds: integer('shutdown-timeout', get('shutdown-timeout'), 0),
     memoryReserveBytes: integer('memory-reserve', get('memory-reserve'), 0),
     apiKey,

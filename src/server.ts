@@ -32,6 +32,8 @@ export async function startServer(config: ServerConfig, logger: Logger): Promise
     idleTimeoutSeconds: config.idleTimeoutSeconds,
     maxQueue: config.maxQueue,
     requestTimeoutSeconds: config.requestTimeoutSeconds,
+    maxBatch: config.maxBatch,
+    prefillChunk: config.prefillChunk,
     memoryReserveBytes: config.memoryReserveBytes,
   });
   const context: ServeContext = { config, engine, registry, telemetry, latency: new LatencyRecorder(), logger };

@@ -136,10 +136,13 @@ t.test('11. status API fields', async (t) => {
 });
 
 t.test('request tracking: active and queued rise during requests and return to zero', async (t) => {
-  const pending = Promise.all([1, 2, 3].map((i) => complete(`track ${i}`, { max_tokens: 48 })));
+  let finished = false;
+  const pending = Promise.all([1, 2, 3].map((i) => complete(`track ${i}`, { max_tokens: 48 }))).finally(() => {
+    finished = true;
+  });
   let sawActive = 0;
   let sawQueued = 0;
-  for (let i = 0; i < 100 && sawActive === 0; i++) {
+  while (!finished && sawActive === 0) {
     const h = (await json<{ active_requests: number; queued_requests: number }>(`${url}/admin/health`)).body;
     sawActive = Math.max(sawActive, h.active_requests);
     sawQueued = Math.max(sawQueued, h.queued_requests);

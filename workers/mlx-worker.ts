@@ -4,13 +4,14 @@
  */
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
+import { workerData } from 'node:worker_threads';
 import type { GenerationRequest, LoadResult, ModelSource, WorkerReply, WorkerTask } from '../src/engine/protocol.ts';
 import { ServeError } from '../src/errors.ts';
 import { Telemetry } from '../src/telemetry/layout.ts';
 import { materializeDefaultModel } from './default-model.ts';
 import type { LanguageModel } from './models/decoder.ts';
 import { loadModel, parameterBytes, readJson, type ModelConfig } from './models/loader.ts';
-import { collectGarbage, Scheduler } from './scheduler.ts';
+import { collectGarbage, Scheduler, type SchedulerLimits } from './scheduler.ts';
 import { Sequence } from './sequence.ts';
 import { ModelTokenizer } from './tokenizer.ts';
 
@@ -91,7 +92,7 @@ async function generate(task: Extract<WorkerTask, { op: 'generate' }>, telemetry
     const target = load(task.model, telemetry);
     const ids = promptIds(target, request);
     validate(target, request, ids);
-    scheduler ??= new Scheduler(telemetry);
+    scheduler ??= new Scheduler(telemetry, workerData as SchedulerLimits);
     await scheduler.run(new Sequence(target.model, target.tokenizer, request, ids, target.eosIds, task.slot, port, telemetry));
     return { ok: true };
   } catch (error) {

@@ -1,9 +1,9 @@
 /**
- * The worker's one loop over every active generation. Each round gives each sequence one
- * model step, then collects garbage (node-mlx frees native memory only when V8 collects the
- * JS wrappers) and yields to the event loop so new tasks and cancellations get in between
- * steps. Sequences are independent rows, so batching them into one forward pass later
- * changes only `round`.
+ * The worker's one loop over every active generation (continuous batching). Each round:
+ * cancelled sequences leave; one prompt chunk of one newcomer is prefilled; every decoding
+ * sequence (up to maxBatch) advances one token in a single batched forward pass. Then it
+ * collects garbage (node-mlx frees native memory only when V8 collects the JS wrappers) and
+ * yields to the event loop so new tasks and cancellations get in between rounds.
  */
 import { setImmediate as yieldToEventLoop } from 'node:timers/promises';
 import { runInNewContext } from 'node:vm';
@@ -33,12 +33,24 @@ export function collectGarbage(full: boolean): void {
 }
 const MAJOR_GC_EVERY = 1024;
 
+export interface SchedulerLimits {
+  /** Sequences decoded together in one forward pass; the rest wait their turn. */
+  maxBatch: number;
+  /** Prompt tokens prefilled per round, so a long prompt does not stall running streams. */
+  prefillChunk: number;
+}
+
+type Entry = { sequence: Sequence; done: () => void; fail: (error: unknown) => void };
+
 export class Scheduler {
-  private readonly sequences: { sequence: Sequence; done: () => void; fail: (error: unknown) => void }[] = [];
+  private readonly sequences: Entry[] = [];
   private running = false;
   private rounds = 0;
 
-  constructor(private readonly telemetry: Telemetry) {}
+  constructor(
+    private readonly telemetry: Telemetry,
+    private readonly limits: SchedulerLimits,
+  ) {}
 
   get size(): number {
     return this.sequences.length;
@@ -68,23 +80,50 @@ export class Scheduler {
 
   private round(): void {
     for (const entry of [...this.sequences]) {
-      const { sequence } = entry;
-      try {
-        if (this.telemetry.isCancelled(sequence.slot)) sequence.cancel();
-        else sequence.step();
-      } catch (error) {
+      if (this.telemetry.isCancelled(entry.sequence.slot)) this.settle([entry], () => entry.sequence.cancel());
+    }
+    const newcomer = this.sequences.find((entry) => entry.sequence.inPrefill);
+    if (newcomer) this.settle([newcomer], () => newcomer.sequence.prefill(this.limits.prefillChunk));
+    const decoding = this.sequences.filter((entry) => !entry.sequence.inPrefill && entry !== newcomer).slice(0, this.limits.maxBatch);
+    if (decoding.length === 0) return;
+    this.settle(decoding, () => {
+      const model = (decoding[0] as Entry).sequence.model;
+      const logits = model.decodeBatch(
+        decoding.map((entry) => entry.sequence.nextToken),
+        decoding.map((entry) => entry.sequence.cache),
+      );
+      decoding.forEach((entry, row) => entry.sequence.acceptLogits(logits.index(row, -1)));
+    });
+    // Past maxBatch, this round's rows go to the back so that every sequence gets its turn.
+    if (this.sequences.length > this.limits.maxBatch) {
+      for (const entry of decoding) {
+        if (!this.sequences.includes(entry)) continue;
+        this.remove(entry);
+        this.sequences.push(entry);
+      }
+    }
+  }
+
+  /** Runs `work` for these entries; a failure fails them all, and finished ones leave. */
+  private settle(entries: Entry[], work: () => void): void {
+    try {
+      work();
+    } catch (error) {
+      for (const entry of entries) {
         this.remove(entry);
         entry.fail(error);
-        continue;
       }
-      if (sequence.finished) {
+      return;
+    }
+    for (const entry of entries) {
+      if (entry.sequence.finished && this.sequences.includes(entry)) {
         this.remove(entry);
         entry.done();
       }
     }
   }
 
-  private remove(entry: (typeof this.sequences)[number]): void {
+  private remove(entry: Entry): void {
     this.sequences.splice(this.sequences.indexOf(entry), 1);
   }
 }

@@ -4,25 +4,26 @@ import type { FinishReason, GenerationRequest, StreamEvent } from '../src/engine
 import type { Telemetry } from '../src/telemetry/layout.ts';
 import type { LanguageModel } from './models/decoder.ts';
 import type { KVCache } from './models/kv-cache.ts';
-import { mx } from './models/mx.ts';
+import { mx, type MxArray } from './models/mx.ts';
 import { Sampler } from './sampling.ts';
 import { StopMatcher } from './stop-matcher.ts';
 import { StreamingDetokenizer, type ModelTokenizer } from './tokenizer.ts';
 
 export class Sequence {
-  private readonly cache: KVCache[];
+  readonly cache: KVCache[];
   private readonly sampler: Sampler;
   private readonly detokenizer: StreamingDetokenizer;
   private readonly stopMatcher: StopMatcher;
   private readonly history: number[] = [];
   private readonly startedAt = performance.now();
   private promptDoneAt = 0;
-  private nextInput: number[];
+  private prefilled = 0;
+  private lastToken = -1;
   private generated = 0;
   finished: FinishReason | null = null;
 
   constructor(
-    private readonly model: LanguageModel,
+    readonly model: LanguageModel,
     tokenizer: ModelTokenizer,
     private readonly request: GenerationRequest,
     private readonly promptIds: number[],
@@ -35,21 +36,38 @@ export class Sequence {
     this.sampler = new Sampler(request.sampling);
     this.detokenizer = new StreamingDetokenizer(tokenizer);
     this.stopMatcher = new StopMatcher(request.stop);
-    this.nextInput = promptIds;
     this.send({ type: 'started', promptTokens: promptIds.length });
   }
 
-  /** Runs the model once (the whole prompt first, then one token at a time) and handles the sampled token. */
-  step(): void {
-    const input = mx.array([this.nextInput], mx.int32);
-    const logits = this.model.forward(input, this.cache);
-    const row = logits.index(0, -1);
-    const token = this.sampler.next(row, this.history.length > 0 ? this.history : this.promptIds);
-    if (this.promptDoneAt === 0) {
-      this.promptDoneAt = performance.now();
-      this.telemetry.increment('promptTokens', this.promptIds.length);
+  get inPrefill(): boolean {
+    return this.prefilled < this.promptIds.length;
+  }
+
+  /** The token the next decode step feeds in. */
+  get nextToken(): number {
+    return this.lastToken;
+  }
+
+  /**
+   * Feeds the next `chunkSize` prompt tokens through the model; after the last chunk, samples
+   * the first generated token. Chunks let a long prompt share rounds with other streams.
+   */
+  prefill(chunkSize: number): void {
+    const chunk = this.promptIds.slice(this.prefilled, this.prefilled + chunkSize);
+    const logits = this.model.forward(mx.array([chunk], mx.int32), this.cache);
+    this.prefilled += chunk.length;
+    if (this.inPrefill) {
+      mx.eval(...this.cache.flatMap((layer) => layer.state()));
+      return;
     }
-    this.accept(token);
+    this.promptDoneAt = performance.now();
+    this.telemetry.increment('promptTokens', this.promptIds.length);
+    this.acceptLogits(logits.index(0, -1));
+  }
+
+  /** Samples from this sequence's row of logits [vocab] and handles the token. */
+  acceptLogits(row: MxArray): void {
+    this.accept(this.sampler.next(row, this.history.length > 0 ? this.history : this.promptIds));
   }
 
   cancel(): void {
@@ -61,7 +79,7 @@ export class Sequence {
     this.telemetry.increment('tokensGenerated');
     if (!this.request.ignoreEos && this.eosIds.has(token)) return this.finish('stop');
     this.history.push(token);
-    this.nextInput = [token];
+    this.lastToken = token;
     const { emit, stopped } = this.stopMatcher.push(this.detokenizer.push(token));
     if (emit) this.send({ type: 'text', text: emit, tokens: this.generated });
     if (stopped) return this.finish('stop', false);

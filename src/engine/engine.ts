@@ -41,6 +41,9 @@ export interface EngineOptions {
   maxQueue: number;
   /** 0: no limit. */
   requestTimeoutSeconds: number;
+  /** Sequences decoded together per step, and prompt tokens prefilled per step. */
+  maxBatch: number;
+  prefillChunk: number;
   memoryReserveBytes: number;
 }
 
@@ -271,6 +274,7 @@ export class Engine {
       concurrentTasksPerWorker: CANCEL_SLOTS,
       atomics: 'async',
       idleTimeout: Number.POSITIVE_INFINITY,
+      workerData: { maxBatch: this.options.maxBatch, prefillChunk: this.options.prefillChunk },
     });
   }
 

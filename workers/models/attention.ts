@@ -101,7 +101,13 @@ export class Attention implements Module {
     ];
   }
 
-  forward(x: MxArray, cache: KVCache, mask: MxArray | undefined): MxArray {
+  /**
+   * `cache` is one KVCache for a batch that shares positions (a prompt), or one per row for a
+   * batch of independent sequences each at its own position (continuous batching's decode
+   * step). The projections run batched either way; what depends on a row's position (RoPE,
+   * its cache, its mask) runs row by row.
+   */
+  forward(x: MxArray, cache: KVCache | KVCache[], mask: MxArray | undefined): MxArray {
     const [batch, length] = x.shape as [number, number];
     const { heads, kvHeads, headDim } = this.shape;
     const split = (t: MxArray, n: number, norm: RMSNorm | null): MxArray => {
@@ -109,16 +115,29 @@ export class Attention implements Module {
       return (norm ? norm.forward(perHead) : perHead).transpose(0, 2, 1, 3);
     };
     const [q, k, v] = this.project(x);
-    const offset = cache.offset;
-    const queries = this.rope.apply(split(q, heads, this.qNorm), offset);
-    const newKeys = this.rope.apply(split(k, kvHeads, this.kNorm), offset);
-    const [keys, values] = cache.update(newKeys, split(v, kvHeads, null));
-    const cap = this.shape.scoreSoftCap ?? null;
-    const attended =
-      cap === null
-        ? mx.fast.scaledDotProductAttention(queries, keys, values, this.scale, mask)
-        : softCappedAttention(queries, keys, values, this.scale, cap, mask);
+    const queries = split(q, heads, this.qNorm);
+    const keys = split(k, kvHeads, this.kNorm);
+    const values = split(v, kvHeads, null);
+    const attended = Array.isArray(cache)
+      ? mx.concatenate(
+          cache.map((rowCache, row) => {
+            const pick = (t: MxArray): MxArray => t.index(mx.Slice(row, row + 1));
+            return this.attend(pick(queries), pick(keys), pick(values), rowCache, causalMask(length, rowCache.offset, this.window));
+          }),
+          0,
+        )
+      : this.attend(queries, keys, values, cache, mask);
     return this.o.forward(attended.transpose(0, 2, 1, 3).reshape([batch, length, heads * headDim]));
+  }
+
+  private attend(queries: MxArray, newKeys: MxArray, newValues: MxArray, cache: KVCache, mask: MxArray | undefined): MxArray {
+    const offset = cache.offset;
+    const [keys, values] = cache.update(this.rope.apply(newKeys, offset), newValues);
+    const rotated = this.rope.apply(queries, offset);
+    const cap = this.shape.scoreSoftCap ?? null;
+    return cap === null
+      ? mx.fast.scaledDotProductAttention(rotated, keys, values, this.scale, mask)
+      : softCappedAttention(rotated, keys, values, this.scale, cap, mask);
   }
 
   parameters(): MxArray[] {
