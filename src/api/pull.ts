@@ -7,12 +7,10 @@ import { badRequest } from '../errors.ts';
 import type { PullEvent } from '../hub/download.ts';
 import type { ModelPuller } from '../hub/puller.ts';
 import { parseRepoId } from '../hub/settings.ts';
-import { parseJsonObject, type ErrorWriter, type Route } from '../http/server.ts';
+import { parseJsonObject, type Route } from '../http/server.ts';
 import type { ServeContext } from './context.ts';
+import { ollamaError } from './ollama.ts';
 import { Fields } from './fields.ts';
-
-/** Ollama's error shape. */
-const ollamaPullError: ErrorWriter = (exchange, error) => exchange.json(error.status, { error: error.message });
 
 /** One of Ollama's progress objects for a pull event, or null for events it has none for. */
 function ollamaProgress(event: PullEvent): Record<string, unknown> | null {
@@ -34,7 +32,7 @@ export function pullRoutes(ctx: ServeContext, puller: ModelPuller): Route[] {
     {
       method: 'POST',
       path: '/api/pull',
-      errors: ollamaPullError,
+      errors: ollamaError,
       handler: async (exchange) => {
         const fields = Fields.strict(parseJsonObject(await exchange.readBody(ctx.config.maxBodyBytes)), ['model', 'name', 'insecure', 'stream']);
         fields.boolean('insecure');
