@@ -38,7 +38,7 @@ function git(args: string[]): string | null {
 }
 
 export function fingerprint(blasLibraries: string[], openblasCore: string | null): Fingerprint {
-  const status = git(['status', '--porcelain', '--untracked-files=no']);
+  const status = git(['--no-optional-locks', 'status', '--porcelain', '--untracked-files=no']);
   return {
     hostname: os.hostname(),
     cpuModel: os.cpus()[0]?.model ?? 'unknown',

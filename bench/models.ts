@@ -22,6 +22,8 @@ export interface Workload {
   /** Rounds of the whole sweep level; each round is one aggregate tok/s sample. */
   sweepRounds: number;
   sweepMaxTokens: number;
+  /** Every API route in both modes; otherwise only /v1/completions (the routes share one engine path). */
+  allRoutes: boolean;
 }
 
 export interface BenchModel {
@@ -33,15 +35,15 @@ export interface BenchModel {
   workload: Workload;
 }
 
-export const QUICK_WORKLOAD: Workload = { maxTokens: 12, repeats: 2, shortPromptWords: 12, longPromptWords: 150, concurrency: [1, 2, 4], sweepRounds: 1, sweepMaxTokens: 8 };
+export const QUICK_WORKLOAD: Workload = { maxTokens: 12, repeats: 2, shortPromptWords: 12, longPromptWords: 150, concurrency: [1, 2, 4], sweepRounds: 1, sweepMaxTokens: 8, allRoutes: true };
 
 const WORKLOADS: Record<string, Workload> = {
-  [BUILTIN_MODEL]: { maxTokens: 64, repeats: 8, shortPromptWords: 12, longPromptWords: 800, concurrency: [1, 2, 4, 8, 16], sweepRounds: 3, sweepMaxTokens: 32 },
-  [FP32_05B]: { maxTokens: 24, repeats: 3, shortPromptWords: 12, longPromptWords: 400, concurrency: [1, 2, 4, 8, 16], sweepRounds: 2, sweepMaxTokens: 8 },
-  [Q4_05B]: { maxTokens: 6, repeats: 2, shortPromptWords: 6, longPromptWords: 40, concurrency: [1, 2, 4], sweepRounds: 1, sweepMaxTokens: 3 },
+  [BUILTIN_MODEL]: { maxTokens: 32, repeats: 5, shortPromptWords: 12, longPromptWords: 800, concurrency: [1, 2, 4, 8, 16], sweepRounds: 3, sweepMaxTokens: 16, allRoutes: true },
+  [FP32_05B]: { maxTokens: 16, repeats: 3, shortPromptWords: 12, longPromptWords: 400, concurrency: [1, 2, 4, 8, 16], sweepRounds: 2, sweepMaxTokens: 6, allRoutes: true },
+  [Q4_05B]: { maxTokens: 6, repeats: 3, shortPromptWords: 6, longPromptWords: 40, concurrency: [1, 2, 4], sweepRounds: 1, sweepMaxTokens: 3, allRoutes: false },
 };
 /** A model named with --model: its speed is unknown, so it gets modest counts. */
-const OTHER_WORKLOAD: Workload = { maxTokens: 16, repeats: 3, shortPromptWords: 12, longPromptWords: 200, concurrency: [1, 2, 4, 8], sweepRounds: 2, sweepMaxTokens: 8 };
+const OTHER_WORKLOAD: Workload = { maxTokens: 16, repeats: 3, shortPromptWords: 12, longPromptWords: 200, concurrency: [1, 2, 4, 8], sweepRounds: 2, sweepMaxTokens: 8, allRoutes: true };
 
 export const benchModelsDir = (cacheDir: string): string => join(cacheDir, 'bench-models');
 

@@ -135,7 +135,7 @@ export async function runServerScenarios(ctx: ScenarioContext, model: BenchModel
   const base = { model: model.name, maxTokens: workload.maxTokens };
   await attempt(ctx, model.name, 'warm-up', () => timedGeneration(ctx.baseUrl, { ...base, route: 'openai-completions', prompt: short, stream: true, maxTokens: 2 }));
   const promptTokens: ModelRunInfo['promptTokens'] = { short: null, long: null };
-  for (const route of routes) {
+  for (const route of workload.allRoutes ? routes : (['openai-completions'] as const)) {
     for (const stream of [true, false]) {
       const scenario = `${route}.${stream ? 'stream' : 'nostream'}.${SHORT}`;
       const counted = await sequential(ctx, model, scenario, { ...base, route, prompt: short, stream }, workload.repeats);
