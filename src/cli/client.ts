@@ -35,9 +35,9 @@ class Client {
       response = await fetch(this.base + path, { ...init, headers: { 'content-type': 'application/json' } });
     } catch (error) {
       if ((error as Error).name === 'AbortError') throw error;
-      const cause = (error as { cause?: { code?: string } }).cause;
+      const cause = (error as { cause?: { code?: string; message?: string } }).cause;
       throw new ClientError(
-        `no mlx-server is running at ${this.base} (${cause?.code ?? (error as Error).message}); start one with 'mlx-server serve', or point --host / ${HOST_ENV} at one`,
+        `no mlx-server is running at ${this.base} (${cause?.code ?? cause?.message ?? (error as Error).message}); start one with 'mlx-server serve', or point --host / ${HOST_ENV} at one`,
       );
     }
     if (!response.ok) {
