@@ -80,6 +80,9 @@ export async function startNginx(binary: string, upstreamPorts: number[]): Promi
   const child = spawn(binary, ['-p', dir, '-e', join(dir, 'error.log'), '-c', join(dir, 'nginx.conf')], { stdio: ['ignore', 'ignore', 'pipe'] });
   let stderr = '';
   child.stderr?.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
+  // A test killed by its runner's timeout runs no teardown: nginx must not outlive it.
+  const stopOnExit = (): void => void child.kill('SIGTERM');
+  process.once('exit', stopOnExit);
   const exited = new Promise<void>((resolve) => child.on('exit', () => resolve()));
   const errorLog = (): string => `${stderr}${existsSync(join(dir, 'error.log')) ? readFileSync(join(dir, 'error.log'), 'utf8') : ''}`;
   const url = `http://127.0.0.1:${port}`;
@@ -96,6 +99,7 @@ export async function startNginx(binary: string, upstreamPorts: number[]): Promi
     process: child,
     errorLog,
     stop: async () => {
+      process.off('exit', stopOnExit);
       if (child.exitCode === null) child.kill('SIGTERM');
       await exited;
     },
