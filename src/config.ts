@@ -19,6 +19,7 @@ export interface ServerConfig {
   shutdownTimeoutSeconds: number;
   maxBatch: number;
   prefillChunk: number;
+  promptCacheBytes: number;
   memoryReserveBytes: number;
   apiKey: string | null;
   adminKey: string | null;
@@ -50,6 +51,7 @@ export const FLAGS: FlagSpec[] = [
   { flag: 'max-body', help: 'largest request body in bytes (413 above)', default: String(10 * 1024 * 1024) },
   { flag: 'max-batch', help: 'sequences decoded together in one step; more requests wait their turn', default: '16' },
   { flag: 'prefill-chunk', help: 'prompt tokens processed per step, so a long prompt does not stall other streams', default: '256' },
+  { flag: 'prompt-cache-bytes', help: 'KV state kept for reuse by requests sharing a prefix (0 disables)', default: String(256 * 1024 * 1024) },
   { flag: 'request-timeout', help: 'seconds a request may take in all before it is cancelled (0: no limit)', default: '600' },
   { flag: 'shutdown-timeout', help: 'seconds SIGTERM waits for running generations before cancelling them', default: '30' },
   { flag: 'memory-reserve', help: 'bytes of available memory a model load must leave free', default: String(512 * 1024 * 1024) },
@@ -119,6 +121,7 @@ export function parseServerConfig(argv: string[], env: NodeJS.ProcessEnv = proce
     requestTimeoutSeconds: integer('request-timeout', get('request-timeout'), 0),
     maxBatch: integer('max-batch', get('max-batch'), 1),
     prefillChunk: integer('prefill-chunk', get('prefill-chunk'), 1),
+    promptCacheBytes: integer('prompt-cache-bytes', get('prompt-cache-bytes'), 0),
     shutdownTimeoutSeconds: integer('shutdown-timeout', get('shutdown-timeout'), 0),
     memoryReserveBytes: integer('memory-reserve', get('memory-reserve'), 0),
     apiKey,

@@ -34,6 +34,7 @@ export async function startServer(config: ServerConfig, logger: Logger): Promise
     requestTimeoutSeconds: config.requestTimeoutSeconds,
     maxBatch: config.maxBatch,
     prefillChunk: config.prefillChunk,
+    promptCacheBytes: config.promptCacheBytes,
     memoryReserveBytes: config.memoryReserveBytes,
   });
   const context: ServeContext = { config, engine, registry, telemetry, latency: new LatencyRecorder(), logger };

@@ -5,18 +5,22 @@
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { workerData } from 'node:worker_threads';
-import type { GenerationRequest, LoadResult, ModelSource, WorkerReply, WorkerTask } from '../src/engine/protocol.ts';
+import type { GenerationRequest, LoadResult, ModelSource, WorkerReply, WorkerSettings, WorkerTask } from '../src/engine/protocol.ts';
 import { ServeError } from '../src/errors.ts';
 import { Telemetry } from '../src/telemetry/layout.ts';
 import { materializeDefaultModel } from './default-model.ts';
 import type { LanguageModel } from './models/decoder.ts';
 import { loadModel, parameterBytes, readJson, type ModelConfig } from './models/loader.ts';
-import { collectGarbage, Scheduler, type SchedulerLimits } from './scheduler.ts';
+import { PromptCache } from './prompt-cache.ts';
+import { collectGarbage, Scheduler } from './scheduler.ts';
 import { Sequence } from './sequence.ts';
 import { ModelTokenizer } from './tokenizer.ts';
 
+const settings = workerData as WorkerSettings;
+
 interface LoadedModel {
   source: ModelSource;
+  promptCache: PromptCache;
   model: LanguageModel;
   tokenizer: ModelTokenizer;
   eosIds: Set<number>;
@@ -53,7 +57,7 @@ function load(source: ModelSource, telemetry: Telemetry): LoadedModel {
   const bytes = parameterBytes(model);
   telemetry.write('modelBytes', bytes);
   const info: LoadResult = { name: source.name, modelType: model.modelType, bytes, loadMs: performance.now() - started, contextLength: model.contextLength };
-  loaded = { source, model, tokenizer, eosIds: eosIds(source.path, config, tokenizer), info };
+  loaded = { source, promptCache: new PromptCache(settings.promptCacheBytes), model, tokenizer, eosIds: eosIds(source.path, config, tokenizer), info };
   collectGarbage(true);
   return loaded;
 }
@@ -92,8 +96,10 @@ async function generate(task: Extract<WorkerTask, { op: 'generate' }>, telemetry
     const target = load(task.model, telemetry);
     const ids = promptIds(target, request);
     validate(target, request, ids);
-    scheduler ??= new Scheduler(telemetry, workerData as SchedulerLimits);
-    await scheduler.run(new Sequence(target.model, target.tokenizer, request, ids, target.eosIds, task.slot, port, telemetry));
+    scheduler ??= new Scheduler(telemetry, settings);
+    const sequence = new Sequence(target.model, target.tokenizer, request, ids, target.eosIds, task.slot, port, telemetry, target.promptCache.lookup(ids));
+    await scheduler.run(sequence);
+    target.promptCache.store(sequence.tokens, sequence.cache);
     return { ok: true };
   } catch (error) {
     const shape = ServeError.from(error).toShape();

@@ -8,6 +8,7 @@
 import { setImmediate as yieldToEventLoop } from 'node:timers/promises';
 import { runInNewContext } from 'node:vm';
 import { setFlagsFromString } from 'node:v8';
+import type { WorkerSettings } from '../src/engine/protocol.ts';
 import type { Telemetry } from '../src/telemetry/layout.ts';
 import type { Sequence } from './sequence.ts';
 
@@ -33,12 +34,6 @@ export function collectGarbage(full: boolean): void {
 }
 const MAJOR_GC_EVERY = 1024;
 
-export interface SchedulerLimits {
-  /** Sequences decoded together in one forward pass; the rest wait their turn. */
-  maxBatch: number;
-  /** Prompt tokens prefilled per round, so a long prompt does not stall running streams. */
-  prefillChunk: number;
-}
 
 type Entry = { sequence: Sequence; done: () => void; fail: (error: unknown) => void };
 
@@ -49,7 +44,7 @@ export class Scheduler {
 
   constructor(
     private readonly telemetry: Telemetry,
-    private readonly limits: SchedulerLimits,
+    private readonly limits: WorkerSettings,
   ) {}
 
   get size(): number {

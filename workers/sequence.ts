@@ -5,6 +5,7 @@ import type { Telemetry } from '../src/telemetry/layout.ts';
 import type { LanguageModel } from './models/decoder.ts';
 import type { KVCache } from './models/kv-cache.ts';
 import { mx, type MxArray } from './models/mx.ts';
+import type { PromptCacheHit } from './prompt-cache.ts';
 import { Sampler } from './sampling.ts';
 import { StopMatcher } from './stop-matcher.ts';
 import { StreamingDetokenizer, type ModelTokenizer } from './tokenizer.ts';
@@ -17,7 +18,9 @@ export class Sequence {
   private readonly history: number[] = [];
   private readonly startedAt = performance.now();
   private promptDoneAt = 0;
-  private prefilled = 0;
+  private prefilled: number;
+  /** Prompt tokens whose KV state came from the prompt cache. */
+  private readonly cachedTokens: number;
   private lastToken = -1;
   private generated = 0;
   finished: FinishReason | null = null;
@@ -31,12 +34,20 @@ export class Sequence {
     readonly slot: number,
     private readonly port: MessagePort,
     private readonly telemetry: Telemetry,
+    cached: PromptCacheHit | null,
   ) {
-    this.cache = model.newCache();
+    this.cache = cached?.caches ?? model.newCache();
+    this.cachedTokens = cached?.length ?? 0;
+    this.prefilled = this.cachedTokens;
     this.sampler = new Sampler(request.sampling);
     this.detokenizer = new StreamingDetokenizer(tokenizer);
     this.stopMatcher = new StopMatcher(request.stop);
-    this.send({ type: 'started', promptTokens: promptIds.length });
+    this.send({ type: 'started', promptTokens: promptIds.length, cachedTokens: this.cachedTokens });
+  }
+
+  /** The prompt and what was generated after it: what this sequence's cache holds the state of. */
+  get tokens(): number[] {
+    return [...this.promptIds, ...this.history];
   }
 
   get inPrefill(): boolean {
@@ -61,7 +72,7 @@ export class Sequence {
       return;
     }
     this.promptDoneAt = performance.now();
-    this.telemetry.increment('promptTokens', this.promptIds.length);
+    this.telemetry.increment('promptTokens', this.promptIds.length - this.cachedTokens);
     this.acceptLogits(logits.index(0, -1));
   }
 
@@ -101,6 +112,7 @@ export class Sequence {
       type: 'done',
       finishReason: reason,
       promptTokens: this.promptIds.length,
+      cachedTokens: this.cachedTokens,
       completionTokens: this.generated,
       promptMs: promptDone - this.startedAt,
       decodeMs: now - promptDone,

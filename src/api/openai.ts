@@ -97,7 +97,12 @@ export function chatMessages(value: unknown): ChatMessage[] {
   });
 }
 
-const usage = (stats: GenerationStats) => ({ prompt_tokens: stats.promptTokens, completion_tokens: stats.completionTokens, total_tokens: stats.promptTokens + stats.completionTokens });
+const usage = (stats: GenerationStats) => ({
+  prompt_tokens: stats.promptTokens,
+  completion_tokens: stats.completionTokens,
+  total_tokens: stats.promptTokens + stats.completionTokens,
+  prompt_tokens_details: { cached_tokens: stats.cachedTokens },
+});
 const finishReason = (stats: GenerationStats): string => (stats.finishReason === 'length' ? 'length' : 'stop');
 const sse = (data: unknown): string => `data: ${JSON.stringify(data)}\n\n`;
 

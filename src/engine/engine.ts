@@ -11,7 +11,7 @@ import { ServeError } from '../errors.ts';
 import { assertFits } from '../models/footprint.ts';
 import type { ModelEntry, ModelRegistry } from '../models/registry.ts';
 import { CANCEL_SLOTS, Telemetry } from '../telemetry/layout.ts';
-import type { GenerationRequest, GenerationStats, LoadResult, StreamEvent, WorkerReply, WorkerTask } from './protocol.ts';
+import type { GenerationRequest, GenerationStats, LoadResult, StreamEvent, WorkerReply, WorkerSettings, WorkerTask } from './protocol.ts';
 
 const WORKER = new URL('../../workers/mlx-worker.ts', import.meta.url);
 
@@ -41,9 +41,10 @@ export interface EngineOptions {
   maxQueue: number;
   /** 0: no limit. */
   requestTimeoutSeconds: number;
-  /** Sequences decoded together per step, and prompt tokens prefilled per step. */
+  /** Handed to the worker (see WorkerSettings). */
   maxBatch: number;
   prefillChunk: number;
+  promptCacheBytes: number;
   memoryReserveBytes: number;
 }
 
@@ -152,7 +153,7 @@ export class Engine {
         await this.acquire(model);
         leased = true;
         const stats = cancellation.reason
-          ? { finishReason: 'cancelled' as const, promptTokens: 0, completionTokens: 0, promptMs: 0, decodeMs: 0 }
+          ? { finishReason: 'cancelled' as const, promptTokens: 0, cachedTokens: 0, completionTokens: 0, promptMs: 0, decodeMs: 0 }
           : await this.run(request, model, slot, (event) => {
               if (event.type === 'started' && !started) {
                 started = true;
@@ -274,7 +275,7 @@ export class Engine {
       concurrentTasksPerWorker: CANCEL_SLOTS,
       atomics: 'async',
       idleTimeout: Number.POSITIVE_INFINITY,
-      workerData: { maxBatch: this.options.maxBatch, prefillChunk: this.options.prefillChunk },
+      workerData: { maxBatch: this.options.maxBatch, prefillChunk: this.options.prefillChunk, promptCacheBytes: this.options.promptCacheBytes } satisfies WorkerSettings,
     });
   }
 

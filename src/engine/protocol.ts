@@ -49,13 +49,15 @@ export type FinishReason = 'stop' | 'length' | 'cancelled';
 export interface GenerationStats {
   finishReason: FinishReason;
   promptTokens: number;
+  /** Prompt tokens served from the prompt cache instead of being prefilled. */
+  cachedTokens: number;
   completionTokens: number;
   promptMs: number;
   decodeMs: number;
 }
 
 export type StreamEvent =
-  | { type: 'started'; promptTokens: number }
+  | { type: 'started'; promptTokens: number; cachedTokens: number }
   /** `tokens`: how many tokens the sequence has generated so far. */
   | { type: 'text'; text: string; tokens: number }
   | ({ type: 'done' } & GenerationStats)
@@ -75,3 +77,13 @@ export type WorkerTask =
   | { op: 'release' };
 
 export type WorkerReply = { ok: true; load?: LoadResult } | { ok: false; error: ServeErrorShape };
+
+/** Fixed for the worker's life; handed over as Piscina's workerData. */
+export interface WorkerSettings {
+  /** Sequences decoded together in one forward pass; the rest wait their turn. */
+  maxBatch: number;
+  /** Prompt tokens prefilled per round, so a long prompt does not stall running streams. */
+  prefillChunk: number;
+  /** Bound on the KV state kept for reuse by later requests sharing a prefix. */
+  promptCacheBytes: number;
+}

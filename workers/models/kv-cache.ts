@@ -29,6 +29,26 @@ export class KVCache {
     return this.keys && this.values ? [this.keys, this.values] : [];
   }
 
+  /** Bytes of the buffers this cache holds (their whole capacity). */
+  get bytes(): number {
+    return this.state().reduce((sum, buffer) => sum + (buffer.nbytes ?? buffer.size * buffer.itemsize), 0);
+  }
+
+  /**
+   * A cache holding this one's first `length` positions. It reads the same buffers; its first
+   * update copies them into buffers of its own, so neither can change the other.
+   */
+  prefix(length: number): KVCache {
+    const copy = new KVCache();
+    if (this.keys && this.values && length > 0) {
+      const kept = [mx.Slice(), mx.Slice(), mx.Slice(0, length), mx.Slice()];
+      copy.keys = this.keys.index(...kept);
+      copy.values = this.values.index(...kept);
+      copy.offset = length;
+    }
+    return copy;
+  }
+
   private grow(previous: MxArray | null, shape: number[], dtype: MxArray['dtype']): MxArray {
     const fresh = mx.zeros(shape, dtype);
     if (!previous || this.offset === 0) return fresh;

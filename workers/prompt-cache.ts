@@ -1,0 +1,63 @@
+/**
+ * Keeps the KV state of finished sequences so a later request sharing a prefix with one (the
+ * next turn of a chat, a common system prompt) prefills only what is new. Bounded in bytes,
+ * least recently used first out.
+ */
+import type { KVCache } from './models/kv-cache.ts';
+
+interface Entry {
+  tokens: number[];
+  caches: KVCache[];
+  bytes: number;
+}
+
+export interface PromptCacheHit {
+  length: number;
+  caches: KVCache[];
+}
+
+function commonPrefix(a: number[], b: number[]): number {
+  const limit = Math.min(a.length, b.length);
+  let n = 0;
+  while (n < limit && a[n] === b[n]) n++;
+  return n;
+}
+
+export class PromptCache {
+  private entries: Entry[] = [];
+  private bytes = 0;
+
+  constructor(private readonly maxBytes: number) {}
+
+  /** The longest cached prefix of `prompt`, leaving at least one token to prefill (its logits are needed). */
+  lookup(prompt: number[]): PromptCacheHit | null {
+    let best: { entry: Entry; length: number } | null = null;
+    for (const entry of this.entries) {
+      const length = Math.min(commonPrefix(entry.tokens, prompt), prompt.length - 1);
+      if (length > 0 && (!best || length > best.length)) best = { entry, length };
+    }
+    if (!best) return null;
+    this.entries.splice(this.entries.indexOf(best.entry), 1);
+    this.entries.push(best.entry);
+    const length = best.length;
+    return { length, caches: best.entry.caches.map((cache) => cache.prefix(length)) };
+  }
+
+  /** Keeps `caches`, which hold the KV state of `tokens` (their first cache.offset of them). */
+  store(tokens: number[], caches: KVCache[]): void {
+    const covered = tokens.slice(0, caches[0]?.offset ?? 0);
+    const bytes = caches.reduce((sum, cache) => sum + cache.bytes, 0);
+    if (covered.length === 0 || bytes > this.maxBytes) return;
+    this.entries = this.entries.filter((entry) => {
+      const redundant = commonPrefix(entry.tokens, covered) === entry.tokens.length;
+      if (redundant) this.bytes -= entry.bytes;
+      return !redundant;
+    });
+    this.entries.push({ tokens: covered, caches, bytes });
+    this.bytes += bytes;
+    while (this.bytes > this.maxBytes) {
+      const evicted = this.entries.shift() as Entry;
+      this.bytes -= evicted.bytes;
+    }
+  }
+}
