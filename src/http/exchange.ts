@@ -136,8 +136,13 @@ export class Exchange {
       this.res.writeHeader('content-type', contentType);
       this.res.writeHeader('x-request-id', this.requestId);
       for (const [name, value] of Object.entries({ ...this.options.responseHeaders, ...headers })) this.res.writeHeader(name, value);
-      if (this.method === 'HEAD') this.res.endWithoutBody(Buffer.byteLength(body), this.closeAfterResponse);
-      else this.res.end(body, this.closeAfterResponse);
+      if (this.method === 'HEAD') {
+        // endWithoutBody with a length (even undefined) leaves uWS waiting for that many body
+        // bytes, so a pipelined request behind it aborts the connection; a bare call does not.
+        // HEAD routes never read a body, so the connection never needs closing here.
+        this.res.writeHeader('content-length', String(Buffer.byteLength(body)));
+        this.res.endWithoutBody();
+      } else this.res.end(body, this.closeAfterResponse);
     });
   }
 

@@ -50,11 +50,13 @@ export interface RawResponse {
   body: Buffer;
 }
 
-/** Splits a byte stream into complete HTTP/1.1 responses (Content-Length or chunked bodies); `rest` is what is left over. */
-export function parseResponses(data: Buffer, headRequests = 0): { responses: RawResponse[]; rest: Buffer; malformed: string | null } {
+/**
+ * Splits a byte stream into complete HTTP/1.1 responses (Content-Length or chunked bodies);
+ * `rest` is what is left over. `methods` are the requests' methods, in order.
+ */
+export function parseResponses(data: Buffer, methods: readonly string[] = []): { responses: RawResponse[]; rest: Buffer; malformed: string | null } {
   const responses: RawResponse[] = [];
   let offset = 0;
-  let heads = headRequests;
   while (offset < data.length) {
     const headEnd = data.indexOf('\r\n\r\n', offset);
     if (headEnd < 0) break;
@@ -70,8 +72,7 @@ export function parseResponses(data: Buffer, headRequests = 0): { responses: Raw
     let cursor = headEnd + 4;
     let body: Buffer;
     const status = Number(statusMatch[1]);
-    if (heads > 0 || status === 204 || status === 304) {
-      heads = Math.max(0, heads - 1);
+    if (methods[responses.length] === 'HEAD' || status === 204 || status === 304) {
       body = Buffer.alloc(0);
     } else if (headers.get('transfer-encoding')?.toLowerCase() === 'chunked') {
       const parts: Buffer[] = [];
