@@ -39,8 +39,8 @@ export const QUICK_WORKLOAD: Workload = { maxTokens: 12, repeats: 2, shortPrompt
 
 const WORKLOADS: Record<string, Workload> = {
   [BUILTIN_MODEL]: { maxTokens: 32, repeats: 5, shortPromptWords: 12, longPromptWords: 800, concurrency: [1, 2, 4, 8, 16], sweepRounds: 3, sweepMaxTokens: 16, allRoutes: true },
-  [FP32_05B]: { maxTokens: 16, repeats: 3, shortPromptWords: 12, longPromptWords: 400, concurrency: [1, 2, 4, 8, 16], sweepRounds: 2, sweepMaxTokens: 6, allRoutes: true },
-  [Q4_05B]: { maxTokens: 6, repeats: 3, shortPromptWords: 6, longPromptWords: 40, concurrency: [1, 2, 4], sweepRounds: 1, sweepMaxTokens: 3, allRoutes: false },
+  [FP32_05B]: { maxTokens: 8, repeats: 3, shortPromptWords: 12, longPromptWords: 200, concurrency: [1, 2, 4, 8], sweepRounds: 1, sweepMaxTokens: 6, allRoutes: false },
+  [Q4_05B]: { maxTokens: 4, repeats: 3, shortPromptWords: 6, longPromptWords: 24, concurrency: [1, 2], sweepRounds: 1, sweepMaxTokens: 3, allRoutes: false },
 };
 /** A model named with --model: its speed is unknown, so it gets modest counts. */
 const OTHER_WORKLOAD: Workload = { maxTokens: 16, repeats: 3, shortPromptWords: 12, longPromptWords: 200, concurrency: [1, 2, 4, 8], sweepRounds: 2, sweepMaxTokens: 8, allRoutes: true };

@@ -104,7 +104,14 @@ async function bench(values: { quick: boolean; url?: string; model?: string; 'ca
     progress(`server started at ${server.url}`);
   }
   const baseUrl = values.url ?? (server as BenchServer).url;
-  const ctx: ScenarioContext = { baseUrl, recorders: new Recorders(), progress, failures: {} };
+  const ctx: ScenarioContext = { baseUrl, recorders: new Recorders(), progress, children: new Set(), failures: {} };
+  const interrupted = (signal: NodeJS.Signals): void => {
+    progress(`${signal}: stopping the server and the raw engine`);
+    for (const child of ctx.children) child.kill('SIGTERM');
+    void (server?.stop() ?? Promise.resolve()).finally(() => process.exit(130));
+  };
+  process.once('SIGINT', interrupted);
+  process.once('SIGTERM', interrupted);
   const runs: BenchResult['models'] = [];
   let blasLibraries: string[] = [];
   let openblasCore: string | null = null;

@@ -2,7 +2,7 @@
  * The scenarios a bench run drives against a server, and the raw engine run beside them.
  * Every generation is greedy with ignore_eos and a fixed max_tokens, so runs are comparable.
  */
-import { spawn } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { getJson, recordTiming, send, timedGeneration, type ApiRoute, type GenerationCall, type RequestTiming } from './client.ts';
 import type { Recorders } from './histograms.ts';
@@ -18,6 +18,8 @@ export interface ScenarioContext {
   baseUrl: string;
   recorders: Recorders;
   progress: Progress;
+  /** Child processes to stop if the bench is interrupted. */
+  children: Set<ChildProcess>;
   /** Failed requests by `model/scenario`, with the first error seen. */
   failures: Record<string, { count: number; firstError: string }>;
 }
@@ -168,6 +170,8 @@ export async function runRawEngine(ctx: ScenarioContext, model: BenchModel & { p
     env: { ...process.env, OPENBLAS_VERBOSE: '2', MALLOC_MMAP_THRESHOLD_: process.env.MALLOC_MMAP_THRESHOLD_ ?? '131072' },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
+  ctx.children.add(child);
+  child.on('exit', () => ctx.children.delete(child));
   let stdout = '';
   let stderr = '';
   child.stdout.on('data', (chunk: Buffer) => (stdout += chunk.toString()));
