@@ -89,6 +89,21 @@ export class SoakClient {
     return this.getJson<ServerHealth>('/admin/health');
   }
 
+  /**
+   * Resident memory once it stops falling: a worker that is still exiting, or a collection still
+   * running, right after an unload would otherwise read as a leak. A leak stays after settling.
+   */
+  async settledRssGb(maxWaitMs = 10_000): Promise<number> {
+    let last = (await this.status()).memory.rss_gb;
+    for (const started = performance.now(); performance.now() - started < maxWaitMs; ) {
+      await sleep(500);
+      const now = (await this.status()).memory.rss_gb;
+      if (Math.abs(now - last) < 0.002) return now;
+      last = now;
+    }
+    return last;
+  }
+
   unload(): Promise<{ status: number; body: Record<string, unknown> }> {
     return this.postJson('/admin/unload', {});
   }

@@ -5,7 +5,7 @@
  * compare them: concurrent greedy outputs must equal the same requests run one at a time.
  */
 import { SoakClient, sleep, type Generation, type ServerStatus } from './client.ts';
-import { Reporter, clock, gb, type CheckResult } from './report.ts';
+import { Reporter, clock, finishSuite, gb, type SuiteResult } from './report.ts';
 
 export interface ComprehensiveOptions {
   /** Seconds the idle check expects; default: the server's idle_timeout_seconds. */
@@ -39,16 +39,6 @@ export interface ComprehensiveMeasurements {
   idleTimeoutSeconds: number | null;
   idleUnloadSeconds: number | null;
   firstRequestSeconds: number | null;
-}
-
-export interface SuiteResult {
-  suite: string;
-  url: string;
-  model: string | null;
-  passed: boolean;
-  checks: CheckResult[];
-  startedAt: string;
-  finishedAt: string;
 }
 
 export interface ComprehensiveResult extends SuiteResult {
@@ -177,7 +167,7 @@ export async function runComprehensive(client: SoakClient, options: Comprehensiv
   });
 
   await check('Memory Recovery - Verify memory returned to baseline', async () => {
-    const after = (await client.status()).memory.rss_gb;
+    const after = await client.settledRssGb();
     const loadedDelta = loadedRss - baseRss;
     const residual = after - baseRss;
     report.info(`Baseline: ${gb(baseRss)} (process resident)`);
@@ -253,9 +243,9 @@ export async function runComprehensive(client: SoakClient, options: Comprehensiv
       await mustComplete(`leak cycle ${cycle}`, 32);
       const r = await client.unload();
       if (r.status !== 200) return report.fail(`unload in cycle ${cycle} answered HTTP ${r.status}`);
-      report.info(`Load/unload cycle ${cycle}/${options.leakCycles}: resident after unload ${gb((await client.status()).memory.rss_gb)}`);
+      report.info(`Load/unload cycle ${cycle}/${options.leakCycles}: resident after unload ${gb(await client.settledRssGb())}`);
     }
-    const final = (await client.status()).memory.rss_gb;
+    const final = await client.settledRssGb();
     const delta = final - baseRss;
     m.leakDeltaGb = delta;
     report.info(`Initial baseline: ${gb(baseRss)}`);
@@ -316,16 +306,6 @@ export async function runComprehensive(client: SoakClient, options: Comprehensiv
   return finish();
 
   function finish(): ComprehensiveResult {
-    report.summary('ALL TESTS PASSED - PRODUCTION VERIFIED');
-    return {
-      suite: 'comprehensive',
-      url: client.url,
-      model: client.model ?? null,
-      passed: report.failed === 0,
-      checks: report.checks,
-      startedAt: startedAt.toISOString(),
-      finishedAt: new Date().toISOString(),
-      measurements: m,
-    };
+    return { ...finishSuite('comprehensive', client, report, startedAt, 'ALL TESTS PASSED - PRODUCTION VERIFIED'), measurements: m };
   }
 }

@@ -1,9 +1,9 @@
 /** Runs the chosen suites against one host, or against every host of a fleet file in parallel. */
 import { readFileSync } from 'node:fs';
 import { SoakClient } from './client.ts';
-import { runComprehensive, type ComprehensiveOptions, type ComprehensiveResult, type SuiteResult } from './comprehensive.ts';
+import { runComprehensive, type ComprehensiveOptions, type ComprehensiveResult } from './comprehensive.ts';
 import { runLongSoak, type LongSoakOptions } from './long-soak.ts';
-import { Reporter, gb, markdownTable, type Write } from './report.ts';
+import { Reporter, gb, markdownTable, type SuiteResult, type Write } from './report.ts';
 import { runStress, type StressOptions } from './stress.ts';
 
 export type SuiteName = 'comprehensive' | 'stress' | 'long';

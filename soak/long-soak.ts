@@ -6,8 +6,8 @@
  * unload does not come.
  */
 import { SoakClient, sleep, type Generation } from './client.ts';
-import { idleTolerance, type SuiteResult } from './comprehensive.ts';
-import { Reporter, formatSeconds, gb } from './report.ts';
+import { idleTolerance } from './comprehensive.ts';
+import { Reporter, finishSuite, formatSeconds, gb, type SuiteResult } from './report.ts';
 
 export interface LongSoakOptions {
   durationSeconds: number;
@@ -163,8 +163,7 @@ export async function runLongSoak(client: SoakClient, options: LongSoakOptions, 
         recordError(`no idle unload within ${idleSpell.toFixed(1)}s of quiet`);
         continue;
       }
-      const s = await client.status();
-      residuals.push({ t: elapsed(), rssGb: s.memory.rss_gb, loaded: false });
+      residuals.push({ t: elapsed(), rssGb: await client.settledRssGb(), loaded: false });
     }
   } finally {
     clearInterval(sampler);
@@ -209,16 +208,8 @@ export async function runLongSoak(client: SoakClient, options: LongSoakOptions, 
     report.info(driftText);
     report.verdict(drift <= options.maxLatencyDrift * 100, `Drift ${drift.toFixed(1)}% (limit ${(options.maxLatencyDrift * 100).toFixed(0)}%)`);
   }
-  report.summary('LONG SOAK PASSED');
-
   return {
-    suite: 'long-soak',
-    url: client.url,
-    model: client.model ?? null,
-    passed: report.failed === 0,
-    checks: report.checks,
-    startedAt: startedAt.toISOString(),
-    finishedAt: new Date().toISOString(),
+    ...finishSuite('long-soak', client, report, startedAt, 'LONG SOAK PASSED'),
     durationSeconds: elapsed(),
     requests,
     errors,

@@ -10,6 +10,22 @@ export interface CheckResult {
   lines: string[];
 }
 
+export interface SuiteResult {
+  suite: string;
+  url: string;
+  model: string | null;
+  passed: boolean;
+  checks: CheckResult[];
+  startedAt: string;
+  finishedAt: string;
+}
+
+/** Prints a suite's summary and returns what every suite's result holds. */
+export function finishSuite<S extends string>(suite: S, target: { url: string; model: string | undefined }, report: Reporter, startedAt: Date, successLine: string): SuiteResult & { suite: S } {
+  report.summary(successLine);
+  return { suite, url: target.url, model: target.model ?? null, passed: report.failed === 0, checks: report.checks, startedAt: startedAt.toISOString(), finishedAt: new Date().toISOString() };
+}
+
 export class Reporter {
   readonly checks: CheckResult[] = [];
   private current: CheckResult | null = null;

@@ -7,8 +7,7 @@
  * other show up as different text, not only as errors.
  */
 import { MemorySampler, SoakClient, sleep, type Generation } from './client.ts';
-import type { SuiteResult } from './comprehensive.ts';
-import { Reporter, gb, markdownTable } from './report.ts';
+import { Reporter, finishSuite, gb, markdownTable, type SuiteResult } from './report.ts';
 
 export interface StressOptions {
   concurrent: number;
@@ -182,6 +181,5 @@ export async function runStress(client: SoakClient, options: StressOptions, repo
   report.line('Performance Metrics (success rate counts invalid requests answered with a proper 4xx as successes)');
   report.line('');
   for (const line of stressTable(rows)) report.line(line);
-  report.summary('ALL STRESS SCENARIOS PASSED');
-  return { suite: 'stress', url: client.url, model: client.model ?? null, api, passed: report.failed === 0, checks: report.checks, rows, startedAt: startedAt.toISOString(), finishedAt: new Date().toISOString() };
+  return { ...finishSuite('stress', client, report, startedAt, 'ALL STRESS SCENARIOS PASSED'), api, rows };
 }

@@ -25,7 +25,7 @@ t.test('fleet: every host in parallel, one row each, JSON of all, non-zero when 
   const goodLabel = `127.0.0.1:${good.port}`;
   const badLabel = `127.0.0.1:${noIdle.port}`;
   t.match(run.output, new RegExp(`^\\[${goodLabel}\\s*\\] \\[PASS\\] Server is healthy`, 'm'), 'output lines carry their host');
-  t.match(run.output, new RegExp(`^\\| ${goodLabel}\\s*\\| default\\s*\\| 12\\s*\\| 0\\s*\\|.*\\| PASS\\s*\\|$`, 'm'), run.output);
+  t.match(run.output, new RegExp(`^\\| ${goodLabel}\\s*\\| default\\s*\\| 12\\s*\\| 0\\s*\\|.*\\| PASS\\s*\\|$`, 'm'), 'the good host passes');
   t.match(run.output, new RegExp(`^\\| ${badLabel}\\s*\\| tiny-qwen3\\s*\\| 11\\s*\\| 1\\s*\\|.*\\| FAIL \\(comprehensive 9\\)\\s*\\|$`, 'm'));
   t.match(run.output, /1 OF 2 HOSTS FAILED/);
   const fleet = JSON.parse(readFileSync(json, 'utf8')) as FleetResult;

@@ -1,6 +1,7 @@
 /**
  * The stress scenarios and a short long-soak run (soak/) against a real server with a short idle
- * timeout. Token counts are small so the file fits CI's time on a slow shared machine.
+ * timeout. Token counts are small and the load phases short so the file fits CI's time on a slow
+ * shared machine, and the 45 s run still has room for idle unloads when a model load takes 30 s.
  */
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -18,7 +19,7 @@ const dir = tempDir('soak-stress-');
 t.test('stress suite: the five scenarios and the metrics table', async (t) => {
   const json = join(dir, 'stress.json');
   const run = await runSoak(['--url', server.url, '--stress', '--tokens', '8', '--long-tokens', '48', '--json', json]);
-  t.equal(run.code, 0, run.output);
+  if (!t.equal(run.code, 0, 'exit 0')) t.comment(run.output);
   t.same(testLines(run.output).map((line) => line.replace(/ - .*/, '')), ['1. Concurrent Requests', '2. Long-Running Generation', '3. Multiple Sessions', '4. Memory Usage Under Load', '5. Error Handling Under Load']);
   t.match(run.output, /\| Test\s+\| Requests \| Success Rate \| Avg Response Time \| Peak Memory \| Result \|/);
   for (const [name, requests] of [['Concurrent', 5], ['Long-running', 1], ['Multi-session', 9], ['Memory', 4], ['Errors', 6]] as const) {
@@ -31,9 +32,9 @@ t.test('stress suite: the five scenarios and the metrics table', async (t) => {
 
 t.test('long soak: load, idle unloads, trend, JSON summary', async (t) => {
   const json = join(dir, 'long.json');
-  const run = await runSoak(['--url', server.url, '--duration', '30s', '--load-phase', '5s', '--json', json]);
-  t.equal(run.code, 0, run.output);
-  t.match(run.output, /^\[PROGRESS\] \d+s\/30s {2}requests \d+ {2}errors 0/m);
+  const run = await runSoak(['--url', server.url, '--duration', '45s', '--load-phase', '3s', '--json', json]);
+  if (!t.equal(run.code, 0, 'exit 0')) t.comment(run.output);
+  t.match(run.output, /^\[PROGRESS\] \d+s\/45s {2}requests \d+ {2}errors 0/m);
   t.match(run.output, /\[PASS\] \d+\/\d+ idle unloads happened/);
   const result = (JSON.parse(readFileSync(json, 'utf8')) as HostResult).results[0] as LongSoakResult;
   t.equal(result.suite, 'long-soak');

@@ -38,7 +38,7 @@ t.test('comprehensive test passes against a healthy server, in the seed order an
   const json = join(tempDir('soak-'), 'result.json');
   // --extended: on a loaded CI machine the unload may come later than ±2 s; an early or missing unload still fails.
   const run = await runSoak(['--url', server.url, '--min-recovery', '50', '--leak-cycles', '1', '--extended', '--json', json]);
-  t.equal(run.code, 0, run.output);
+  if (!t.equal(run.code, 0, 'exit 0')) t.comment(run.output);
   const titles = testLines(run.output);
   const seedOrder = ['Health Check', 'Baseline Memory', 'On-Demand Loading', 'Subsequent Queries', 'Concurrent Requests', 'Manual Unload', 'Memory Recovery', 'Reload After Unload', 'Idle Timeout Unload', 'Memory Leak Detection', 'Status API', 'Request Tracking'];
   t.same(titles.map((line) => line.replace(/ - .*/, '')), seedOrder.map((name, i) => `${i + 1}. ${name}`));
