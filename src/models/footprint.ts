@@ -92,18 +92,3 @@ export function assertFits(name: string, dir: string, reserveBytes: number): voi
     );
   }
 }
-
-/** Parameters stored in the weights (packed quantized words count as the values they hold), for listings. */
-export function parameterCount(dir: string): number {
-  const config = JSON.parse(readFileSync(join(dir, 'config.json'), 'utf8')) as { quantization?: { bits?: number } };
-  const perWord = config.quantization?.bits ? 32 / config.quantization.bits : 1;
-  let count = 0;
-  for (const file of weightFiles(dir)) {
-    if (!existsSync(file)) continue;
-    for (const [name, tensor] of Object.entries(safetensorsHeader(file))) {
-      if (name.endsWith('.scales') || name.endsWith('.biases')) continue;
-      count += tensor.shape.reduce((a, b) => a * b, 1) * (tensor.dtype === 'U32' ? perWord : 1);
-    }
-  }
-  return count;
-}
