@@ -9,7 +9,6 @@ import type { GenerationRequest, GenerationStats, PromptInput } from '../engine/
 import { badRequest } from '../errors.ts';
 import type { Exchange } from '../http/exchange.ts';
 import { parseJsonObject, type ErrorWriter, type Route } from '../http/server.ts';
-import { parameterCount } from '../models/footprint.ts';
 import type { ModelEntry } from '../models/registry.ts';
 import { runGeneration, type ServeContext } from './context.ts';
 import { Fields } from './fields.ts';
@@ -189,14 +188,6 @@ function readJson(path: string): Record<string, unknown> {
   return existsSync(path) ? (JSON.parse(readFileSync(path, 'utf8')) as Record<string, unknown>) : {};
 }
 
-/** Ollama's style: "494.03M", "7.6B". */
-function parameterSize(model: ModelEntry): string {
-  const count = existsSync(join(model.path, 'config.json')) ? parameterCount(model.path) : 0;
-  if (count >= 1e9) return `${Number((count / 1e9).toFixed(1))}B`;
-  if (count >= 1e6) return `${Number((count / 1e6).toFixed(2))}M`;
-  return count > 0 ? `${Number((count / 1e3).toFixed(2))}K` : '';
-}
-
 /** What Ollama calls a model's details, read from the folder's config.json. */
 function details(model: ModelEntry): Record<string, unknown> {
   const config = readJson(join(model.path, 'config.json'));
@@ -204,7 +195,7 @@ function details(model: ModelEntry): Record<string, unknown> {
   const quantization = config.quantization as { bits?: number } | undefined;
   const dtype = typeof config.torch_dtype === 'string' ? config.torch_dtype : '';
   const level = quantization?.bits ? `Q${quantization.bits}` : ({ float32: 'F32', float16: 'F16', bfloat16: 'BF16' } as Record<string, string>)[dtype] ?? 'unknown';
-  return { parent_model: '', format: 'safetensors', family, families: [family], parameter_size: parameterSize(model), quantization_level: level };
+  return { parent_model: '', format: 'safetensors', family, families: [family], parameter_size: '', quantization_level: level };
 }
 
 /** Not a content hash (that would read every weight): it changes when the folder's files change. */
