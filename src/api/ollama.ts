@@ -248,6 +248,17 @@ export function ollamaRoutes(ctx: ServeContext): Route[] {
     fields.object('options');
     return { model, stream: fields.boolean('stream') ?? true, keepAliveMs: parseKeepAlive(fields.raw('keep_alive')), fields };
   };
+  /** A generate or chat route; `prompt` returns null for a load-only request. */
+  const generation = (path: string, known: readonly string[], shape: Shape, prompt: (fields: Fields) => PromptInput | null): Route => ({
+    method: 'POST',
+    path,
+    errors: ollamaError,
+    handler: async (exchange) => {
+      const fields = Fields.strict(await body(exchange), known);
+      const parsed = common(fields);
+      await respond(ctx, exchange, shape, { ...parsed, prompt: prompt(fields) });
+    },
+  });
   const templateArgs = (fields: Fields): Record<string, unknown> => (fields.raw('think') === false ? { templateArgs: { enable_thinking: false } } : {});
   const running = (): Record<string, unknown>[] => {
     const loaded = ctx.engine.loadedModel;
@@ -280,47 +291,29 @@ export function ollamaRoutes(ctx: ServeContext): Route[] {
         exchange.json(200, show(ctx.registry.resolve(name)));
       },
     },
-    {
-      method: 'POST',
-      path: '/api/generate',
-      errors: ollamaError,
-      handler: async (exchange) => {
-        const fields = Fields.strict(await body(exchange), GENERATE_FIELDS);
-        const parsed = common(fields);
-        const text = fields.string('prompt') ?? '';
-        const system = fields.string('system');
-        const raw = fields.boolean('raw') ?? false;
-        if (raw && system) throw badRequest("'system' has no effect with raw: true (no template is applied)", 'system');
-        let prompt: PromptInput | null = null;
-        if (text.length > 0) {
-          prompt = raw
-            ? { kind: 'text', text, addSpecialTokens: true }
-            : { kind: 'chat', messages: [...(system ? [{ role: 'system' as const, content: system }] : []), { role: 'user', content: text }], ...templateArgs(fields) };
-        }
-        await respond(ctx, exchange, generateShape, { ...parsed, prompt });
-      },
-    },
-    {
-      method: 'POST',
-      path: '/api/chat',
-      errors: ollamaError,
-      handler: async (exchange) => {
-        const fields = Fields.strict(await body(exchange), CHAT_FIELDS);
-        const parsed = common(fields);
-        const raw = fields.raw('messages');
-        if (raw !== undefined && raw !== null && !Array.isArray(raw)) throw badRequest("'messages' must be a list", 'messages');
-        const messages = (raw ?? []) as Record<string, unknown>[];
-        messages.forEach((m, i) => {
-          if (Array.isArray(m?.images) && m.images.length > 0) throw badRequest(`messages[${i}].images: images are not supported by this server`, 'messages');
-        });
-        const tools = fields.raw('tools');
-        if (tools !== undefined && tools !== null && !Array.isArray(tools)) throw badRequest("'tools' must be a list", 'tools');
-        // Ollama names a tool result's tool in tool_name; the chat templates read it as name.
-        const renamed = messages.map((m) => (typeof m?.tool_name === 'string' && m.name === undefined ? { ...m, name: m.tool_name } : m));
-        const prompt: PromptInput | null =
-          messages.length === 0 ? null : { kind: 'chat', messages: chatMessages(renamed), ...(Array.isArray(tools) && tools.length > 0 ? { tools } : {}), ...templateArgs(fields) };
-        await respond(ctx, exchange, chatShape, { ...parsed, prompt });
-      },
-    },
+    generation('/api/generate', GENERATE_FIELDS, generateShape, (fields) => {
+      const text = fields.string('prompt') ?? '';
+      const system = fields.string('system');
+      const raw = fields.boolean('raw') ?? false;
+      if (raw && system) throw badRequest("'system' has no effect with raw: true (no template is applied)", 'system');
+      if (text.length === 0) return null;
+      return raw
+        ? { kind: 'text', text, addSpecialTokens: true }
+        : { kind: 'chat', messages: [...(system ? [{ role: 'system' as const, content: system }] : []), { role: 'user', content: text }], ...templateArgs(fields) };
+    }),
+    generation('/api/chat', CHAT_FIELDS, chatShape, (fields) => {
+      const raw = fields.raw('messages');
+      if (raw !== undefined && raw !== null && !Array.isArray(raw)) throw badRequest("'messages' must be a list", 'messages');
+      const messages = (raw ?? []) as Record<string, unknown>[];
+      messages.forEach((m, i) => {
+        if (Array.isArray(m?.images) && m.images.length > 0) throw badRequest(`messages[${i}].images: images are not supported by this server`, 'messages');
+      });
+      const tools = fields.raw('tools');
+      if (tools !== undefined && tools !== null && !Array.isArray(tools)) throw badRequest("'tools' must be a list", 'tools');
+      // Ollama names a tool result's tool in tool_name; the chat templates read it as name.
+      const renamed = messages.map((m) => (typeof m?.tool_name === 'string' && m.name === undefined ? { ...m, name: m.tool_name } : m));
+      if (messages.length === 0) return null;
+      return { kind: 'chat', messages: chatMessages(renamed), ...(Array.isArray(tools) && tools.length > 0 ? { tools } : {}), ...templateArgs(fields) };
+    }),
   ];
 }
