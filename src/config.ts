@@ -3,6 +3,7 @@ import { isIP } from 'node:net';
 import { homedir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
+import type { WeightsPolicy } from './models/footprint.ts';
 
 export interface ServerConfig {
   host: string;
@@ -20,7 +21,9 @@ export interface ServerConfig {
   maxBatch: number;
   prefillChunk: number;
   promptCacheBytes: number;
+  weights: WeightsPolicy;
   memoryReserveBytes: number;
+  memoryLimitBytes: number;
   apiKey: string | null;
   adminKey: string | null;
   insecure: boolean;
@@ -52,6 +55,7 @@ export const FLAGS: FlagSpec[] = [
   { flag: 'max-batch', help: 'sequences decoded together in one step; more requests wait their turn', default: '16' },
   { flag: 'prefill-chunk', help: 'prompt tokens processed per step, so a long prompt does not stall other streams', default: '256' },
   { flag: 'prompt-cache-bytes', help: 'KV state kept for reuse by requests sharing a prefix (0 disables)', default: String(256 * 1024 * 1024) },
+  { flag: 'weights', help: 'how quantized weights are held: auto (fp32 on a CPU when it fits), native, fp32', default: 'auto' },
   { flag: 'request-timeout', help: 'seconds a request may take in all before it is cancelled (0: no limit)', default: '600' },
   { flag: 'shutdown-timeout', help: 'seconds SIGTERM waits for running generations before cancelling them', default: '30' },
   { flag: 'memory-reserve', help: 'bytes of available memory a model load must leave free', default: String(512 * 1024 * 1024) },
@@ -62,6 +66,7 @@ export const FLAGS: FlagSpec[] = [
   { flag: 'body-timeout', help: 'seconds a request body may take to arrive before the connection is dropped with 408', default: '60' },
   { flag: 'max-stream-buffer', help: 'bytes of a streamed answer held for a client that does not read before it is dropped', default: String(1024 * 1024) },
   { flag: 'auto-pull', help: 'download a model that a request names from the Hugging Face Hub when it is not cached (HF_ENDPOINT, HF_TOKEN apply)', default: '', boolean: true },
+  { flag: 'memory-limit', help: 'bytes of memory the server may assume available at most, e.g. a container limit (0: what the OS reports)', default: '0' },
   { flag: 'cache-dir', help: 'where the built-in model is written', default: join(process.env.XDG_CACHE_HOME ?? join(homedir(), '.cache'), 'mlx-inference-server') },
 ];
 
@@ -81,6 +86,11 @@ function integer(flag: string, value: string, min: number): number {
   const n = Number(value);
   if (!Number.isInteger(n) || n < min) throw new ConfigError(`--${flag} must be an integer >= ${min}, got '${value}'`);
   return n;
+}
+
+function oneOf<T extends string>(flag: string, value: string, allowed: readonly T[]): T {
+  if (!(allowed as readonly string[]).includes(value)) throw new ConfigError(`--${flag} must be one of ${allowed.join(', ')}, got '${value}'`);
+  return value as T;
 }
 
 export function parseServerConfig(argv: string[], env: NodeJS.ProcessEnv = process.env): ServerConfig {
@@ -122,8 +132,10 @@ export function parseServerConfig(argv: string[], env: NodeJS.ProcessEnv = proce
     maxBatch: integer('max-batch', get('max-batch'), 1),
     prefillChunk: integer('prefill-chunk', get('prefill-chunk'), 1),
     promptCacheBytes: integer('prompt-cache-bytes', get('prompt-cache-bytes'), 0),
+    weights: oneOf('weights', get('weights'), ['auto', 'native', 'fp32'] as const),
     shutdownTimeoutSeconds: integer('shutdown-timeout', get('shutdown-timeout'), 0),
     memoryReserveBytes: integer('memory-reserve', get('memory-reserve'), 0),
+    memoryLimitBytes: integer('memory-limit', get('memory-limit'), 0),
     apiKey,
     adminKey: get('admin-key') || null,
     insecure,

@@ -35,7 +35,8 @@ export async function startServer(config: ServerConfig, logger: Logger): Promise
     maxBatch: config.maxBatch,
     prefillChunk: config.prefillChunk,
     promptCacheBytes: config.promptCacheBytes,
-    memoryReserveBytes: config.memoryReserveBytes,
+    weights: config.weights,
+    memory: { reserveBytes: config.memoryReserveBytes, limitBytes: config.memoryLimitBytes },
   });
   const context: ServeContext = { config, engine, registry, telemetry, latency: new LatencyRecorder(), logger };
   const http = await startHttpServer([...adminRoutes(context), ...openAiRoutes(context), ...ollamaRoutes(context), ...pullRoutes(context, puller), ...metricsRoutes(context), ...dashboardRoutes(context)], { ...config, logger });

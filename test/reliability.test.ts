@@ -80,9 +80,9 @@ t.test('--request-timeout cancels a long request with a 504', async (t) => {
 });
 
 t.test('SIGTERM lets short generations finish, cancels long ones with an error chunk, exits 0', async (t) => {
-  const server = await startServer(['--idle-timeout', '0', '--shutdown-timeout', '2']);
+  const server = await startServer(['--idle-timeout', '0', '--shutdown-timeout', '10']);
   t.equal((await post(`${server.url}/admin/load`, {})).status, 200);
-  const short = post(`${server.url}/v1/completions`, { prompt: 'short', max_tokens: 20, ignore_eos: true });
+  const short = post(`${server.url}/v1/completions`, { prompt: 'short', max_tokens: 8, ignore_eos: true });
   const longResponse = await fetch(`${server.url}/v1/completions`, { method: 'POST', body: JSON.stringify({ prompt: 'long', max_tokens: 4000, ignore_eos: true, stream: true }) });
   await sleep(300);
   const exit = server.stop('SIGTERM');

@@ -5,7 +5,7 @@
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { workerData } from 'node:worker_threads';
-import type { GenerationRequest, LoadResult, ModelSource, WorkerReply, WorkerSettings, WorkerTask } from '../src/engine/protocol.ts';
+import type { GenerationRequest, LoadResult, LoadSpec, WorkerReply, WorkerSettings, WorkerTask } from '../src/engine/protocol.ts';
 import { ServeError } from '../src/errors.ts';
 import { Telemetry } from '../src/telemetry/layout.ts';
 import { materializeDefaultModel } from './default-model.ts';
@@ -19,7 +19,7 @@ import { ModelTokenizer } from './tokenizer.ts';
 const settings = workerData as WorkerSettings;
 
 interface LoadedModel {
-  source: ModelSource;
+  source: LoadSpec;
   promptCache: PromptCache;
   model: LanguageModel;
   tokenizer: ModelTokenizer;
@@ -43,20 +43,20 @@ function eosIds(dir: string, config: ModelConfig, tokenizer: ModelTokenizer): Se
   return ids;
 }
 
-function load(source: ModelSource, telemetry: Telemetry): LoadedModel {
-  if (loaded?.source.path === source.path) return loaded;
+function load(source: LoadSpec, telemetry: Telemetry): LoadedModel {
+  if (loaded?.source.path === source.path && loaded.source.placement === source.placement) return loaded;
   loaded = null;
   collectGarbage(true);
   const started = performance.now();
   if (source.builtin) materializeDefaultModel(source.path);
-  const { model, config } = loadModel(source.path);
+  const { model, config } = loadModel(source.path, source.placement);
   const tokenizer = new ModelTokenizer(source.path);
   if (tokenizer.vocabSize > model.vocabSize) {
     throw new ServeError(422, 'model_load_failed', `tokenizer has ${tokenizer.vocabSize} tokens but the embedding only ${model.vocabSize} rows`);
   }
   const bytes = parameterBytes(model);
   telemetry.write('modelBytes', bytes);
-  const info: LoadResult = { name: source.name, modelType: model.modelType, bytes, loadMs: performance.now() - started, contextLength: model.contextLength };
+  const info: LoadResult = { name: source.name, placement: source.placement, modelType: model.modelType, bytes, loadMs: performance.now() - started, contextLength: model.contextLength };
   loaded = { source, promptCache: new PromptCache(settings.promptCacheBytes), model, tokenizer, eosIds: eosIds(source.path, config, tokenizer), info };
   collectGarbage(true);
   return loaded;

@@ -8,7 +8,7 @@ import { MessageChannel } from 'node:worker_threads';
 import { Piscina } from 'piscina';
 import type { Logger } from 'pino';
 import { ServeError } from '../errors.ts';
-import { assertFits } from '../models/footprint.ts';
+import { planLoad, type MemoryBudget, type WeightsPolicy } from '../models/footprint.ts';
 import type { ModelEntry, ModelRegistry } from '../models/registry.ts';
 import { CANCEL_SLOTS, Telemetry } from '../telemetry/layout.ts';
 import type { GenerationRequest, GenerationStats, LoadResult, StreamEvent, WorkerReply, WorkerSettings, WorkerTask } from './protocol.ts';
@@ -45,7 +45,8 @@ export interface EngineOptions {
   maxBatch: number;
   prefillChunk: number;
   promptCacheBytes: number;
-  memoryReserveBytes: number;
+  memory: MemoryBudget;
+  weights: WeightsPolicy;
 }
 
 /** Why a generation was cancelled; a client that left gets nothing, the others get an error. */
@@ -292,7 +293,7 @@ export class Engine {
 
   private async loadNow(model: ModelEntry): Promise<void> {
     const { telemetry, logger } = this.options;
-    assertFits(model.name, model.path, this.options.memoryReserveBytes);
+    const plan = planLoad(model.name, model.path, this.options.weights, this.options.memory);
     const rssBefore = process.memoryUsage.rss();
     if (telemetry.read('modelLoads') === 0) telemetry.write('baselineRssBytes', rssBefore);
     telemetry.modelState = 'loading';
@@ -300,7 +301,7 @@ export class Engine {
     const started = performance.now();
     let reply: WorkerReply;
     try {
-      reply = await this.task({ op: 'load', model: { name: model.name, path: model.path, builtin: model.builtin }, telemetry: telemetry.buffers });
+      reply = await this.task({ op: 'load', model: { name: model.name, path: model.path, builtin: model.builtin, placement: plan.placement }, telemetry: telemetry.buffers });
     } catch (error) {
       await this.discardPool();
       throw error;
@@ -368,7 +369,7 @@ export class Engine {
     });
     const task: WorkerTask = {
       op: 'generate',
-      model: { name: model.name, path: model.path, builtin: model.builtin },
+      model: { name: model.name, path: model.path, builtin: model.builtin, placement: this.loaded?.placement ?? 'native' },
       request,
       slot,
       port: port2,

@@ -38,10 +38,18 @@ export interface GenerationRequest {
   ignoreEos: boolean;
 }
 
+/** How quantized matrices are held: as stored, or dequantized once at load to the compute dtype. */
+export type WeightPlacement = 'native' | 'dequantized';
+
 export interface ModelSource {
   name: string;
   path: string;
   builtin: boolean;
+}
+
+/** A model as the worker is to load it. */
+export interface LoadSpec extends ModelSource {
+  placement: WeightPlacement;
 }
 
 export type FinishReason = 'stop' | 'length' | 'cancelled';
@@ -65,6 +73,7 @@ export type StreamEvent =
 
 export interface LoadResult {
   name: string;
+  placement: WeightPlacement;
   modelType: string;
   bytes: number;
   loadMs: number;
@@ -72,8 +81,8 @@ export interface LoadResult {
 }
 
 export type WorkerTask =
-  | { op: 'load'; model: ModelSource; telemetry: TelemetryBuffers }
-  | { op: 'generate'; model: ModelSource; request: GenerationRequest; slot: number; port: MessagePort; telemetry: TelemetryBuffers }
+  | { op: 'load'; model: LoadSpec; telemetry: TelemetryBuffers }
+  | { op: 'generate'; model: LoadSpec; request: GenerationRequest; slot: number; port: MessagePort; telemetry: TelemetryBuffers }
   | { op: 'release' };
 
 export type WorkerReply = { ok: true; load?: LoadResult } | { ok: false; error: ServeErrorShape };

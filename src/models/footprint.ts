@@ -5,6 +5,7 @@
 import { closeSync, existsSync, openSync, readFileSync, readSync } from 'node:fs';
 import { freemem } from 'node:os';
 import { join } from 'node:path';
+import type { WeightPlacement } from '../engine/protocol.ts';
 import { ServeError } from '../errors.ts';
 
 const DTYPE_BYTES: Record<string, number> = { F64: 8, F32: 4, F16: 2, BF16: 2, I64: 8, I32: 4, U32: 4, I16: 2, U16: 2, I8: 1, U8: 1, BOOL: 1 };
@@ -57,16 +58,51 @@ function kvCacheBytes(dir: string): number {
   return (config.num_hidden_layers ?? 0) * 2 * kvHeads * headDim * 4 * tokens;
 }
 
-export function estimateLoadBytes(dir: string, onCpu: boolean): number {
-  let weights = 0;
+function quantizedBits(dir: string): number {
+  if (!existsSync(join(dir, 'config.json'))) return 4;
+  const config = JSON.parse(readFileSync(join(dir, 'config.json'), 'utf8')) as { quantization?: { bits?: number } };
+  return config.quantization?.bits ?? 4;
+}
+
+interface TensorCounts {
+  /** Bytes of every tensor as the device will hold it. */
+  nativeBytes: number;
+  /** Bytes with quantized matrices dequantized to fp32 (their scales and biases dropped). */
+  dequantizedBytes: number;
+  /** Parameters, counting what a quantized matrix holds once unpacked. */
+  parameters: number;
+}
+
+function countTensors(dir: string, onCpu: boolean): TensorCounts {
+  const counts: TensorCounts = { nativeBytes: 0, dequantizedBytes: 0, parameters: 0 };
   for (const file of weightFiles(dir)) {
     if (!existsSync(file)) continue;
-    for (const tensor of Object.values(safetensorsHeader(file))) {
+    const header = safetensorsHeader(file);
+    for (const [name, tensor] of Object.entries(header)) {
       const count = tensor.shape.reduce((a, b) => a * b, 1);
-      weights += count * (onCpu && CPU_UPCAST.has(tensor.dtype) ? 4 : (DTYPE_BYTES[tensor.dtype] ?? 4));
+      const bytes = count * (onCpu && CPU_UPCAST.has(tensor.dtype) ? 4 : (DTYPE_BYTES[tensor.dtype] ?? 4));
+      counts.nativeBytes += bytes;
+      const prefix = name.replace(/\.(weight|scales|biases)$/, '');
+      if (header[`${prefix}.scales`] === undefined) {
+        counts.dequantizedBytes += bytes;
+        counts.parameters += count;
+      } else if (name.endsWith('.weight')) {
+        const unpacked = count * (32 / quantizedBits(dir));
+        counts.dequantizedBytes += unpacked * 4;
+        counts.parameters += unpacked;
+      }
     }
   }
-  return weights + kvCacheBytes(dir) + RUNTIME_BYTES;
+  return counts;
+}
+
+export const parameterCount = (dir: string): number => countTensors(dir, true).parameters;
+
+/** Bytes the loaded model will hold: as stored, and with its quantized matrices dequantized to fp32. */
+export function estimateLoadBytes(dir: string, onCpu: boolean): Record<WeightPlacement, number> {
+  const counts = countTensors(dir, onCpu);
+  const fixed = kvCacheBytes(dir) + RUNTIME_BYTES;
+  return { native: counts.nativeBytes + fixed, dequantized: counts.dequantizedBytes + fixed };
 }
 
 export function availableMemoryBytes(): number {
@@ -79,16 +115,41 @@ export function availableMemoryBytes(): number {
   return freemem();
 }
 
-/** A model not yet on disk (the built-in one before its first use) is counted as the runtime alone. */
-export function assertFits(name: string, dir: string, reserveBytes: number): void {
-  const needed = estimateLoadBytes(dir, process.platform !== 'darwin');
-  const available = availableMemoryBytes();
-  if (needed > available - reserveBytes) {
+/** `--weights`: auto picks dequantized fp32 matrices on a CPU when they fit (BLAS runs them far faster than node-mlx's CPU quantized kernel), native otherwise. */
+export type WeightsPolicy = 'auto' | 'native' | 'fp32';
+
+export interface MemoryBudget {
+  /** Kept free for everything else on the machine (--memory-reserve). */
+  reserveBytes: number;
+  /** At most this much is assumed available, e.g. a container's limit (--memory-limit; 0: none). */
+  limitBytes: number;
+}
+
+export interface LoadPlan {
+  placement: WeightPlacement;
+  estimatedBytes: number;
+}
+
+/**
+ * How to hold the model, refused with a clear error when even the smallest way would not fit.
+ * A model not yet on disk (the built-in one before its first use) counts as the runtime alone.
+ */
+export function planLoad(name: string, dir: string, policy: WeightsPolicy, memory: MemoryBudget): LoadPlan {
+  const onCpu = !(process.platform === 'darwin' && process.arch === 'arm64');
+  const estimates = estimateLoadBytes(dir, onCpu);
+  const available = memory.limitBytes > 0 ? Math.min(memory.limitBytes, availableMemoryBytes()) : availableMemoryBytes();
+  const reserveBytes = memory.reserveBytes;
+  const room = available - reserveBytes;
+  const wanted: WeightPlacement =
+    policy === 'fp32' ? 'dequantized' : policy === 'native' || !onCpu ? 'native' : estimates.dequantized <= room ? 'dequantized' : 'native';
+  const estimatedBytes = estimates[wanted];
+  if (estimatedBytes > room) {
     const gib = (n: number): string => (n / 2 ** 30).toFixed(2);
     throw new ServeError(
       503,
       'insufficient_memory',
-      `model '${name}' needs about ${gib(needed)} GiB but only ${gib(available)} GiB is available and ${gib(reserveBytes)} GiB is kept in reserve (--memory-reserve)`,
+      `model '${name}' needs about ${gib(estimatedBytes)} GiB (${wanted === 'native' ? 'weights as stored' : 'weights dequantized to fp32'}) but only ${gib(available)} GiB is available and ${gib(reserveBytes)} GiB is kept in reserve (--memory-reserve)`,
     );
   }
+  return { placement: wanted, estimatedBytes };
 }

@@ -17,11 +17,19 @@ export interface TestServer {
   stop(signal?: NodeJS.Signals): Promise<number | null>;
 }
 
+/** Servers still running when the test process exits (a failed or killed test) are stopped with it. */
+const liveServers = new Set<ChildProcess>();
+process.on('exit', () => {
+  for (const child of liveServers) child.kill('SIGKILL');
+});
+
 export async function startServer(args: string[] = [], env: NodeJS.ProcessEnv = {}): Promise<TestServer> {
   const child = spawn(process.execPath, [BIN, 'serve', '--port', '0', '--cache-dir', TEST_CACHE_DIR, ...args], {
     env: { ...process.env, MLX_SERVER_LOG_LEVEL: 'debug', ...env },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
+  liveServers.add(child);
+  child.on('exit', () => liveServers.delete(child));
   const logs: string[] = [];
   const port = await new Promise<number>((resolve, reject) => {
     let buffered = '';

@@ -1,7 +1,7 @@
 /** The building blocks the architectures share: linear (dense or MLX affine-quantized), embedding, norms, MLP. */
 import { ServeError } from '../../src/errors.ts';
 import { mx, type MxArray } from './mx.ts';
-import type { QuantSpec, WeightStore } from './weights.ts';
+import type { MatrixWeights, WeightStore } from './weights.ts';
 
 export interface Module {
   parameters(): MxArray[];
@@ -11,13 +11,11 @@ export class Linear implements Module {
   private constructor(
     private readonly weight: MxArray,
     private readonly bias: MxArray | undefined,
-    private readonly quant: { scales: MxArray; biases: MxArray; spec: QuantSpec } | null,
+    private readonly quant: MatrixWeights['quant'],
   ) {}
 
   static load(store: WeightStore, prefix: string, withBias = false): Linear {
-    const spec = store.quantSpecFor(prefix);
-    const weight = spec ? store.takeRaw(`${prefix}.weight`) : store.take(`${prefix}.weight`);
-    const quant = spec ? { scales: store.take(`${prefix}.scales`), biases: store.take(`${prefix}.biases`), spec } : null;
+    const { weight, quant } = store.takeMatrix(prefix);
     const bias = withBias ? store.take(`${prefix}.bias`) : store.takeOptional(`${prefix}.bias`);
     return new Linear(weight, bias, quant);
   }
@@ -42,13 +40,11 @@ export class Linear implements Module {
 export class Embedding implements Module {
   private constructor(
     private readonly weight: MxArray,
-    private readonly quant: { scales: MxArray; biases: MxArray; spec: QuantSpec } | null,
+    private readonly quant: MatrixWeights['quant'],
   ) {}
 
   static load(store: WeightStore, prefix: string): Embedding {
-    const spec = store.quantSpecFor(prefix);
-    const weight = spec ? store.takeRaw(`${prefix}.weight`) : store.take(`${prefix}.weight`);
-    const quant = spec ? { scales: store.take(`${prefix}.scales`), biases: store.take(`${prefix}.biases`), spec } : null;
+    const { weight, quant } = store.takeMatrix(prefix);
     return new Embedding(weight, quant);
   }
 

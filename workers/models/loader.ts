@@ -1,5 +1,6 @@
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
+import type { WeightPlacement } from '../../src/engine/protocol.ts';
 import { ServeError } from '../../src/errors.ts';
 import type { LanguageModel } from './decoder.ts';
 import * as gemma2 from './gemma2.ts';
@@ -96,13 +97,13 @@ export function computeDtype(): typeof mx.float32 {
   return mx.metal.isAvailable() ? mx.float16 : mx.float32;
 }
 
-export function loadModel(dir: string): { model: LanguageModel; config: ModelConfig } {
+export function loadModel(dir: string, placement: WeightPlacement = 'native'): { model: LanguageModel; config: ModelConfig } {
   const config = readJson<ModelConfig>(join(dir, 'config.json'), 'config.json');
   const architecture = architectures[config.model_type];
   if (!architecture) {
     throw new ServeError(422, 'unsupported_model', `model_type '${config.model_type}' is not supported (supported: ${supportedArchitectures().join(', ')})`);
   }
-  const store = new WeightStore(readTensors(weightFiles(dir)), quantizationConfig(config), computeDtype());
+  const store = new WeightStore(readTensors(weightFiles(dir)), quantizationConfig(config), computeDtype(), placement);
   let model: LanguageModel;
   try {
     model = architecture(store, config as never);

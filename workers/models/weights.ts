@@ -1,9 +1,16 @@
+import type { WeightPlacement } from '../../src/engine/protocol.ts';
 import { ServeError } from '../../src/errors.ts';
 import { mx, type MxArray } from './mx.ts';
 
 export interface QuantSpec {
   groupSize: number;
   bits: number;
+}
+
+/** A weight matrix as stored: dense, or MLX affine-quantized with its scales and biases. */
+export interface MatrixWeights {
+  weight: MxArray;
+  quant: { scales: MxArray; biases: MxArray; spec: QuantSpec } | null;
 }
 
 export interface QuantizationConfig {
@@ -23,8 +30,20 @@ export class WeightStore {
     tensors: Map<string, MxArray>,
     readonly quantization: QuantizationConfig,
     readonly computeDtype: typeof mx.float32,
+    readonly placement: WeightPlacement = 'native',
   ) {
     this.remaining = tensors;
+  }
+
+  /** `${prefix}.weight`, with its scales and biases when quantized, held as the placement says. */
+  takeMatrix(prefix: string): MatrixWeights {
+    const spec = this.quantSpecFor(prefix);
+    if (!spec) return { weight: this.take(`${prefix}.weight`), quant: null };
+    const weight = this.takeRaw(`${prefix}.weight`);
+    const scales = this.take(`${prefix}.scales`);
+    const biases = this.take(`${prefix}.biases`);
+    if (this.placement === 'dequantized') return { weight: mx.dequantize(weight, scales, biases, spec.groupSize, spec.bits).astype(this.computeDtype), quant: null };
+    return { weight, quant: { scales, biases, spec } };
   }
 
   has(name: string): boolean {

@@ -1,0 +1,69 @@
+/** --weights: quantized checkpoints held as stored or dequantized to fp32, and the memory guard's fallback. */
+import { copyFileSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import t from 'tap';
+import { mx } from '../workers/models/mx.ts';
+import { estimateLoadBytes, availableMemoryBytes } from '../src/models/footprint.ts';
+import { json, post, startServer, tempDir, TEST_CACHE_DIR } from './helpers/server.ts';
+
+const modelsDir = tempDir('mlx-quantized-');
+const quantized = join(modelsDir, 'tiny-qwen3-8bit');
+
+/** An 8-bit MLX-layout copy of the built-in model (made by the first server's load if need be). */
+async function makeQuantizedModel(): Promise<void> {
+  const source = join(TEST_CACHE_DIR, 'tiny-qwen3');
+  const warm = await startServer(['--idle-timeout', '0']);
+  await post(`${warm.url}/admin/load`, {});
+  await warm.stop();
+  mkdirSync(quantized, { recursive: true });
+  const tensors = mx.load(join(source, 'model.safetensors')) as unknown as Record<string, ReturnType<typeof mx.array>>;
+  const out: Record<string, ReturnType<typeof mx.array>> = {};
+  for (const [name, tensor] of Object.entries(tensors)) {
+    if (tensor.ndim === 2) {
+      const [weight, scales, biases] = mx.quantize(tensor, 64, 8) as unknown as ReturnType<typeof mx.array>[];
+      const prefix = name.replace(/\.weight$/, '');
+      out[`${prefix}.weight`] = weight as ReturnType<typeof mx.array>;
+      out[`${prefix}.scales`] = (scales as ReturnType<typeof mx.array>).astype(mx.float16);
+      out[`${prefix}.biases`] = (biases as ReturnType<typeof mx.array>).astype(mx.float16);
+    } else out[name] = tensor;
+  }
+  mx.saveSafetensors(join(quantized, 'model.safetensors'), out, { format: 'mlx' });
+  const config = JSON.parse(readFileSync(join(source, 'config.json'), 'utf8')) as Record<string, unknown>;
+  writeFileSync(join(quantized, 'config.json'), JSON.stringify({ ...config, quantization: { group_size: 64, bits: 8 } }));
+  for (const file of ['tokenizer.json', 'tokenizer_config.json', 'generation_config.json']) copyFileSync(join(source, file), join(quantized, file));
+}
+
+await makeQuantizedModel();
+
+type Status = { model: { weights: { placement: string; policy: string } }; memory: { model_memory_gb: number } };
+
+async function loadWith(args: string[]): Promise<{ status: Status; text: string }> {
+  const server = await startServer(['--idle-timeout', '0', '--models-dir', modelsDir, ...args]);
+  try {
+    const r = await post(`${server.url}/v1/completions`, { model: 'tiny-qwen3-8bit', prompt: 'Hello', max_tokens: 8, temperature: 0, ignore_eos: true });
+    if (r.status !== 200) throw new Error(JSON.stringify(r.body));
+    return { status: (await json<Status>(`${server.url}/admin/status`)).body, text: r.body.choices[0].text };
+  } finally {
+    await server.stop();
+  }
+}
+
+t.test('native keeps the 8-bit matrices; fp32 and auto (on a CPU) dequantize them', async (t) => {
+  const native = await loadWith(['--weights', 'native']);
+  const fp32 = await loadWith(['--weights', 'fp32']);
+  const auto = await loadWith([]);
+  t.equal(native.status.model.weights.placement, 'native');
+  t.equal(fp32.status.model.weights.placement, 'dequantized');
+  t.equal(auto.status.model.weights.placement, 'dequantized', 'auto picks fp32 on a CPU when it fits');
+  t.ok(native.status.memory.model_memory_gb < 0.06, `native holds ${native.status.memory.model_memory_gb} GB`);
+  t.ok(fp32.status.memory.model_memory_gb > 0.14, `fp32 holds ${fp32.status.memory.model_memory_gb} GB`);
+  t.ok(native.text.length > 0 && fp32.text.length > 0);
+});
+
+t.test('auto falls back to the stored quantized weights when fp32 would not fit', async (t) => {
+  const estimates = estimateLoadBytes(quantized, true);
+  const limit = Math.round((estimates.native + estimates.dequantized) / 2);
+  t.ok(availableMemoryBytes() > limit, 'the machine has more than the limit, so the limit decides');
+  const squeezed = await loadWith(['--memory-reserve', '0', '--memory-limit', String(limit)]);
+  t.equal(squeezed.status.model.weights.placement, 'native');
+});
