@@ -120,9 +120,5 @@ export default async function handle(task: WorkerTask): Promise<WorkerReply> {
     }
     case 'generate':
       return generate(task, new Telemetry(task.telemetry));
-    case 'release':
-      loaded = null;
-      collectGarbage(true);
-      return { ok: true };
   }
 }

@@ -82,8 +82,7 @@ export interface LoadResult {
 
 export type WorkerTask =
   | { op: 'load'; model: LoadSpec; telemetry: TelemetryBuffers }
-  | { op: 'generate'; model: LoadSpec; request: GenerationRequest; slot: number; port: MessagePort; telemetry: TelemetryBuffers }
-  | { op: 'release' };
+  | { op: 'generate'; model: LoadSpec; request: GenerationRequest; slot: number; port: MessagePort; telemetry: TelemetryBuffers };
 
 export type WorkerReply = { ok: true; load?: LoadResult } | { ok: false; error: ServeErrorShape };
 
