@@ -33,7 +33,7 @@ async function serveInProcess(args: string[]): Promise<void> {
   try {
     config = parseServerConfig(args);
   } catch (error) {
-    process.stderr.write(`mlx-server: ${(error as Error).message}\n\n${USAGE}`);
+    process.stderr.write(`mlx-server: ${(error as Error).message}\n(mlx-server --help lists the flags)\n`);
     process.exit(CONFIG_ERROR_EXIT);
   }
   const logger = createLogger(config.logLevel, config.logFile);
@@ -72,7 +72,7 @@ export async function main(argv: string[]): Promise<void> {
           parseServerConfig(args);
         } catch (error) {
           if (!(error instanceof ConfigError) && !(error instanceof TypeError)) throw error;
-          process.stderr.write(`mlx-server: ${error.message}\n\n${USAGE}`);
+          process.stderr.write(`mlx-server: ${error.message}\n(mlx-server --help lists the flags)\n`);
           process.exit(CONFIG_ERROR_EXIT);
         }
         superviseServer(args);
