@@ -15,6 +15,7 @@ import { mx } from '../workers/models/mx.ts';
 import { Sampler } from '../workers/sampling.ts';
 import { collectGarbage } from '../workers/scheduler.ts';
 import { ModelTokenizer } from '../workers/tokenizer.ts';
+import { distinctPrompt } from './prompts.ts';
 
 export interface RawEngineJob {
   path: string;
@@ -68,9 +69,9 @@ function run(job: RawEngineJob): RawEngineResult {
   const timings: Record<string, RequestTiming[]> = {};
   generate(model, tokenizer.encode('warm up', true), 2);
   for (const { label, text } of job.prompts) {
-    const ids = tokenizer.encode(text, true);
     timings[label] = [];
     for (let i = 0; i < job.repeats; i++) {
+      const ids = tokenizer.encode(distinctPrompt(text), true);
       const timing = generate(model, ids, job.maxTokens);
       timings[label].push(timing);
       const seconds = (timing.endedAt - timing.startedAt) / 1000;

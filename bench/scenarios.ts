@@ -8,6 +8,7 @@ import { getJson, recordTiming, send, timedGeneration, type ApiRoute, type Gener
 import type { Recorders } from './histograms.ts';
 import { treeJiffies } from './machine.ts';
 import type { BenchModel } from './models.ts';
+import { distinctPrompt, promptOfWords } from './prompts.ts';
 import type { RawEngineJob, RawEngineResult } from './raw-engine.ts';
 
 export interface Progress {
@@ -22,13 +23,6 @@ export interface ScenarioContext {
   children: Set<ChildProcess>;
   /** Failed requests by `model/scenario`, with the first error seen. */
   failures: Record<string, { count: number; firstError: string }>;
-}
-
-const WORDS = 'the quiet harbor town woke slowly as fishing boats returned with silver nets while gulls argued over scraps and an old painter set up her easel near the lighthouse to catch the morning light'.split(' ');
-
-/** A deterministic English-like prompt of `words` words. */
-export function promptOfWords(words: number): string {
-  return Array.from({ length: words }, (_, i) => WORDS[i % WORDS.length]).join(' ');
 }
 
 export const SHORT = 'short';
@@ -60,7 +54,7 @@ const seconds = (t: RequestTiming): number => (t.endedAt - t.startedAt) / 1000;
 async function sequential(ctx: ScenarioContext, model: BenchModel, scenario: string, call: GenerationCall, repeats: number): Promise<number | null> {
   let promptTokens: number | null = null;
   for (let i = 0; i < repeats; i++) {
-    const timing = await attempt(ctx, model.name, scenario, () => timedGeneration(ctx.baseUrl, call));
+    const timing = await attempt(ctx, model.name, scenario, () => timedGeneration(ctx.baseUrl, { ...call, prompt: distinctPrompt(call.prompt) }));
     if (!timing) continue;
     recordTiming(ctx.recorders, model.name, scenario, timing);
     promptTokens = timing.promptTokens;
@@ -91,7 +85,7 @@ async function concurrencySweep(ctx: ScenarioContext, model: BenchModel, prompt:
     for (let round = 0; round < sweepRounds; round++) {
       const started = performance.now();
       const call: GenerationCall = { route: 'openai-completions', model: model.name, prompt, maxTokens: sweepMaxTokens, stream: true };
-      const requests = Promise.all(Array.from({ length: clients }, () => attempt(ctx, model.name, scenario, () => timedGeneration(ctx.baseUrl, call))));
+      const requests = Promise.all(Array.from({ length: clients }, () => attempt(ctx, model.name, scenario, () => timedGeneration(ctx.baseUrl, { ...call, prompt: distinctPrompt(prompt) }))));
       if (clients === healthLevel) await pollHealthUntil(ctx, model.name, requests);
       const timings = (await requests).filter((t): t is RequestTiming => t !== null);
       const wallSeconds = (performance.now() - started) / 1000;
