@@ -84,8 +84,8 @@ export function renderHtml(result: BenchResult): string {
     body.push(table(['model', 'prompt', 'server tok/s', 'raw tok/s', 'server / raw', 'server TTFT ms', 'raw TTFT ms', 'TTFT overhead ms'], result.efficiency.map((e) => [e.model, e.prompt, e.serverTokensPerSecond, e.rawTokensPerSecond, e.throughputRatio, e.serverTtftMs, e.rawTtftMs, e.ttftOverheadMs])));
   }
   for (const model of result.models) {
-    const mine = result.histograms.filter((h) => h.model === model.name);
-    body.push(`<h2>${escape(model.name)}</h2><p>load ${model.loadSeconds ?? '?'} s on the server; prompt tokens short ${model.promptTokens.short ?? '?'}, long ${model.promptTokens.long ?? '?'}; max_tokens ${model.workload.maxTokens}; routes ${model.routes.join(', ')}</p>`);
+    const mine = result.histograms.filter((h) => h.model === model.label);
+    body.push(`<h2>${escape(model.label)}</h2><p>weights held ${model.placement ?? '?'}; load ${model.loadSeconds ?? '?'} s on the server; prompt tokens short ${model.promptTokens.short ?? '?'}, long ${model.promptTokens.long ?? '?'}; max_tokens ${model.workload.maxTokens}; routes ${model.routes.join(', ')}</p>`);
     const sweep = mine.filter((h) => h.metric === 'aggregate_tps' && h.scenario.startsWith('sweep.c')).sort((a, b) => Number(a.scenario.slice(7)) - Number(b.scenario.slice(7)));
     if (sweep.length > 0) {
       const clients = sweep.map((h) => Number(h.scenario.slice(7)));

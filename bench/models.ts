@@ -29,6 +29,10 @@ export interface Workload {
 export interface BenchModel {
   /** The name requests use (the server's registry name). */
   name: string;
+  /** The name results use: `name`, or `name@native` when measured with --weights native. */
+  label: string;
+  /** The server's --weights for this model; null: the server's default (auto: fp32 on a CPU when it fits). */
+  serverWeights: 'native' | null;
   /** Where the raw engine loads it from; null when only the server knows it. */
   path: string | null;
   generated: GeneratedModel | null;
@@ -52,8 +56,9 @@ export function workloadFor(name: string, quick: boolean): Workload {
   return WORKLOADS[name] ?? OTHER_WORKLOAD;
 }
 
-export function generatedModel(name: string, cacheDir: string, quick: boolean): BenchModel {
-  return { name, path: join(benchModelsDir(cacheDir), name), generated: name === FP32_05B || name === Q4_05B ? name : null, workload: workloadFor(name, quick) };
+export function generatedModel(name: string, cacheDir: string, quick: boolean, serverWeights: 'native' | null = null): BenchModel {
+  const generated = name === FP32_05B || name === Q4_05B ? name : null;
+  return { name, label: serverWeights ? `${name}@${serverWeights}` : name, serverWeights, path: join(benchModelsDir(cacheDir), name), generated, workload: workloadFor(name, quick) };
 }
 
 export const isComplete = (dir: string): boolean => existsSync(join(dir, 'model.safetensors')) && existsSync(join(dir, 'config.json'));

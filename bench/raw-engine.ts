@@ -7,6 +7,7 @@
  * Prints one RawEngineResult as JSON on the last line of stdout; progress goes to stderr.
  */
 import { readFileSync } from 'node:fs';
+import type { WeightPlacement } from '../src/engine/protocol.ts';
 import type { RequestTiming } from './client.ts';
 import { materializeDefaultModel } from '../workers/default-model.ts';
 import type { LanguageModel } from '../workers/models/decoder.ts';
@@ -19,6 +20,8 @@ import { distinctPrompt } from './prompts.ts';
 
 export interface RawEngineJob {
   path: string;
+  /** As the server held the weights, so both run the same kernels. */
+  placement: WeightPlacement;
   builtin: boolean;
   prompts: { label: string; text: string }[];
   maxTokens: number;
@@ -63,7 +66,7 @@ function mappedBlasLibraries(): string[] {
 function run(job: RawEngineJob): RawEngineResult {
   if (job.builtin) materializeDefaultModel(job.path);
   const loadStarted = performance.now();
-  const { model } = loadModel(job.path);
+  const { model } = loadModel(job.path, job.placement);
   const loadMs = performance.now() - loadStarted;
   const tokenizer = new ModelTokenizer(job.path);
   const timings: Record<string, RequestTiming[]> = {};

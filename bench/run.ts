@@ -56,8 +56,10 @@ async function makeModel(model: BenchModel, cacheDir: string): Promise<void> {
 
 function chooseModels(requested: string | undefined, quick: boolean, cacheDir: string): BenchModel[] {
   if (!requested) {
-    const tiny: BenchModel = { name: BUILTIN_MODEL, path: join(cacheDir, BUILTIN_MODEL), generated: null, workload: workloadFor(BUILTIN_MODEL, quick) };
-    return quick ? [tiny] : [tiny, generatedModel(FP32_05B, cacheDir, false), generatedModel(Q4_05B, cacheDir, false)];
+    const tiny: BenchModel = { name: BUILTIN_MODEL, label: BUILTIN_MODEL, serverWeights: null, path: join(cacheDir, BUILTIN_MODEL), generated: null, workload: workloadFor(BUILTIN_MODEL, quick) };
+    if (quick) return [tiny];
+    // 4-bit twice: as the server holds it by default on a CPU (dequantized to fp32), and with its native 4-bit kernels
+    return [tiny, generatedModel(FP32_05B, cacheDir, false), generatedModel(Q4_05B, cacheDir, false), generatedModel(Q4_05B, cacheDir, false, 'native')];
   }
   if (requested === FP32_05B || requested === Q4_05B) return [generatedModel(requested, cacheDir, quick)];
   const registry = new ModelRegistry({ model: requested, modelsDirs: [benchModelsDir(cacheDir)], cacheDir });
@@ -68,7 +70,7 @@ function chooseModels(requested: string | undefined, quick: boolean, cacheDir: s
   } catch {
     // known only to a remote server (--url): measured without the raw engine
   }
-  return [{ name, path, generated: null, workload: workloadFor(name, quick) }];
+  return [{ name, label: name, serverWeights: null, path, generated: null, workload: workloadFor(name, quick) }];
 }
 
 function summary(result: BenchResult): string {
@@ -79,10 +81,10 @@ function summary(result: BenchResult): string {
   }
   for (const model of result.models) {
     const levels = model.workload.concurrency.map((c) => {
-      const h = result.histograms.find((x) => x.model === model.name && x.scenario === sweepScenario(c) && x.metric === 'aggregate_tps');
+      const h = result.histograms.find((x) => x.model === model.label && x.scenario === sweepScenario(c) && x.metric === 'aggregate_tps');
       return `${c}: ${h ? h.percentiles.p50.toFixed(1) : '-'}`;
     });
-    lines.push(`${model.name} aggregate tok/s by clients: ${levels.join(', ')}`);
+    lines.push(`${model.label} (weights ${model.placement ?? '?'}) aggregate tok/s by clients: ${levels.join(', ')}`);
   }
   for (const f of result.frontEnd) lines.push(`front end ${f.path}: ${(f.requests / f.seconds).toFixed(0)} req/s over ${f.connections} connections`);
   return lines.join('\n');
@@ -98,17 +100,20 @@ async function bench(values: { quick: boolean; url?: string; model?: string; 'ca
   const startedAt = new Date().toISOString();
   monitor.start();
   let server: BenchServer | null = null;
-  if (!values.url) {
-    const requested = values.model && !models[0]?.generated ? ['--model', values.model] : [];
-    server = await startBenchServer(['--cache-dir', cacheDir, '--models-dir', benchModelsDir(cacheDir), ...requested]);
-    progress(`server started at ${server.url}`);
-  }
-  const baseUrl = values.url ?? (server as BenchServer).url;
-  const ctx: ScenarioContext = { baseUrl, recorders: new Recorders(), progress, children: new Set(), failures: {} };
+  let serverWeights: BenchModel['serverWeights'] = null;
+  const requested = values.model && !models[0]?.generated ? ['--model', values.model] : [];
+  const startServer = async (weights: BenchModel['serverWeights']): Promise<string> => {
+    await server?.stop();
+    server = await startBenchServer(['--cache-dir', cacheDir, '--models-dir', benchModelsDir(cacheDir), ...requested, ...(weights ? ['--weights', weights] : [])]);
+    serverWeights = weights;
+    progress(`server started at ${server.url}${weights ? ` with --weights ${weights}` : ''}`);
+    return server.url;
+  };
+  const ctx: ScenarioContext = { baseUrl: values.url ?? (await startServer(null)), recorders: new Recorders(), progress, children: new Set(), failures: {} };
   const interrupted = (signal: NodeJS.Signals): void => {
     progress(`${signal}: stopping the server and the raw engine`);
     for (const child of ctx.children) child.kill('SIGTERM');
-    void (server?.stop() ?? Promise.resolve()).finally(() => process.exit(130));
+    void ((server as BenchServer | null)?.stop() ?? Promise.resolve()).finally(() => process.exit(130));
   };
   process.once('SIGINT', interrupted);
   process.once('SIGTERM', interrupted);
@@ -117,18 +122,23 @@ async function bench(values: { quick: boolean; url?: string; model?: string; 'ca
   let openblasCore: string | null = null;
   try {
     for (const model of models) {
+      if (model.serverWeights && values.url) {
+        progress(`${model.label}: skipped (needs a server started with --weights ${model.serverWeights})`);
+        continue;
+      }
+      if (!values.url && model.serverWeights !== serverWeights) ctx.baseUrl = await startServer(model.serverWeights);
+      const info: ModelRunInfo = await runServerScenarios(ctx, model);
       let rawEngineLoadMs: number | null = null;
       if (!values['no-raw'] && model.path) {
-        const raw = await runRawEngine(ctx, { ...model, path: model.path }, model.name === BUILTIN_MODEL && !values.model);
+        const raw = await runRawEngine(ctx, { ...model, path: model.path }, model.name === BUILTIN_MODEL && !values.model, info.placement ?? 'native');
         rawEngineLoadMs = raw.result.loadMs;
         blasLibraries = raw.result.blasLibraries;
         openblasCore = raw.openblasCore;
       }
-      const info: ModelRunInfo = await runServerScenarios(ctx, model);
       runs.push({ ...info, rawEngineLoadMs });
     }
     progress('front end: routes with no model work');
-    const serverPid = server?.process.pid ?? null;
+    const serverPid = (server as BenchServer | null)?.process.pid ?? null;
     const frontEnd = [];
     for (const path of ['/admin/health', '/v1/models']) frontEnd.push(await frontEndCost(ctx, path, 32, quick ? 1500 : 5000, serverPid));
     const finishedAt = new Date().toISOString();
@@ -138,10 +148,10 @@ async function bench(values: { quick: boolean; url?: string; model?: string; 'ca
       finishedAt,
       durationSeconds: (performance.now() - started) / 1000,
       fingerprint: fingerprint(blasLibraries, openblasCore),
-      flags: { quick, url: values.url ?? null, models: models.map((m) => m.name), argv },
-      server: { url: baseUrl, startedByBench: server !== null },
+      flags: { quick, url: values.url ?? null, models: models.map((m) => m.label), argv },
+      server: { url: ctx.baseUrl, startedByBench: server !== null },
       models: runs,
-      efficiency: efficiencyRows(ctx.recorders, models.map((m) => m.name)),
+      efficiency: efficiencyRows(ctx.recorders, models.map((m) => m.label)),
       frontEnd,
       failures: ctx.failures,
       load: monitor.stop(),
@@ -149,7 +159,7 @@ async function bench(values: { quick: boolean; url?: string; model?: string; 'ca
     };
   } finally {
     agent.destroy();
-    await server?.stop();
+    await (server as BenchServer | null)?.stop();
   }
 }
 

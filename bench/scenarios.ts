@@ -9,6 +9,7 @@ import type { Recorders } from './histograms.ts';
 import { treeJiffies } from './machine.ts';
 import type { BenchModel } from './models.ts';
 import { distinctPrompt, promptOfWords } from './prompts.ts';
+import type { WeightPlacement } from '../src/engine/protocol.ts';
 import type { RawEngineJob, RawEngineResult } from './raw-engine.ts';
 
 export interface Progress {
@@ -54,9 +55,9 @@ const seconds = (t: RequestTiming): number => (t.endedAt - t.startedAt) / 1000;
 async function sequential(ctx: ScenarioContext, model: BenchModel, scenario: string, call: GenerationCall, repeats: number): Promise<number | null> {
   let promptTokens: number | null = null;
   for (let i = 0; i < repeats; i++) {
-    const timing = await attempt(ctx, model.name, scenario, () => timedGeneration(ctx.baseUrl, { ...call, prompt: distinctPrompt(call.prompt) }));
+    const timing = await attempt(ctx, model.label, scenario, () => timedGeneration(ctx.baseUrl, { ...call, prompt: distinctPrompt(call.prompt) }));
     if (!timing) continue;
-    recordTiming(ctx.recorders, model.name, scenario, timing);
+    recordTiming(ctx.recorders, model.label, scenario, timing);
     promptTokens = timing.promptTokens;
     const ttft = timing.chunkTimes[0] === undefined ? '' : `, ttft ${(timing.chunkTimes[0] - timing.startedAt).toFixed(1)} ms`;
     ctx.progress(`  ${scenario} ${i + 1}/${repeats}: ${timing.promptTokens}+${timing.completionTokens} tokens, ${(timing.completionTokens / seconds(timing)).toFixed(1)} tok/s${ttft}`);
@@ -85,13 +86,13 @@ async function concurrencySweep(ctx: ScenarioContext, model: BenchModel, prompt:
     for (let round = 0; round < sweepRounds; round++) {
       const started = performance.now();
       const call: GenerationCall = { route: 'openai-completions', model: model.name, prompt, maxTokens: sweepMaxTokens, stream: true };
-      const requests = Promise.all(Array.from({ length: clients }, () => attempt(ctx, model.name, scenario, () => timedGeneration(ctx.baseUrl, { ...call, prompt: distinctPrompt(prompt) }))));
-      if (clients === healthLevel) await pollHealthUntil(ctx, model.name, requests);
+      const requests = Promise.all(Array.from({ length: clients }, () => attempt(ctx, model.label, scenario, () => timedGeneration(ctx.baseUrl, { ...call, prompt: distinctPrompt(prompt) }))));
+      if (clients === healthLevel) await pollHealthUntil(ctx, model.label, requests);
       const timings = (await requests).filter((t): t is RequestTiming => t !== null);
       const wallSeconds = (performance.now() - started) / 1000;
-      for (const timing of timings) recordTiming(ctx.recorders, model.name, scenario, timing);
+      for (const timing of timings) recordTiming(ctx.recorders, model.label, scenario, timing);
       const tokens = timings.reduce((sum, t) => sum + t.completionTokens, 0);
-      if (timings.length === clients) ctx.recorders.record(model.name, scenario, 'aggregate_tps', tokens / wallSeconds);
+      if (timings.length === clients) ctx.recorders.record(model.label, scenario, 'aggregate_tps', tokens / wallSeconds);
       ctx.progress(`  ${scenario} round ${round + 1}/${sweepRounds}: ${timings.length}/${clients} ok, aggregate ${(tokens / wallSeconds).toFixed(1)} tok/s`);
     }
   }
@@ -99,6 +100,9 @@ async function concurrencySweep(ctx: ScenarioContext, model: BenchModel, prompt:
 
 export interface ModelRunInfo {
   name: string;
+  label: string;
+  /** How the server held the weights (GET /admin/status); null when it does not say. */
+  placement: WeightPlacement | null;
   loadSeconds: number | null;
   routes: ApiRoute[];
   workload: BenchModel['workload'];
@@ -122,10 +126,12 @@ async function availableRoutes(baseUrl: string, model: string): Promise<ApiRoute
 
 export async function runServerScenarios(ctx: ScenarioContext, model: BenchModel): Promise<ModelRunInfo> {
   const { workload } = model;
-  ctx.progress(`${model.name}: loading on the server`);
+  ctx.progress(`${model.label}: loading on the server`);
   const loaded = await getJson<{ load_seconds?: number }>(`${ctx.baseUrl}/admin/load`, 'POST', { model: model.name });
   const routes = await availableRoutes(ctx.baseUrl, model.name);
-  ctx.progress(`${model.name}: loaded in ${loaded.load_seconds ?? '?'} s; routes: ${routes.join(', ')}`);
+  const status = await getJson<{ model?: { weights?: { placement?: WeightPlacement } | null } }>(`${ctx.baseUrl}/admin/status`);
+  const placement = status.model?.weights?.placement ?? null;
+  ctx.progress(`${model.label}: loaded in ${loaded.load_seconds ?? '?'} s, weights ${placement ?? '?'}; routes: ${routes.join(', ')}`);
   const short = promptOfWords(workload.shortPromptWords);
   const long = promptOfWords(workload.longPromptWords);
   const base = { model: model.name, maxTokens: workload.maxTokens };
@@ -141,16 +147,17 @@ export async function runServerScenarios(ctx: ScenarioContext, model: BenchModel
   promptTokens.long = await sequential(ctx, model, STREAM_LONG, { ...base, route: 'openai-completions', prompt: long, stream: true }, workload.repeats);
   await concurrencySweep(ctx, model, short);
   await getJson(`${ctx.baseUrl}/admin/unload`, 'POST', {});
-  return { name: model.name, loadSeconds: loaded.load_seconds ?? null, routes, workload, promptTokens };
+  return { name: model.name, label: model.label, placement, loadSeconds: loaded.load_seconds ?? null, routes, workload, promptTokens };
 }
 
 const RAW_ENGINE = fileURLToPath(new URL('./raw-engine.ts', import.meta.url));
 
 /** Runs the raw engine in a child process, as the server's worker would run, and records its timings. */
-export async function runRawEngine(ctx: ScenarioContext, model: BenchModel & { path: string }, builtin: boolean): Promise<{ result: RawEngineResult; openblasCore: string | null }> {
+export async function runRawEngine(ctx: ScenarioContext, model: BenchModel & { path: string }, builtin: boolean, placement: WeightPlacement): Promise<{ result: RawEngineResult; openblasCore: string | null }> {
   const { workload } = model;
   const job: RawEngineJob = {
     path: model.path,
+    placement,
     builtin,
     prompts: [
       { label: SHORT, text: promptOfWords(workload.shortPromptWords) },
@@ -159,7 +166,7 @@ export async function runRawEngine(ctx: ScenarioContext, model: BenchModel & { p
     maxTokens: workload.maxTokens,
     repeats: workload.repeats,
   };
-  ctx.progress(`${model.name}: raw engine (no server)`);
+  ctx.progress(`${model.label}: raw engine (no server), weights ${placement}`);
   const child = spawn(process.execPath, ['--import', import.meta.resolve('tsx'), '--expose-gc', RAW_ENGINE, JSON.stringify(job)], {
     env: { ...process.env, OPENBLAS_VERBOSE: '2', MALLOC_MMAP_THRESHOLD_: process.env.MALLOC_MMAP_THRESHOLD_ ?? '131072' },
     stdio: ['ignore', 'pipe', 'pipe'],
@@ -177,7 +184,7 @@ export async function runRawEngine(ctx: ScenarioContext, model: BenchModel & { p
   const resultLine = stdout.split('\n').filter((line) => line.startsWith('{')).at(-1);
   if (code !== 0 || !resultLine) throw new Error(`raw engine exited with ${code}: ${stderr.slice(-2000)}`);
   const result = JSON.parse(resultLine) as RawEngineResult;
-  for (const [label, timings] of Object.entries(result.timings)) for (const timing of timings) recordTiming(ctx.recorders, model.name, `raw.${label}`, timing);
+  for (const [label, timings] of Object.entries(result.timings)) for (const timing of timings) recordTiming(ctx.recorders, model.label, `raw.${label}`, timing);
   return { result, openblasCore: /Core: (\S+)/.exec(stdout + stderr)?.[1] ?? null };
 }
 
