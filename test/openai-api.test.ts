@@ -1,7 +1,10 @@
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
 import t from 'tap';
-import { json, post, startServer } from './helpers/server.ts';
+import { json, post, startServer, tempDir } from './helpers/server.ts';
 
-const server = await startServer(['--idle-timeout', '0', '--max-body', '65536']);
+const logFile = join(tempDir('mlx-log-'), 'server.log');
+const server = await startServer(['--idle-timeout', '0', '--max-body', '65536', '--log-file', logFile]);
 t.teardown(() => server.stop());
 const url = server.url;
 
@@ -127,4 +130,15 @@ t.test('errors use the OpenAI shape and the right status', async (t) => {
   t.equal(r.status, 405, 'GET on a POST route');
   const health = await json(`${url}/admin/health`);
   t.equal(health.status, 200, 'still healthy after all that');
+});
+
+t.test('every request is logged with its id, to stdout and to --log-file', async (t) => {
+  const r = await fetch(`${url}/v1/models`, { headers: { 'x-request-id': 'trace-me-42' } });
+  t.equal(r.headers.get('x-request-id'), 'trace-me-42', 'the id is echoed back');
+  await new Promise((resolve) => setTimeout(resolve, 300));
+  const line = (text: string) => text.split('\n').find((l) => l.includes('"reqId":"trace-me-42"'));
+  t.ok(line(server.logs.join('\n')), 'in the stdout log');
+  const fileLine = line(readFileSync(logFile, 'utf8'));
+  t.ok(fileLine, 'in the log file');
+  t.match(JSON.parse(fileLine as string), { method: 'GET', path: '/v1/models', status: 200 });
 });
