@@ -33,6 +33,7 @@ export function collectGarbage(full: boolean): void {
   else gc({ type: 'minor' });
 }
 const MAJOR_GC_EVERY = 1024;
+const IDLE_COLLECTION_MS = 500;
 
 
 type Entry = { sequence: Sequence; done: () => void; fail: (error: unknown) => void };
@@ -40,6 +41,7 @@ type Entry = { sequence: Sequence; done: () => void; fail: (error: unknown) => v
 export class Scheduler {
   private readonly sequences: Entry[] = [];
   private running = false;
+  private idleCollection: NodeJS.Timeout | null = null;
   private rounds = 0;
 
   constructor(
@@ -53,6 +55,7 @@ export class Scheduler {
 
   /** Resolves when the sequence has finished, for whatever reason. */
   run(sequence: Sequence): Promise<void> {
+    if (this.idleCollection) clearTimeout(this.idleCollection);
     return new Promise((done, fail) => {
       this.sequences.push({ sequence, done, fail });
       if (!this.running) void this.loop();
@@ -69,7 +72,9 @@ export class Scheduler {
       }
     } finally {
       this.running = false;
-      collectGarbage(true);
+      // A full collection takes ~70 ms with a large tokenizer in the heap: run it once the
+      // worker has stayed idle, not in front of a request that arrives right after this one.
+      this.idleCollection = setTimeout(() => collectGarbage(true), IDLE_COLLECTION_MS);
     }
   }
 
