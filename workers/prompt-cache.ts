@@ -1,7 +1,8 @@
 /**
  * Keeps the KV state of finished sequences so a later request sharing a prefix with one (the
- * next turn of a chat, a common system prompt) prefills only what is new. Bounded in bytes,
- * least recently used first out.
+ * next turn of a chat, a common system prompt) prefills only what is new. Entries are copied
+ * to their exact length (a live cache's buffers are padded to 256 positions). Bounded in bytes
+ * and in entries (a lookup scans them all), least recently used first out.
  */
 import type { KVCache } from './models/kv-cache.ts';
 
@@ -23,6 +24,10 @@ function commonPrefix(a: number[], b: number[]): number {
   return n;
 }
 
+const MAX_ENTRIES = 256;
+/** Shorter shared prefixes (a chat template's opening) are not worth a copy of the state. */
+const MIN_REUSE_TOKENS = 16;
+
 export class PromptCache {
   private entries: Entry[] = [];
   private bytes = 0;
@@ -34,7 +39,7 @@ export class PromptCache {
     let best: { entry: Entry; length: number } | null = null;
     for (const entry of this.entries) {
       const length = Math.min(commonPrefix(entry.tokens, prompt), prompt.length - 1);
-      if (length > 0 && (!best || length > best.length)) best = { entry, length };
+      if (length >= MIN_REUSE_TOKENS && (!best || length > best.length)) best = { entry, length };
     }
     if (!best) return null;
     this.entries.splice(this.entries.indexOf(best.entry), 1);
@@ -44,10 +49,12 @@ export class PromptCache {
   }
 
   /** Keeps `caches`, which hold the KV state of `tokens` (their first cache.offset of them). */
-  store(tokens: number[], caches: KVCache[]): void {
-    const covered = tokens.slice(0, caches[0]?.offset ?? 0);
+  store(tokens: number[], live: KVCache[]): void {
+    const covered = tokens.slice(0, live[0]?.offset ?? 0);
+    if (covered.length < MIN_REUSE_TOKENS || this.maxBytes === 0) return;
+    const caches = live.map((cache) => cache.compact());
     const bytes = caches.reduce((sum, cache) => sum + cache.bytes, 0);
-    if (covered.length === 0 || bytes > this.maxBytes) return;
+    if (bytes > this.maxBytes) return;
     this.entries = this.entries.filter((entry) => {
       const redundant = commonPrefix(entry.tokens, covered) === entry.tokens.length;
       if (redundant) this.bytes -= entry.bytes;
@@ -55,7 +62,7 @@ export class PromptCache {
     });
     this.entries.push({ tokens: covered, caches, bytes });
     this.bytes += bytes;
-    while (this.bytes > this.maxBytes) {
+    while (this.bytes > this.maxBytes || this.entries.length > MAX_ENTRIES) {
       const evicted = this.entries.shift() as Entry;
       this.bytes -= evicted.bytes;
     }

@@ -34,6 +34,19 @@ export class KVCache {
     return this.state().reduce((sum, buffer) => sum + (buffer.nbytes ?? buffer.size * buffer.itemsize), 0);
   }
 
+  /** This cache's filled positions copied into buffers of exactly that size, for keeping. */
+  compact(): KVCache {
+    const copy = new KVCache();
+    if (this.keys && this.values && this.offset > 0) {
+      const filled = [mx.Slice(), mx.Slice(), mx.Slice(0, this.offset), mx.Slice()];
+      copy.keys = mx.add(this.keys.index(...filled), 0);
+      copy.values = mx.add(this.values.index(...filled), 0);
+      copy.offset = this.offset;
+      mx.eval(copy.keys, copy.values);
+    }
+    return copy;
+  }
+
   /**
    * A cache holding this one's first `length` positions. It reads the same buffers; its first
    * update copies them into buffers of its own, so neither can change the other.

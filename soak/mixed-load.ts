@@ -1,0 +1,250 @@
+/**
+ * `npm run soak:mixed -- [--url URL] [--duration 5m] [--connections 200] [--json FILE]`
+ *
+ * A hostile mix against one server for a while: valid requests on both API shapes (whole and
+ * streamed), invalid ones, clients that abort mid-stream and clients that read slowly, from
+ * many connections at once. It passes only with zero crashes (the server's uptime never goes
+ * back), zero lost accepted requests (every 200 answer arrives whole), every invalid request
+ * answered with a well-formed 4xx, and resident memory flat (fitted growth under a bound).
+ */
+import { writeFileSync } from 'node:fs';
+import { parseArgs } from 'node:util';
+import { parseDuration, markdownTable } from './report.ts';
+
+type Kind = 'complete' | 'stream' | 'ollama' | 'invalid' | 'abort' | 'slow';
+type Outcome = 'ok' | 'rejected' | 'lost' | 'unexpected' | 'aborted';
+
+const WEIGHTS: [Kind, number][] = [
+  ['complete', 25],
+  ['stream', 20],
+  ['ollama', 15],
+  ['invalid', 20],
+  ['abort', 10],
+  ['slow', 10],
+];
+
+export interface MixedLoadOptions {
+  url: string;
+  durationMs: number;
+  connections: number;
+  maxGrowthMb: number;
+}
+
+export interface MixedLoadResult {
+  passed: boolean;
+  failures: string[];
+  requests: Record<Kind, Record<Outcome, number>>;
+  latencyMs: Record<Kind, { p50: number; p99: number }>;
+  memory: { samples: number; startMb: number; endMb: number; maxMb: number; fittedGrowthMb: number };
+  restarts: number;
+  durationSeconds: number;
+}
+
+const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
+const pick = (random: () => number): Kind => {
+  let roll = random() * WEIGHTS.reduce((sum, [, w]) => sum + w, 0);
+  for (const [kind, weight] of WEIGHTS) {
+    roll -= weight;
+    if (roll < 0) return kind;
+  }
+  return 'complete';
+};
+
+/** A seeded generator, so a failing mix can be replayed. */
+function seeded(seed: number): () => number {
+  let state = seed >>> 0;
+  return () => {
+    state = (Math.imul(state, 1664525) + 1013904223) >>> 0;
+    return state / 2 ** 32;
+  };
+}
+
+const post = (url: string, body: unknown, signal?: AbortSignal): Promise<Response> =>
+  fetch(url, { method: 'POST', headers: { 'content-type': 'application/json' }, body: typeof body === 'string' ? body : JSON.stringify(body), ...(signal ? { signal } : {}) });
+
+/** Reads a streamed body to the end; `pauseMs` between reads makes a slow client. */
+async function readAll(response: Response, pauseMs = 0): Promise<string> {
+  const reader = (response.body as ReadableStream<Uint8Array>).getReader();
+  const decoder = new TextDecoder();
+  let text = '';
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) return text + decoder.decode();
+    text += decoder.decode(value, { stream: true });
+    if (pauseMs > 0) await sleep(pauseMs);
+  }
+}
+
+function sseComplete(text: string, maxTokens: number): boolean {
+  const events = text.split('\n\n').filter(Boolean).map((block) => block.replace(/^data: /, ''));
+  if (events.at(-1) !== '[DONE]') return false;
+  const usage = events.slice(0, -1).map((e) => JSON.parse(e) as { usage?: { completion_tokens: number } }).find((e) => e.usage);
+  return usage?.usage?.completion_tokens === maxTokens;
+}
+
+const INVALID_REQUESTS: [string, string, unknown][] = [
+  ['POST', '/v1/completions', '{"prompt": "unterminated'],
+  ['POST', '/v1/completions', { prompt: 'x', model: 'no-such-model' }],
+  ['POST', '/v1/chat/completions', { messages: [{ role: 'user', content: 'x' }], temperature: 5 }],
+  ['POST', '/api/generate', { model: 'no-such-model', prompt: 'x' }],
+  ['POST', '/api/chat', '[]'],
+  ['GET', '/v1/completions', null],
+  ['POST', '/v1/nowhere', {}],
+];
+
+async function runOne(url: string, kind: Kind, random: () => number): Promise<Outcome> {
+  const maxTokens = 2 + Math.floor(random() * 6);
+  const prompt = `mixed load ${Math.floor(random() * 1e9)}`;
+  switch (kind) {
+    case 'complete': {
+      const response = await post(`${url}/v1/completions`, { prompt, max_tokens: maxTokens, ignore_eos: true });
+      if (response.status === 503) return 'rejected';
+      if (response.status !== 200) return 'unexpected';
+      const body = (await response.json()) as { usage?: { completion_tokens: number } };
+      return body.usage?.completion_tokens === maxTokens ? 'ok' : 'lost';
+    }
+    case 'stream':
+    case 'slow': {
+      const response = await post(`${url}/v1/chat/completions`, {
+        messages: [{ role: 'user', content: prompt }],
+        max_tokens: maxTokens,
+        ignore_eos: true,
+        stream: true,
+        stream_options: { include_usage: true },
+      });
+      if (response.status === 503) return 'rejected';
+      if (response.status !== 200) return 'unexpected';
+      return sseComplete(await readAll(response, kind === 'slow' ? 100 : 0), maxTokens) ? 'ok' : 'lost';
+    }
+    case 'ollama': {
+      const response = await post(`${url}/api/generate`, { model: 'tiny-qwen3', prompt, stream: false, options: { num_predict: maxTokens } });
+      if (response.status === 503) return 'rejected';
+      if (response.status !== 200) return 'unexpected';
+      const body = (await response.json()) as { done?: boolean; eval_count?: number };
+      return body.done === true && (body.eval_count ?? 0) >= 1 && (body.eval_count ?? 0) <= maxTokens ? 'ok' : 'lost';
+    }
+    case 'invalid': {
+      const [method, path, body] = INVALID_REQUESTS[Math.floor(random() * INVALID_REQUESTS.length)] as [string, string, unknown];
+      const response = await fetch(`${url}${path}`, { method, ...(body === null ? {} : { body: typeof body === 'string' ? body : JSON.stringify(body) }) });
+      const parsed = (await response.json().catch(() => null)) as { error?: unknown } | null;
+      return response.status >= 400 && response.status < 500 && parsed?.error ? 'ok' : 'unexpected';
+    }
+    case 'abort': {
+      const controller = new AbortController();
+      const response = await post(`${url}/v1/completions`, { prompt, max_tokens: 200, ignore_eos: true, stream: true }, controller.signal);
+      if (response.status === 503) return 'rejected';
+      const reader = (response.body as ReadableStream<Uint8Array>).getReader();
+      await reader.read();
+      controller.abort();
+      return 'aborted';
+    }
+  }
+}
+
+/** Least-squares slope of y over x. */
+function slope(points: [number, number][]): number {
+  const n = points.length;
+  if (n < 2) return 0;
+  const mx = points.reduce((s, [x]) => s + x, 0) / n;
+  const my = points.reduce((s, [, y]) => s + y, 0) / n;
+  const sxx = points.reduce((s, [x]) => s + (x - mx) ** 2, 0);
+  return sxx === 0 ? 0 : points.reduce((s, [x, y]) => s + (x - mx) * (y - my), 0) / sxx;
+}
+
+const percentile = (values: number[], p: number): number => {
+  if (values.length === 0) return 0;
+  const sorted = [...values].sort((a, b) => a - b);
+  return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))] as number;
+};
+
+export async function runMixedLoad(options: MixedLoadOptions, log: (line: string) => void = console.log): Promise<MixedLoadResult> {
+  const started = Date.now();
+  const deadline = started + options.durationMs;
+  const kinds = WEIGHTS.map(([kind]) => kind);
+  const requests = Object.fromEntries(kinds.map((k) => [k, { ok: 0, rejected: 0, lost: 0, unexpected: 0, aborted: 0 }])) as MixedLoadResult['requests'];
+  const latencies = Object.fromEntries(kinds.map((k) => [k, [] as number[]])) as Record<Kind, number[]>;
+  const failures: string[] = [];
+  const memory: [number, number][] = [];
+  let restarts = 0;
+  let lastUptime = -1;
+
+  const watch = (async () => {
+    while (Date.now() < deadline) {
+      try {
+        const status = (await (await fetch(`${options.url}/admin/status`)).json()) as { memory: { rss_gb: number }; requests: { uptime_seconds: number } };
+        if (status.requests.uptime_seconds < lastUptime) restarts++;
+        lastUptime = status.requests.uptime_seconds;
+        memory.push([(Date.now() - started) / 1000, status.memory.rss_gb * 1024]);
+      } catch {
+        restarts++;
+      }
+      const elapsed = Math.round((Date.now() - started) / 1000);
+      const done = kinds.reduce((sum, k) => sum + Object.values(requests[k]).reduce((a, b) => a + b, 0), 0);
+      if (elapsed % 30 < 2) log(`[PROGRESS] ${elapsed}s: ${done} requests, rss ${memory.at(-1)?.[1].toFixed(0) ?? '?'} MB`);
+      await sleep(2000);
+    }
+  })();
+
+  const connection = async (index: number): Promise<void> => {
+    const random = seeded(0x5eed + index);
+    while (Date.now() < deadline) {
+      const kind = pick(random);
+      const t0 = performance.now();
+      let outcome: Outcome;
+      try {
+        outcome = await runOne(options.url, kind, random);
+      } catch (error) {
+        outcome = kind === 'abort' ? 'aborted' : 'lost';
+        if (outcome === 'lost' && failures.length < 10) failures.push(`${kind}: ${(error as Error).message}`);
+      }
+      requests[kind][outcome]++;
+      if (outcome === 'ok') latencies[kind].push(performance.now() - t0);
+    }
+  };
+  await Promise.all([watch, ...Array.from({ length: options.connections }, (_, i) => connection(i))]);
+
+  const settled = memory.filter(([t]) => t >= (options.durationMs / 1000) * 0.2);
+  const fittedGrowthMb = slope(settled) * (options.durationMs / 1000) * 0.8;
+  const lost = kinds.reduce((sum, k) => sum + requests[k].lost, 0);
+  const unexpected = kinds.reduce((sum, k) => sum + requests[k].unexpected, 0);
+  if (restarts > 0) failures.unshift(`the server restarted or stopped answering ${restarts} time(s)`);
+  if (lost > 0) failures.unshift(`${lost} accepted request(s) did not arrive whole`);
+  if (unexpected > 0) failures.unshift(`${unexpected} answer(s) with an unexpected status or shape`);
+  if (fittedGrowthMb > options.maxGrowthMb) failures.unshift(`resident memory grew ${fittedGrowthMb.toFixed(1)} MB (fitted) > ${options.maxGrowthMb} MB`);
+  const rss = memory.map(([, mb]) => mb);
+  return {
+    passed: failures.length === 0,
+    failures,
+    requests,
+    latencyMs: Object.fromEntries(kinds.map((k) => [k, { p50: percentile(latencies[k], 50), p99: percentile(latencies[k], 99) }])) as MixedLoadResult['latencyMs'],
+    memory: { samples: memory.length, startMb: rss[0] ?? 0, endMb: rss.at(-1) ?? 0, maxMb: Math.max(0, ...rss), fittedGrowthMb },
+    restarts,
+    durationSeconds: (Date.now() - started) / 1000,
+  };
+}
+
+export function mixedLoadTable(result: MixedLoadResult): string[] {
+  const rows = (Object.keys(result.requests) as Kind[]).map((kind) => {
+    const r = result.requests[kind];
+    return [kind, String(r.ok), String(r.rejected), String(r.aborted), String(r.lost), String(r.unexpected), result.latencyMs[kind].p50.toFixed(0), result.latencyMs[kind].p99.toFixed(0)];
+  });
+  return markdownTable(['kind', 'ok', 'rejected (503)', 'aborted', 'lost', 'unexpected', 'p50 ms', 'p99 ms'], rows);
+}
+
+if (import.meta.url === `file://${process.argv[1]}`) {
+  const { values } = parseArgs({
+    options: { url: { type: 'string' }, duration: { type: 'string' }, connections: { type: 'string' }, 'max-growth-mb': { type: 'string' }, json: { type: 'string' } },
+  });
+  const result = await runMixedLoad({
+    url: values.url ?? 'http://127.0.0.1:11437',
+    durationMs: parseDuration(values.duration ?? '5m') * 1000,
+    connections: Number(values.connections ?? 200),
+    maxGrowthMb: Number(values['max-growth-mb'] ?? 64),
+  });
+  for (const line of mixedLoadTable(result)) console.log(line);
+  console.log(`memory: ${result.memory.startMb.toFixed(0)} -> ${result.memory.endMb.toFixed(0)} MB (max ${result.memory.maxMb.toFixed(0)}, fitted growth ${result.memory.fittedGrowthMb.toFixed(1)} MB); restarts ${result.restarts}`);
+  for (const failure of result.failures) console.log(`[FAIL] ${failure}`);
+  console.log(result.passed ? '[PASS] mixed load' : '[FAIL] mixed load');
+  if (values.json) writeFileSync(values.json, JSON.stringify(result, null, 2));
+  process.exit(result.passed ? 0 : 1);
+}
