@@ -3,9 +3,9 @@
  * the Hugging Face cache, and the built-in tiny model. A client only ever names a model; the
  * registry turns the name into a folder it found itself, so no request reaches another path.
  */
-import { existsSync, readdirSync, readFileSync, statSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync, realpathSync, statSync } from 'node:fs';
 import { homedir } from 'node:os';
-import { basename, join, resolve } from 'node:path';
+import { basename, join, resolve, sep } from 'node:path';
 import type { ModelSource } from '../engine/protocol.ts';
 import { ServeError } from '../errors.ts';
 
@@ -26,6 +26,9 @@ export function huggingFaceHubCache(env: NodeJS.ProcessEnv = process.env): strin
 }
 
 const isModelDir = (dir: string): boolean => existsSync(join(dir, 'config.json'));
+
+/** A models dir serves what it holds: a symlink in it that leads elsewhere is not followed. */
+const insideRoot = (root: string, path: string): boolean => realpathSync(path).startsWith(root + sep);
 
 function folderStats(dir: string): { modifiedAt: Date; sizeBytes: number } {
   let sizeBytes = 0;
@@ -81,7 +84,11 @@ export class ModelRegistry {
     if (flagged && flagged !== BUILTIN_MODEL && isModelDir(resolve(flagged))) add(basename(resolve(flagged)), resolve(flagged), 'flag');
     for (const dir of this.options.modelsDirs) {
       if (!existsSync(dir)) continue;
-      for (const sub of readdirSync(dir)) if (isModelDir(join(dir, sub))) add(sub, resolve(dir, sub), 'models-dir');
+      const root = realpathSync(dir);
+      for (const sub of readdirSync(dir)) {
+        const path = resolve(dir, sub);
+        if (isModelDir(path) && insideRoot(root, path)) add(sub, path, 'models-dir');
+      }
     }
     for (const { name, path } of huggingFaceModels(this.options.hubCache ?? huggingFaceHubCache())) add(name, path, 'hf-cache');
     add(BUILTIN_MODEL, this.builtinPath, 'builtin');
