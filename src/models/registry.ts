@@ -13,8 +13,8 @@ export const BUILTIN_MODEL = 'tiny-qwen3';
 
 export interface ModelEntry extends ModelSource {
   origin: 'builtin' | 'flag' | 'models-dir' | 'hf-cache';
-  modifiedAt: Date;
-  sizeBytes: number;
+  readonly modifiedAt: Date;
+  readonly sizeBytes: number;
   /** Set on a model that is not on disk yet (--auto-pull): downloads it and returns its entry. */
   fetch?: () => Promise<ModelEntry>;
 }
@@ -29,6 +29,34 @@ const isModelDir = (dir: string): boolean => existsSync(join(dir, 'config.json')
 
 /** A models dir serves what it holds: a symlink in it that leads elsewhere is not followed. */
 const insideRoot = (root: string, path: string): boolean => realpathSync(path).startsWith(root + sep);
+
+/**
+ * A model found on disk. Its size and date need a stat of every file, which only listings show:
+ * they are read on first use, so resolving a request's model name stats no weight files.
+ */
+class FoundModel implements ModelEntry {
+  private stats: { modifiedAt: Date; sizeBytes: number } | null = null;
+
+  constructor(
+    readonly name: string,
+    readonly path: string,
+    readonly origin: ModelEntry['origin'],
+  ) {}
+
+  get builtin(): boolean {
+    return this.origin === 'builtin';
+  }
+
+  get modifiedAt(): Date {
+    this.stats ??= folderStats(this.path);
+    return this.stats.modifiedAt;
+  }
+
+  get sizeBytes(): number {
+    this.stats ??= folderStats(this.path);
+    return this.stats.sizeBytes;
+  }
+}
 
 function folderStats(dir: string): { modifiedAt: Date; sizeBytes: number } {
   let sizeBytes = 0;
@@ -78,7 +106,7 @@ export class ModelRegistry {
   list(): ModelEntry[] {
     const entries = new Map<string, ModelEntry>();
     const add = (name: string, path: string, origin: ModelEntry['origin']): void => {
-      if (!entries.has(name)) entries.set(name, { name, path, builtin: origin === 'builtin', origin, ...folderStats(path) });
+      if (!entries.has(name)) entries.set(name, new FoundModel(name, path, origin));
     };
     const flagged = this.options.model;
     if (flagged && flagged !== BUILTIN_MODEL && isModelDir(resolve(flagged))) add(basename(resolve(flagged)), resolve(flagged), 'flag');
