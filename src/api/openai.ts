@@ -1,6 +1,7 @@
 /** OpenAI-compatible routes: they translate wire shapes to one GenerationRequest and back, nothing more. */
 import type { ChatMessage, GenerationRequest, GenerationStats, PromptInput } from '../engine/protocol.ts';
 import { badRequest } from '../errors.ts';
+import type { ModelEntry } from '../models/registry.ts';
 import type { Exchange } from '../http/exchange.ts';
 import { openAiError, parseJsonObject, type Route } from '../http/server.ts';
 import { Fields } from './fields.ts';
@@ -31,7 +32,14 @@ function rejectUnsupported(fields: Fields): void {
   if (format && format.type !== 'text') throw badRequest("only response_format {type: 'text'} is supported", 'response_format');
 }
 
-function commonRequest(ctx: ServeContext, exchange: Exchange, fields: Fields, prompt: PromptInput): { request: GenerationRequest; stream: boolean; includeUsage: boolean } {
+interface TranslatedRequest {
+  request: GenerationRequest;
+  model: ModelEntry;
+  stream: boolean;
+  includeUsage: boolean;
+}
+
+function commonRequest(ctx: ServeContext, exchange: Exchange, fields: Fields, prompt: PromptInput): TranslatedRequest {
   rejectUnsupported(fields);
   const model = ctx.registry.resolve(fields.string('model'));
   const maxTokens = fields.number('max_completion_tokens', { integer: true, min: 1 }) ?? fields.number('max_tokens', { integer: true, min: 1 }) ?? null;
@@ -56,7 +64,7 @@ function commonRequest(ctx: ServeContext, exchange: Exchange, fields: Fields, pr
     ignoreEos: fields.boolean('ignore_eos') ?? false,
   };
   if (request.sampling.topK < 0) request.sampling.topK = 0;
-  return { request, stream, includeUsage };
+  return { request, model, stream, includeUsage };
 }
 
 function completionPrompt(fields: Fields): PromptInput {
@@ -136,9 +144,8 @@ const chatShape: Shape = {
   closing: (stats) => ({ index: 0, delta: {}, logprobs: null, finish_reason: finishReason(stats) }),
 };
 
-async function respond(ctx: ServeContext, exchange: Exchange, shape: Shape, parsed: ReturnType<typeof commonRequest>): Promise<void> {
-  const { request, stream, includeUsage } = parsed;
-  const model = ctx.registry.resolve(request.model);
+async function respond(ctx: ServeContext, exchange: Exchange, shape: Shape, parsed: TranslatedRequest): Promise<void> {
+  const { request, model, stream, includeUsage } = parsed;
   const id = shape.idPrefix + request.id;
   const created = Math.floor(Date.now() / 1000);
   const envelope = { id, object: shape.chunkObject, created, model: request.model };
