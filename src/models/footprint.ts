@@ -39,29 +39,33 @@ function safetensorsHeader(file: string): Record<string, TensorHeader> {
   }
 }
 
-function weightFiles(dir: string): string[] {
+/** The safetensors files of a model folder: the shards its index names, else model.safetensors. */
+export function weightFiles(dir: string): string[] {
   const index = join(dir, 'model.safetensors.index.json');
-  if (existsSync(index)) {
-    const { weight_map: map } = JSON.parse(readFileSync(index, 'utf8')) as { weight_map: Record<string, string> };
-    return [...new Set(Object.values(map))].map((file) => join(dir, file));
+  if (!existsSync(index)) return [join(dir, 'model.safetensors')];
+  let map: Record<string, string>;
+  try {
+    map = (JSON.parse(readFileSync(index, 'utf8')) as { weight_map: Record<string, string> }).weight_map;
+  } catch (error) {
+    throw new ServeError(422, 'model_load_failed', `cannot read the safetensors index (${index}): ${(error as Error).message}`);
   }
-  return [join(dir, 'model.safetensors')];
+  return [...new Set(Object.values(map))].map((file) => join(dir, file));
 }
 
-function kvCacheBytes(dir: string): number {
-  if (!existsSync(join(dir, 'config.json'))) return 0;
-  const config = JSON.parse(readFileSync(join(dir, 'config.json'), 'utf8')) as Record<string, number | undefined>;
+/** config.json's numbers that size a model; empty for a model not yet on disk. */
+type SizingConfig = Record<string, number | undefined> & { quantization?: { bits?: number } };
+
+function sizingConfig(dir: string): SizingConfig {
+  const path = join(dir, 'config.json');
+  return existsSync(path) ? (JSON.parse(readFileSync(path, 'utf8')) as SizingConfig) : {};
+}
+
+function kvCacheBytes(config: SizingConfig): number {
   const heads = config.num_attention_heads ?? 1;
   const kvHeads = config.num_key_value_heads ?? heads;
   const headDim = config.head_dim ?? (config.hidden_size ?? 0) / heads;
   const tokens = Math.min(config.max_position_embeddings ?? KV_CACHE_TOKENS, KV_CACHE_TOKENS);
   return (config.num_hidden_layers ?? 0) * 2 * kvHeads * headDim * 4 * tokens;
-}
-
-function quantizedBits(dir: string): number {
-  if (!existsSync(join(dir, 'config.json'))) return 4;
-  const config = JSON.parse(readFileSync(join(dir, 'config.json'), 'utf8')) as { quantization?: { bits?: number } };
-  return config.quantization?.bits ?? 4;
 }
 
 interface TensorCounts {
@@ -73,8 +77,9 @@ interface TensorCounts {
   parameters: number;
 }
 
-function countTensors(dir: string, onCpu: boolean): TensorCounts {
+function countTensors(dir: string, config: SizingConfig, onCpu: boolean): TensorCounts {
   const counts: TensorCounts = { nativeBytes: 0, dequantizedBytes: 0, parameters: 0 };
+  const quantizedBits = config.quantization?.bits ?? 4;
   for (const file of weightFiles(dir)) {
     if (!existsSync(file)) continue;
     const header = safetensorsHeader(file);
@@ -87,7 +92,7 @@ function countTensors(dir: string, onCpu: boolean): TensorCounts {
         counts.dequantizedBytes += bytes;
         counts.parameters += count;
       } else if (name.endsWith('.weight')) {
-        const unpacked = count * (32 / quantizedBits(dir));
+        const unpacked = count * (32 / quantizedBits);
         counts.dequantizedBytes += unpacked * 4;
         counts.parameters += unpacked;
       }
@@ -96,12 +101,13 @@ function countTensors(dir: string, onCpu: boolean): TensorCounts {
   return counts;
 }
 
-export const parameterCount = (dir: string): number => countTensors(dir, true).parameters;
+export const parameterCount = (dir: string): number => countTensors(dir, sizingConfig(dir), true).parameters;
 
 /** Bytes the loaded model will hold: as stored, and with its quantized matrices dequantized to fp32. */
 export function estimateLoadBytes(dir: string, onCpu: boolean): Record<WeightPlacement, number> {
-  const counts = countTensors(dir, onCpu);
-  const fixed = kvCacheBytes(dir) + RUNTIME_BYTES;
+  const config = sizingConfig(dir);
+  const counts = countTensors(dir, config, onCpu);
+  const fixed = kvCacheBytes(config) + RUNTIME_BYTES;
   return { native: counts.nativeBytes + fixed, dequantized: counts.dequantizedBytes + fixed };
 }
 

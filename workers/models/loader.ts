@@ -2,6 +2,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { WeightPlacement } from '../../src/engine/protocol.ts';
 import { ServeError } from '../../src/errors.ts';
+import { weightFiles } from '../../src/models/footprint.ts';
 import type { LanguageModel } from './decoder.ts';
 import * as gemma2 from './gemma2.ts';
 import * as gemma3 from './gemma3.ts';
@@ -43,15 +44,11 @@ export function readJson<T>(path: string, what: string): T {
   }
 }
 
-function weightFiles(dir: string): string[] {
-  const index = join(dir, 'model.safetensors.index.json');
-  if (existsSync(index)) {
-    const { weight_map: weightMap } = readJson<{ weight_map: Record<string, string> }>(index, 'the safetensors index');
-    return [...new Set(Object.values(weightMap))].map((file) => join(dir, file));
-  }
-  const single = join(dir, 'model.safetensors');
-  if (existsSync(single)) return [single];
-  throw new ServeError(422, 'model_load_failed', `no model.safetensors or model.safetensors.index.json in ${dir}`);
+function existingWeightFiles(dir: string): string[] {
+  const files = weightFiles(dir);
+  const missing = files.find((file) => !existsSync(file));
+  if (missing) throw new ServeError(422, 'model_load_failed', `${missing} is missing (a model folder needs model.safetensors or the shards its index names)`);
+  return files;
 }
 
 function readTensors(files: string[]): Map<string, MxArray> {
@@ -103,7 +100,7 @@ export function loadModel(dir: string, placement: WeightPlacement = 'native'): {
   if (!architecture) {
     throw new ServeError(422, 'unsupported_model', `model_type '${config.model_type}' is not supported (supported: ${supportedArchitectures().join(', ')})`);
   }
-  const store = new WeightStore(readTensors(weightFiles(dir)), quantizationConfig(config), computeDtype(), placement);
+  const store = new WeightStore(readTensors(existingWeightFiles(dir)), quantizationConfig(config), computeDtype(), placement);
   let model: LanguageModel;
   try {
     model = architecture(store, config as never);
