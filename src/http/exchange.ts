@@ -132,10 +132,7 @@ export class Exchange {
     this.responded = true;
     this.status = status;
     this.res.cork(() => {
-      this.res.writeStatus(statusLine(status));
-      this.res.writeHeader('content-type', contentType);
-      this.res.writeHeader('x-request-id', this.requestId);
-      for (const [name, value] of Object.entries({ ...this.options.responseHeaders, ...headers })) this.res.writeHeader(name, value);
+      this.writeHead(status, contentType, headers);
       if (this.method === 'HEAD') {
         // endWithoutBody with a length (even undefined) leaves uWS waiting for that many body
         // bytes, so a pipelined request behind it aborts the connection; a bare call does not.
@@ -155,14 +152,15 @@ export class Exchange {
     if (this.hasResponded || this.streaming) return;
     this.streaming = true;
     this.status = 200;
-    this.res.cork(() => {
-      this.res.writeStatus(statusLine(200));
-      this.res.writeHeader('content-type', contentType);
-      this.res.writeHeader('cache-control', 'no-cache');
-      this.res.writeHeader('x-accel-buffering', 'no');
-      this.res.writeHeader('x-request-id', this.requestId);
-      for (const [name, value] of Object.entries(this.options.responseHeaders)) this.res.writeHeader(name, value);
-    });
+    this.res.cork(() => this.writeHead(200, contentType, { 'cache-control': 'no-cache', 'x-accel-buffering': 'no' }));
+  }
+
+  /** Status and headers every answer carries; call inside cork. */
+  private writeHead(status: number, contentType: string, headers: Record<string, string>): void {
+    this.res.writeStatus(statusLine(status));
+    this.res.writeHeader('content-type', contentType);
+    this.res.writeHeader('x-request-id', this.requestId);
+    for (const [name, value] of Object.entries({ ...this.options.responseHeaders, ...headers })) this.res.writeHeader(name, value);
   }
 
   /** Writes a chunk, or holds it while the client is not reading (see the class comment). */
