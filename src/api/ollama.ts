@@ -130,7 +130,7 @@ async function respond(ctx: ServeContext, exchange: Exchange, shape: Shape, pars
   const started = performance.now();
   const startedAt = Date.now();
   const envelope = (): Record<string, unknown> => ({ model: model.name, created_at: new Date().toISOString() });
-  const keepAlive = keepAliveMs === undefined ? (ctx.config.idleTimeoutSeconds > 0 ? ctx.config.idleTimeoutSeconds * 1000 : null) : keepAliveMs;
+  const keepAlive = keepAliveMs === undefined ? ctx.engine.defaultKeepAliveMs : keepAliveMs;
   const finish = (body: Record<string, unknown>): void => {
     if (exchange.isStreaming) exchange.end(`${JSON.stringify(body)}\n`);
     else if (stream) exchange.send(200, `${JSON.stringify(body)}\n`, 'application/x-ndjson');

@@ -93,7 +93,8 @@ export class Engine {
     this.idleTimer.unref();
   }
 
-  private get defaultKeepAliveMs(): number | null {
+  /** --idle-timeout as a keep-alive: what a request that says nothing about it gets. */
+  get defaultKeepAliveMs(): number | null {
     return this.options.idleTimeoutSeconds > 0 ? this.options.idleTimeoutSeconds * 1000 : null;
   }
 
