@@ -2,7 +2,7 @@
  * Ollama-compatible routes (docs/ollama-api.md): they translate Ollama's wire shapes to one
  * GenerationRequest and back, and map keep_alive onto the engine's keep-alive window.
  */
-import { createHash, randomUUID } from 'node:crypto';
+import { createHash } from 'node:crypto';
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { GenerationRequest, GenerationStats, PromptInput } from '../engine/protocol.ts';
@@ -149,7 +149,7 @@ async function respond(ctx: ServeContext, exchange: Exchange, shape: Shape, pars
     return;
   }
 
-  const request: GenerationRequest = { id: randomUUID(), model: model.name, prompt, ignoreEos: false, ...sampling(fields.object('options') ?? {}) };
+  const request: GenerationRequest = { id: exchange.requestId, model: model.name, prompt, ignoreEos: false, ...sampling(fields.object('options') ?? {}) };
   const parts: string[] = [];
   let stats: GenerationStats;
   try {
