@@ -9,6 +9,8 @@
  */
 import { writeFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
+import { sleep } from './client.ts';
+import { trend, type MemorySample } from './long-soak.ts';
 import { parseDuration, markdownTable } from './report.ts';
 
 type Kind = 'complete' | 'stream' | 'ollama' | 'invalid' | 'abort' | 'slow';
@@ -40,7 +42,6 @@ export interface MixedLoadResult {
   durationSeconds: number;
 }
 
-const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
 const pick = (random: () => number): Kind => {
   let roll = random() * WEIGHTS.reduce((sum, [, w]) => sum + w, 0);
   for (const [kind, weight] of WEIGHTS) {
@@ -141,16 +142,6 @@ async function runOne(url: string, kind: Kind, random: () => number): Promise<Ou
   }
 }
 
-/** Least-squares slope of y over x. */
-function slope(points: [number, number][]): number {
-  const n = points.length;
-  if (n < 2) return 0;
-  const mx = points.reduce((s, [x]) => s + x, 0) / n;
-  const my = points.reduce((s, [, y]) => s + y, 0) / n;
-  const sxx = points.reduce((s, [x]) => s + (x - mx) ** 2, 0);
-  return sxx === 0 ? 0 : points.reduce((s, [x, y]) => s + (x - mx) * (y - my), 0) / sxx;
-}
-
 const percentile = (values: number[], p: number): number => {
   if (values.length === 0) return 0;
   const sorted = [...values].sort((a, b) => a - b);
@@ -164,7 +155,7 @@ export async function runMixedLoad(options: MixedLoadOptions, log: (line: string
   const requests = Object.fromEntries(kinds.map((k) => [k, { ok: 0, rejected: 0, lost: 0, unexpected: 0, aborted: 0 }])) as MixedLoadResult['requests'];
   const latencies = Object.fromEntries(kinds.map((k) => [k, [] as number[]])) as Record<Kind, number[]>;
   const failures: string[] = [];
-  const memory: [number, number][] = [];
+  const memory: MemorySample[] = [];
   let restarts = 0;
   let lastUptime = -1;
 
@@ -174,13 +165,14 @@ export async function runMixedLoad(options: MixedLoadOptions, log: (line: string
         const status = (await (await fetch(`${options.url}/admin/status`)).json()) as { memory: { rss_gb: number }; requests: { uptime_seconds: number } };
         if (status.requests.uptime_seconds < lastUptime) restarts++;
         lastUptime = status.requests.uptime_seconds;
-        memory.push([(Date.now() - started) / 1000, status.memory.rss_gb * 1024]);
+        memory.push({ t: (Date.now() - started) / 1000, rssGb: status.memory.rss_gb, loaded: true });
       } catch {
         restarts++;
       }
       const elapsed = Math.round((Date.now() - started) / 1000);
       const done = kinds.reduce((sum, k) => sum + Object.values(requests[k]).reduce((a, b) => a + b, 0), 0);
-      if (elapsed % 30 < 2) log(`[PROGRESS] ${elapsed}s: ${done} requests, rss ${memory.at(-1)?.[1].toFixed(0) ?? '?'} MB`);
+      const rss = memory.at(-1)?.rssGb;
+      if (elapsed % 30 < 2) log(`[PROGRESS] ${elapsed}s: ${done} requests, rss ${rss === undefined ? '?' : (rss * 1024).toFixed(0)} MB`);
       await sleep(2000);
     }
   })();
@@ -203,15 +195,14 @@ export async function runMixedLoad(options: MixedLoadOptions, log: (line: string
   };
   await Promise.all([watch, ...Array.from({ length: options.connections }, (_, i) => connection(i))]);
 
-  const settled = memory.filter(([t]) => t >= (options.durationMs / 1000) * 0.2);
-  const fittedGrowthMb = slope(settled) * (options.durationMs / 1000) * 0.8;
+  const fittedGrowthMb = (trend(memory.filter(({ t }) => t >= (options.durationMs / 1000) * 0.2)).fittedGrowthGb ?? 0) * 1024;
   const lost = kinds.reduce((sum, k) => sum + requests[k].lost, 0);
   const unexpected = kinds.reduce((sum, k) => sum + requests[k].unexpected, 0);
   if (restarts > 0) failures.unshift(`the server restarted or stopped answering ${restarts} time(s)`);
   if (lost > 0) failures.unshift(`${lost} accepted request(s) did not arrive whole`);
   if (unexpected > 0) failures.unshift(`${unexpected} answer(s) with an unexpected status or shape`);
   if (fittedGrowthMb > options.maxGrowthMb) failures.unshift(`resident memory grew ${fittedGrowthMb.toFixed(1)} MB (fitted) > ${options.maxGrowthMb} MB`);
-  const rss = memory.map(([, mb]) => mb);
+  const rss = memory.map(({ rssGb }) => rssGb * 1024);
   return {
     passed: failures.length === 0,
     failures,
