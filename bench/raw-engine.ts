@@ -14,7 +14,7 @@ import type { LanguageModel } from '../workers/models/decoder.ts';
 import { loadModel } from '../workers/models/loader.ts';
 import { mx } from '../workers/models/mx.ts';
 import { Sampler } from '../workers/sampling.ts';
-import { collectGarbage } from '../workers/scheduler.ts';
+import { collectGarbage } from '../src/runtime/gc.ts';
 import { ModelTokenizer } from '../workers/tokenizer.ts';
 import { distinctPrompt } from './prompts.ts';
 

@@ -18,6 +18,7 @@ export type ErrorCode =
   | 'shutting_down'
   | 'cancelled'
   | 'worker_failed'
+  | 'runtime_check_failed'
   | 'hub_unauthorized'
   | 'hub_unreachable'
   | 'download_failed'

@@ -2,7 +2,7 @@
  * The soak suite's eleven checks (../shared/seeds/mlx-inference-server-soak-suite.md) against a
  * real server on the built-in model, with a short idle timeout.
  */
-import t from 'tap';
+import t, { type Test } from 'tap';
 import { json, post, startServer } from './helpers/server.ts';
 
 const IDLE_SECONDS = 3;
@@ -24,6 +24,33 @@ const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
 let baseline = 0;
 let loadedDelta = 0;
+let modelFootprint = 0;
+/** "Within 2% of the model's footprint of the pre-load baseline" (issue 2). */
+const RECOVERY_TOLERANCE = 0.02;
+
+/**
+ * Start-up leaves garbage in V8 heaps the server cannot collect on demand (tsx's module-loader
+ * thread compiles every module); V8 returns it in steps over ~10-30 s. The pre-load baseline is
+ * what the idle process settles to: the lowest reading, once it has not fallen for 10 s.
+ */
+async function settledRss(): Promise<{ rss: number; seconds: number }> {
+  const started = Date.now();
+  let lowest = (await status()).memory.rss_gb;
+  let lowestAt = Date.now();
+  while (Date.now() - lowestAt < 10_000 && Date.now() - started < 60_000) {
+    await sleep(1000);
+    const rss = (await status()).memory.rss_gb;
+    if (rss < lowest - 0.0005) lowestAt = Date.now();
+    lowest = Math.min(lowest, rss);
+  }
+  return { rss: lowest, seconds: (Date.now() - started) / 1000 };
+}
+
+function assertRecovered(t: Test, rss: number, what: string): void {
+  const residual = rss - baseline;
+  const allowed = RECOVERY_TOLERANCE * modelFootprint;
+  t.ok(residual <= allowed, `${what}: ${(residual * 1024).toFixed(1)} MB above the pre-load baseline, within 2% of the model's ${(modelFootprint * 1024).toFixed(0)} MB (${(allowed * 1024).toFixed(1)} MB)`);
+}
 
 t.test('1. health', async (t) => {
   const { status: code, body } = await json<{ status: string }>(`${url}/admin/health`);
@@ -36,7 +63,9 @@ t.test('2. baseline: nothing loaded at start-up', async (t) => {
   t.equal(s.memory.model_loaded, false);
   t.equal(s.model.state, 'unloaded');
   t.equal(s.memory.active_memory_gb, 0);
-  baseline = s.memory.rss_gb;
+  const settled = await settledRss();
+  baseline = settled.rss;
+  t.comment(`pre-load baseline ${(baseline * 1024).toFixed(1)} MB (settled after ${settled.seconds.toFixed(0)} s; ${(s.memory.rss_gb * 1024).toFixed(1)} MB right after start-up)`);
 });
 
 t.test('3. on-demand loading: the first request loads the model', async (t) => {
@@ -51,6 +80,7 @@ t.test('3. on-demand loading: the first request loads the model', async (t) => {
   t.ok(s.memory.active_memory_gb >= s.memory.model_memory_gb, 'the process measures at least the weights');
   t.ok(s.model.load_seconds !== null && s.model.load_seconds > 0);
   loadedDelta = s.memory.rss_gb - baseline;
+  modelFootprint = s.memory.model_memory_gb;
 });
 
 t.test('4. subsequent requests reuse the loaded model', async (t) => {
@@ -80,9 +110,8 @@ t.test('6. manual unload, and 7. memory recovery', async (t) => {
   t.equal(s.model.state, 'unloaded');
   const residual = s.memory.rss_gb - baseline;
   const recovery = 1 - residual / loadedDelta;
-  t.comment(`baseline ${baseline} GB, loaded +${loadedDelta.toFixed(4)} GB, after unload +${residual.toFixed(4)} GB, recovery ${(recovery * 100).toFixed(1)}%`);
-  t.ok(residual < 0.1, `residual ${residual.toFixed(4)} GB < 0.1 GB`);
-  t.ok(recovery >= 0.8, `recovery ${(recovery * 100).toFixed(1)}% >= 80%`);
+  t.comment(`baseline ${baseline} GB, loaded +${loadedDelta.toFixed(4)} GB, right after unload ${residual >= 0 ? '+' : ''}${residual.toFixed(4)} GB, recovery ${(recovery * 100).toFixed(1)}%`);
+  assertRecovered(t, s.memory.rss_gb, 'right after the unload');
   const again = await post(`${url}/admin/unload`, {});
   t.equal(again.status, 409, 'unloading nothing is a clear 4xx');
   t.equal(again.body.error.code, 'nothing_loaded');
@@ -119,10 +148,10 @@ t.test('10. no leak: five load/unload cycles', async (t) => {
     t.equal((await post(`${url}/admin/unload`, {})).status, 200);
     residuals.push((await status()).memory.rss_gb - baseline);
   }
-  t.comment(`residual after each unload (GB): ${residuals.map((r) => r.toFixed(4)).join(', ')}`);
+  t.comment(`residual after each unload (MB): ${residuals.map((r) => (r * 1024).toFixed(1)).join(', ')}`);
+  residuals.forEach((residual, cycle) => assertRecovered(t, baseline + residual, `cycle ${cycle + 1}`));
   const growth = Math.max(...residuals) - (residuals[0] as number);
   t.ok(growth < 20 / 1024, `growth over 5 cycles ${(growth * 1024).toFixed(1)} MB < 20 MB`);
-  t.ok(Math.max(...residuals) < 0.1, 'final delta < 0.1 GB');
 });
 
 t.test('11. status API fields', async (t) => {

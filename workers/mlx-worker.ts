@@ -7,12 +7,14 @@ import { join } from 'node:path';
 import { workerData } from 'node:worker_threads';
 import type { GenerationRequest, LoadResult, LoadSpec, WorkerReply, WorkerSettings, WorkerTask } from '../src/engine/protocol.ts';
 import { ServeError } from '../src/errors.ts';
+import { collectGarbage } from '../src/runtime/gc.ts';
 import { Telemetry } from '../src/telemetry/layout.ts';
 import { materializeDefaultModel } from './default-model.ts';
 import type { LanguageModel } from './models/decoder.ts';
 import { loadModel, parameterBytes, readJson, type ModelConfig } from './models/loader.ts';
 import { PromptCache } from './prompt-cache.ts';
-import { collectGarbage, Scheduler } from './scheduler.ts';
+import { checkRuntime } from './runtime-check.ts';
+import { Scheduler } from './scheduler.ts';
 import { Sequence } from './sequence.ts';
 import { ModelTokenizer } from './tokenizer.ts';
 
@@ -109,15 +111,24 @@ async function generate(task: Extract<WorkerTask, { op: 'generate' }>, telemetry
   }
 }
 
+function reply(work: () => WorkerReply): WorkerReply {
+  try {
+    return work();
+  } catch (error) {
+    return { ok: false, error: ServeError.from(error).toShape() };
+  }
+}
+
 export default async function handle(task: WorkerTask): Promise<WorkerReply> {
   switch (task.op) {
-    case 'load': {
-      try {
-        return { ok: true, load: load(task.model, new Telemetry(task.telemetry)).info };
-      } catch (error) {
-        return { ok: false, error: ServeError.from(error).toShape() };
-      }
-    }
+    case 'check':
+      return reply(() => {
+        checkRuntime();
+        collectGarbage(true);
+        return { ok: true };
+      });
+    case 'load':
+      return reply(() => ({ ok: true, load: load(task.model, new Telemetry(task.telemetry)).info }));
     case 'generate':
       return generate(task, new Telemetry(task.telemetry));
   }

@@ -6,32 +6,11 @@
  * yields to the event loop so new tasks and cancellations get in between rounds.
  */
 import { setImmediate as yieldToEventLoop } from 'node:timers/promises';
-import { runInNewContext } from 'node:vm';
-import { setFlagsFromString } from 'node:v8';
 import type { WorkerSettings } from '../src/engine/protocol.ts';
+import { collectGarbage } from '../src/runtime/gc.ts';
 import type { Telemetry } from '../src/telemetry/layout.ts';
 import type { Sequence } from './sequence.ts';
 
-type GcFunction = (options?: { type: 'minor' }) => void;
-
-function exposeGc(): GcFunction {
-  const existing = (globalThis as { gc?: GcFunction }).gc;
-  if (existing) return existing;
-  setFlagsFromString('--expose-gc');
-  return runInNewContext('gc') as GcFunction;
-}
-
-const gc = exposeGc();
-
-/**
- * A minor collection frees the wrappers of a step's temporary arrays (and with them their native
- * memory) in well under a millisecond; a full one also reaches what has lived longer. Only a bare
- * gc() is a full collection: V8's gc({type: 'major'}) collects nothing.
- */
-export function collectGarbage(full: boolean): void {
-  if (full) gc();
-  else gc({ type: 'minor' });
-}
 /**
  * Arrays that outlive a few rounds (replaced KV buffers, finished sequences) reach V8's old
  * generation, which only a full collection frees, and V8 cannot see their native size to
@@ -40,7 +19,6 @@ export function collectGarbage(full: boolean): void {
  */
 const FULL_GC_INTERVAL_MS = 5000;
 const IDLE_COLLECTION_MS = 500;
-
 
 type Entry = { sequence: Sequence; done: () => void; fail: (error: unknown) => void };
 

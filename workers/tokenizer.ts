@@ -56,13 +56,20 @@ function flattenDecoders(decoder: DecoderJson | null | undefined): DecoderJson[]
 const encoder = new TextEncoder();
 const BYTE_FALLBACK = /^<0x([0-9A-Fa-f]{2})>$/;
 
-/** Every token's bytes in one buffer (a typed array per token would cost ~50 MB for 150k tokens). */
+/**
+ * Every token's bytes in one buffer. A typed array per token would cost ~50 MB for 150k tokens,
+ * and each would be its own small malloc'd backing store: 150k of them fragment the worker's
+ * malloc arena so that ~25 MB of it stays resident after the worker (and the model) are gone.
+ */
 interface TokenBytes {
   data: Uint8Array;
   offsets: Uint32Array;
   special: Set<number>;
   stripsLeadingSpace: boolean;
 }
+
+/** UTF-8 takes at most 3 bytes per UTF-16 code unit. */
+const MAX_UTF8_PER_UNIT = 3;
 
 function tokenBytesTable(json: TokenizerJson): TokenBytes {
   const decoders = flattenDecoders(json.decoder);
@@ -72,40 +79,48 @@ function tokenBytesTable(json: TokenizerJson): TokenBytes {
   const stripsLeadingSpace = decoders.some((d) => (d.type === 'Strip' && (d.start ?? 0) > 0) || d.type === 'Metaspace');
   const byteTable = byteLevel ? byteLevelDecodeTable() : null;
 
-  const toBytes = (token: string): Uint8Array => {
+  const tokens: string[] = [];
+  const verbatim = new Set<number>();
+  const special = new Set<number>();
+  if (Array.isArray(json.model.vocab)) json.model.vocab.forEach(([token], id) => (tokens[id] = token));
+  else for (const [token, id] of Object.entries(json.model.vocab)) tokens[id] = token;
+  for (const added of json.added_tokens ?? []) {
+    tokens[added.id] = added.content;
+    verbatim.add(added.id);
+    if (added.special) special.add(added.id);
+  }
+
+  let capacity = 0;
+  for (const token of tokens) capacity += (token?.length ?? 0) * MAX_UTF8_PER_UNIT;
+  const scratch = new Uint8Array(capacity);
+  const utf8 = (text: string, at: number): number => encoder.encodeInto(text, scratch.subarray(at)).written;
+  const write = (token: string, at: number): number => {
     if (byteTable) {
-      const out = new Uint8Array(token.length);
       let n = 0;
       for (const ch of token) {
         const b = byteTable.get(ch);
-        if (b === undefined) return encoder.encode(token);
-        out[n++] = b;
+        if (b === undefined) return utf8(token, at);
+        scratch[at + n++] = b;
       }
-      return out.subarray(0, n);
+      return n;
     }
     const fallback = byteFallback ? BYTE_FALLBACK.exec(token) : null;
-    if (fallback) return Uint8Array.of(parseInt(fallback[1] as string, 16));
-    return encoder.encode(metaspace ? token.replaceAll('▁', ' ') : token);
+    if (fallback) {
+      scratch[at] = parseInt(fallback[1] as string, 16);
+      return 1;
+    }
+    return utf8(metaspace ? token.replaceAll('▁', ' ') : token, at);
   };
-  const byId = new Map<number, Uint8Array>();
-  const entries: [string, number][] = Array.isArray(json.model.vocab) ? json.model.vocab.map(([t], i) => [t, i]) : Object.entries(json.model.vocab);
-  for (const [token, id] of entries) byId.set(id, toBytes(token));
-  const special = new Set<number>();
-  for (const added of json.added_tokens ?? []) {
-    byId.set(added.id, encoder.encode(added.content));
-    if (added.special) special.add(added.id);
-  }
-  const count = [...byId.keys()].reduce((max, id) => Math.max(max, id + 1), 0);
-  const offsets = new Uint32Array(count + 1);
+
+  const offsets = new Uint32Array(tokens.length + 1);
   let total = 0;
-  for (let id = 0; id < count; id++) {
+  for (let id = 0; id < tokens.length; id++) {
     offsets[id] = total;
-    total += byId.get(id)?.length ?? 0;
+    const token = tokens[id];
+    if (token !== undefined) total += verbatim.has(id) ? utf8(token, total) : write(token, total);
   }
-  offsets[count] = total;
-  const data = new Uint8Array(total);
-  for (const [id, bytes] of byId) data.set(bytes, offsets[id] as number);
-  return { data, offsets, special, stripsLeadingSpace };
+  offsets[tokens.length] = total;
+  return { data: scratch.slice(0, total), offsets, special, stripsLeadingSpace };
 }
 
 function tokenContent(token: TokenizerConfig['bos_token']): string | null {

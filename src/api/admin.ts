@@ -8,12 +8,20 @@ import { Fields } from './fields.ts';
 const GB = 1024 ** 3;
 const gb = (bytes: number): number => Math.round((bytes / GB) * 10000) / 10000;
 
-/** Samples process memory into telemetry; what the model holds is measured against the pre-load baseline. */
+/**
+ * Samples process memory into telemetry. What a model holds is measured against the pre-load
+ * baseline: the lowest resident memory seen before the first load, since start-up's garbage
+ * leaves V8's heaps over the first ~30 s.
+ */
 export function sampleMemory(telemetry: Telemetry): { rss: number; active: number; peak: number } {
   const rss = process.memoryUsage.rss();
   telemetry.write('rssBytes', rss);
-  const baseline = telemetry.read('baselineRssBytes');
-  const active = baseline > 0 ? Math.max(0, rss - baseline) : 0;
+  let baseline = telemetry.read('baselineRssBytes');
+  if (telemetry.read('modelLoads') === 0 && (baseline === 0 || rss < baseline)) {
+    baseline = rss;
+    telemetry.write('baselineRssBytes', rss);
+  }
+  const active = telemetry.modelState === 'unloaded' ? 0 : Math.max(0, rss - baseline);
   if (active > telemetry.read('peakRssBytes')) telemetry.write('peakRssBytes', active);
   return { rss, active, peak: telemetry.read('peakRssBytes') };
 }

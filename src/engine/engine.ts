@@ -8,6 +8,8 @@ import { MessageChannel } from 'node:worker_threads';
 import { Piscina } from 'piscina';
 import type { Logger } from 'pino';
 import { ServeError } from '../errors.ts';
+import { collectGarbage } from '../runtime/gc.ts';
+import { releaseFreeMemory } from '../runtime/malloc-trim.ts';
 import { planLoad, type MemoryBudget, type WeightsPolicy } from '../models/footprint.ts';
 import type { ModelEntry, ModelRegistry } from '../models/registry.ts';
 import { CANCEL_SLOTS, Telemetry } from '../telemetry/layout.ts';
@@ -69,7 +71,8 @@ class SerialQueue {
 }
 
 export class Engine {
-  private pool: Piscina | null = null;
+  /** The pool of one worker, started and checked; null until needed and after a discard. */
+  private workerReady: Promise<Piscina> | null = null;
   private loaded: LoadedInfo | null = null;
   private leases = 0;
   private drained: (() => void)[] = [];
@@ -187,6 +190,19 @@ export class Engine {
     return { done, cancel: () => cancel('client') };
   }
 
+  /**
+   * Runs one worker through the runtime check and lets it go before any model is loaded. A
+   * broken MLX or BLAS fails start-up, not a client's first request; and what the first worker
+   * leaves in the process for good (the native libraries' code) is already there when the
+   * pre-load memory baseline is taken, so an unload is measured against what the model held.
+   */
+  async start(): Promise<void> {
+    await this.lifecycle.run(async () => {
+      await this.worker();
+      await this.discardWorker();
+    });
+  }
+
   /** Loads a model without generating (POST /admin/load, an empty Ollama prompt). */
   async load(model: ModelEntry): Promise<LoadedInfo> {
     this.touch();
@@ -219,8 +235,7 @@ export class Engine {
     }
     await this.lifecycle.run(async () => {
       if (this.loaded) await this.unloadNow();
-      await this.pool?.destroy();
-      this.pool = null;
+      await this.discardWorker();
     });
   }
 
@@ -250,7 +265,7 @@ export class Engine {
       if (this.workerLost) {
         this.workerLost = false;
         this.loaded = null;
-        await this.discardPool();
+        await this.discardWorker();
       }
       if (this.loaded?.path !== model.path) {
         if (this.loaded) await this.unloadNow();
@@ -281,10 +296,29 @@ export class Engine {
     });
   }
 
+  /** The worker, started and checked first when there is none (workers/runtime-check.ts). */
+  private worker(): Promise<Piscina> {
+    this.workerReady ??= this.startWorker().catch((error: unknown) => {
+      this.workerReady = null;
+      throw error;
+    });
+    return this.workerReady;
+  }
+
+  private async startWorker(): Promise<Piscina> {
+    const pool = this.createPool();
+    const reply = (await pool.run({ op: 'check' } satisfies WorkerTask)) as WorkerReply;
+    if (!reply.ok) {
+      await pool.destroy();
+      throw ServeError.fromShape(reply.error);
+    }
+    return pool;
+  }
+
   private async task(task: WorkerTask, transferList?: Transferable[]): Promise<WorkerReply> {
-    this.pool ??= this.createPool();
+    const pool = await this.worker();
     try {
-      return (await this.pool.run(task, { transferList: transferList as never })) as WorkerReply;
+      return (await pool.run(task, { transferList: transferList as never })) as WorkerReply;
     } catch (error) {
       this.workerLost = true;
       this.options.logger.error({ event: 'worker_failed', err: error }, 'the MLX worker failed; the model will be reloaded on the next request');
@@ -295,8 +329,6 @@ export class Engine {
   private async loadNow(model: ModelEntry): Promise<void> {
     const { telemetry, logger } = this.options;
     const plan = planLoad(model.name, model.path, this.options.weights, this.options.memory);
-    const rssBefore = process.memoryUsage.rss();
-    if (telemetry.read('modelLoads') === 0) telemetry.write('baselineRssBytes', rssBefore);
     telemetry.modelState = 'loading';
     logger.info({ event: 'load_start', model: model.name, path: model.path }, 'loading model');
     const started = performance.now();
@@ -304,11 +336,11 @@ export class Engine {
     try {
       reply = await this.task({ op: 'load', model: { name: model.name, path: model.path, builtin: model.builtin, placement: plan.placement }, telemetry: telemetry.buffers });
     } catch (error) {
-      await this.discardPool();
+      await this.discardWorker();
       throw error;
     }
     if (!reply.ok || !reply.load) {
-      await this.discardPool();
+      await this.discardWorker();
       const error = reply.ok ? new ServeError(500, 'model_load_failed', 'the worker returned no load result') : ServeError.fromShape(reply.error);
       logger.warn({ event: 'load_failed', model: model.name, err: error.message }, 'model load failed');
       throw error;
@@ -330,7 +362,7 @@ export class Engine {
     telemetry.modelState = 'unloading';
     const started = performance.now();
     const rssBefore = process.memoryUsage.rss();
-    await this.discardPool();
+    await this.discardWorker();
     this.loaded = null;
     this.keepAliveMs = this.defaultKeepAliveMs;
     telemetry.write('modelBytes', 0);
@@ -346,10 +378,16 @@ export class Engine {
     return result;
   }
 
-  private async discardPool(): Promise<void> {
-    const pool = this.pool;
-    this.pool = null;
-    await pool?.destroy();
+  /**
+   * Ends the worker, then collects the main thread's share of its traffic and returns the
+   * allocator's free pages, so the memory measured next is what the process still holds.
+   */
+  private async discardWorker(): Promise<void> {
+    const ready = this.workerReady;
+    this.workerReady = null;
+    await (await ready?.catch(() => null))?.destroy();
+    collectGarbage(true);
+    releaseFreeMemory();
     this.options.telemetry.modelState = 'unloaded';
   }
 

@@ -81,6 +81,8 @@ export interface LoadResult {
 }
 
 export type WorkerTask =
+  /** Run once by each fresh worker before any model (workers/runtime-check.ts). */
+  | { op: 'check' }
   | { op: 'load'; model: LoadSpec; telemetry: TelemetryBuffers }
   | { op: 'generate'; model: LoadSpec; request: GenerationRequest; slot: number; port: MessagePort; telemetry: TelemetryBuffers };
 
