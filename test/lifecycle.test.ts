@@ -29,9 +29,9 @@ let modelFootprint = 0;
 const RECOVERY_TOLERANCE = 0.02;
 
 /**
- * Start-up leaves garbage in V8 heaps the server cannot collect on demand (tsx's module-loader
- * thread compiles every module); V8 returns it in steps over ~10-30 s. The pre-load baseline is
- * what the idle process settles to: the lowest reading, once it has not fallen for 10 s.
+ * V8 gives back some of start-up's heap (~6 MB) only ~8 s later, on its own schedule. The
+ * pre-load baseline is what the idle process settles to: the lowest reading, once it has not
+ * fallen for 10 s.
  */
 async function settledRss(): Promise<{ rss: number; seconds: number }> {
   const started = Date.now();

@@ -5,10 +5,11 @@
  */
 import { readFileSync } from 'node:fs';
 import { openAiError, type Route } from '../http/server.ts';
+import { packagePath } from '../paths.ts';
 import { statusBody } from './admin.ts';
 import type { ServeContext } from './context.ts';
 
-const PAGE = new URL('../dashboard/index.html', import.meta.url);
+const PAGE = packagePath('src', 'dashboard', 'index.html');
 
 export function dashboardData(ctx: ServeContext): Record<string, unknown> {
   const { latency } = ctx;

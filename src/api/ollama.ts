@@ -10,11 +10,12 @@ import { badRequest } from '../errors.ts';
 import type { Exchange } from '../http/exchange.ts';
 import { parseJsonObject, type ErrorWriter, type Route } from '../http/server.ts';
 import type { ModelEntry } from '../models/registry.ts';
+import { packagePath } from '../paths.ts';
 import { runGeneration, type ServeContext } from './context.ts';
 import { Fields } from './fields.ts';
 import { chatMessages } from './openai.ts';
 
-const VERSION = (JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string }).version;
+const VERSION = (JSON.parse(readFileSync(packagePath('package.json'), 'utf8')) as { version: string }).version;
 
 /** Ollama's error shape: one string. */
 export const ollamaError: ErrorWriter = (exchange, error) => exchange.json(error.status, { error: error.message });

@@ -5,7 +5,8 @@
  * abnormally: a native abort inside MLX takes the whole process down.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { fileURLToPath } from 'node:url';
+import { packagePath, SERVER_BUNDLE } from '../paths.ts';
+import { buildServerBundle } from './bundle.ts';
 import { checkNativeRuntime } from './native.ts';
 
 export const CHILD_MARKER = 'MLX_SERVER_CHILD';
@@ -15,23 +16,31 @@ const RESTART_DELAY_MS = 500;
 const EARLY_EXIT_MS = 5000;
 const EARLY_EXITS_BEFORE_GIVING_UP = 3;
 
-const entry = fileURLToPath(new URL('../../bin/mlx-server.js', import.meta.url));
 
 function say(message: string): void {
   process.stderr.write(`mlx-server: ${message}\n`);
 }
 
-export function superviseServer(args: string[]): void {
+/** Node's arguments for the server child: the bundle, or the TypeScript sources through tsx when it cannot be built. */
+async function childCommand(args: string[]): Promise<string[]> {
+  const unbuilt = await buildServerBundle();
+  if (unbuilt === null) return ['--expose-gc', '--enable-source-maps', SERVER_BUNDLE, 'serve', ...args];
+  say(`cannot build ${SERVER_BUNDLE} (${unbuilt}); running the TypeScript sources through tsx`);
+  return ['--import', import.meta.resolve('tsx'), '--expose-gc', packagePath('bin', 'mlx-server.js'), 'serve', ...args];
+}
+
+export async function superviseServer(args: string[]): Promise<void> {
   const problem = checkNativeRuntime();
   if (problem) {
     say(problem);
     process.exit(1);
   }
+  const command = await childCommand(args);
   let child: ChildProcess | null = null;
   let stopping = false;
   let earlyExits = 0;
   const start = (): void => {
-    child = spawn(process.execPath, ['--import', import.meta.resolve('tsx'), '--expose-gc', entry, 'serve', ...args], {
+    child = spawn(process.execPath, command, {
       stdio: 'inherit',
       env: { ...process.env, [CHILD_MARKER]: '1', MALLOC_MMAP_THRESHOLD_: process.env.MALLOC_MMAP_THRESHOLD_ ?? '131072' },
     });

@@ -75,7 +75,7 @@ export async function main(argv: string[]): Promise<void> {
           process.stderr.write(`mlx-server: ${error.message}\n(mlx-server --help lists the flags)\n`);
           process.exit(CONFIG_ERROR_EXIT);
         }
-        superviseServer(args);
+        await superviseServer(args);
       }
       return;
     case 'pull':

@@ -11,11 +11,13 @@ import { ServeError } from '../errors.ts';
 import { collectGarbage } from '../runtime/gc.ts';
 import { releaseFreeMemory } from '../runtime/malloc-trim.ts';
 import { planLoad, type MemoryBudget, type WeightsPolicy } from '../models/footprint.ts';
+import { packagePath, WORKER_BUNDLE } from '../paths.ts';
 import type { ModelEntry, ModelRegistry } from '../models/registry.ts';
 import { CANCEL_SLOTS, Telemetry } from '../telemetry/layout.ts';
 import type { GenerationRequest, GenerationStats, LoadResult, StreamEvent, WorkerReply, WorkerSettings, WorkerTask } from './protocol.ts';
 
-const WORKER = new URL('../../workers/mlx-worker.ts', import.meta.url);
+/** Bundled, this file is dist/server.js and the worker is bundled beside it; through tsx, both are TypeScript. */
+const WORKER = import.meta.url.endsWith('.ts') ? packagePath('workers', 'mlx-worker.ts') : WORKER_BUNDLE;
 
 export interface LoadedInfo extends LoadResult {
   path: string;
@@ -286,7 +288,7 @@ export class Engine {
 
   private createPool(): Piscina {
     return new Piscina({
-      filename: WORKER.href,
+      filename: WORKER,
       minThreads: 1,
       maxThreads: 1,
       concurrentTasksPerWorker: CANCEL_SLOTS,
@@ -306,12 +308,15 @@ export class Engine {
   }
 
   private async startWorker(): Promise<Piscina> {
+    const started = performance.now();
     const pool = this.createPool();
     const reply = (await pool.run({ op: 'check' } satisfies WorkerTask)) as WorkerReply;
     if (!reply.ok) {
       await pool.destroy();
+      this.options.logger.error({ event: 'runtime_check_failed', err: reply.error.message }, 'the MLX worker failed its runtime check');
       throw ServeError.fromShape(reply.error);
     }
+    this.options.logger.debug({ event: 'worker_started', ms: Math.round(performance.now() - started) }, 'MLX worker started and checked');
     return pool;
   }
 

@@ -1,0 +1,24 @@
+/**
+ * Files the package ships, found from its root: the same whether this code runs from src/
+ * through tsx or bundled into dist/ (see src/cli/bundle.ts).
+ */
+import { existsSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+function packageRoot(from: string): string {
+  for (let dir = from; ; dir = dirname(dir)) {
+    if (existsSync(join(dir, 'package.json'))) return dir;
+    if (dirname(dir) === dir) throw new Error(`no package.json above ${from}`);
+  }
+}
+
+const ROOT = packageRoot(dirname(fileURLToPath(import.meta.url)));
+
+export function packagePath(...parts: string[]): string {
+  return join(ROOT, ...parts);
+}
+
+/** The server and its worker bundled into plain JS (src/cli/bundle.ts builds them). */
+export const SERVER_BUNDLE = packagePath('dist', 'server.js');
+export const WORKER_BUNDLE = packagePath('dist', 'mlx-worker.js');
