@@ -39,6 +39,7 @@ export async function startServer(config: ServerConfig, logger: Logger): Promise
     memory: { reserveBytes: config.memoryReserveBytes, limitBytes: config.memoryLimitBytes },
   });
   await engine.start();
+  sampleMemory(telemetry);
   const context: ServeContext = { config, engine, registry, telemetry, latency: new LatencyRecorder(), logger };
   const http = await startHttpServer([...adminRoutes(context), ...openAiRoutes(context), ...ollamaRoutes(context), ...pullRoutes(context, puller), ...metricsRoutes(context), ...dashboardRoutes(context)], { ...config, logger });
   const sampler = setInterval(() => sampleMemory(telemetry), 1000);

@@ -10,14 +10,15 @@ const gb = (bytes: number): number => Math.round((bytes / GB) * 10000) / 10000;
 
 /**
  * Samples process memory into telemetry. What a model holds is measured against the pre-load
- * baseline: the lowest resident memory seen before the first load, since start-up's garbage
- * leaves V8's heaps over the first ~30 s.
+ * baseline: the lowest resident memory seen before the first load began (the server samples once
+ * before it listens), since V8 returns some of start-up's heap only seconds later.
  */
 export function sampleMemory(telemetry: Telemetry): { rss: number; active: number; peak: number } {
   const rss = process.memoryUsage.rss();
   telemetry.write('rssBytes', rss);
   let baseline = telemetry.read('baselineRssBytes');
-  if (telemetry.read('modelLoads') === 0 && (baseline === 0 || rss < baseline)) {
+  const beforeFirstLoad = telemetry.read('modelLoads') === 0 && telemetry.modelState === 'unloaded';
+  if (beforeFirstLoad && (baseline === 0 || rss < baseline)) {
     baseline = rss;
     telemetry.write('baselineRssBytes', rss);
   }
