@@ -48,7 +48,6 @@ function eosIds(dir: string, config: ModelConfig, tokenizer: ModelTokenizer): Se
 function load(source: LoadSpec, telemetry: Telemetry): LoadedModel {
   if (loaded?.source.path === source.path && loaded.source.placement === source.placement) return loaded;
   loaded = null;
-  collectGarbage(true);
   const started = performance.now();
   if (source.builtin) materializeDefaultModel(source.path);
   const { model, config } = loadModel(source.path, source.placement);

@@ -16,7 +16,6 @@ const RESTART_DELAY_MS = 500;
 const EARLY_EXIT_MS = 5000;
 const EARLY_EXITS_BEFORE_GIVING_UP = 3;
 
-
 function say(message: string): void {
   process.stderr.write(`mlx-server: ${message}\n`);
 }

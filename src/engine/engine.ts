@@ -384,15 +384,17 @@ export class Engine {
   }
 
   /**
-   * Ends the worker, then collects the main thread's share of its traffic and returns the
-   * allocator's free pages, so the memory measured next is what the process still holds.
+   * Ends the worker, if there is one, then collects the main thread's share of its traffic and
+   * returns the allocator's free pages, so the memory measured next is what the process still holds.
    */
   private async discardWorker(): Promise<void> {
     const ready = this.workerReady;
     this.workerReady = null;
-    await (await ready?.catch(() => null))?.destroy();
-    collectGarbage(true);
-    releaseFreeMemory();
+    if (ready) {
+      await (await ready.catch(() => null))?.destroy();
+      collectGarbage(true);
+      releaseFreeMemory();
+    }
     this.options.telemetry.modelState = 'unloaded';
   }
 

@@ -20,9 +20,6 @@ function glibcTrim(): (() => void) | null {
 
 const trim = glibcTrim();
 
-/** Whether releaseFreeMemory can do anything on this system. */
-export const canReleaseFreeMemory = trim !== null;
-
 export function releaseFreeMemory(): void {
   trim?.();
 }
