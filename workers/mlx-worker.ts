@@ -5,14 +5,17 @@
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { workerData } from 'node:worker_threads';
-import type { GenerationRequest, LoadResult, LoadSpec, WorkerReply, WorkerSettings, WorkerTask } from '../src/engine/protocol.ts';
+import type { LoadResult, LoadSpec, WorkerReply, WorkerSettings, WorkerTask } from '../src/engine/protocol.ts';
 import { ServeError } from '../src/errors.ts';
 import { collectGarbage } from '../src/runtime/gc.ts';
 import { Telemetry } from '../src/telemetry/layout.ts';
 import { materializeDefaultModel } from './default-model.ts';
 import type { LanguageModel } from './models/decoder.ts';
 import { loadModel, parameterBytes, readJson, type ModelConfig } from './models/loader.ts';
+import { promptIds, validatePrompt } from './prompt.ts';
 import { PromptCache } from './prompt-cache.ts';
+import { isGgufPath } from '../src/gguf/format.ts';
+import { LlamaEngine } from './llama-engine.ts';
 import { checkRuntime } from './runtime-check.ts';
 import { Scheduler } from './scheduler.ts';
 import { Sequence } from './sequence.ts';
@@ -31,6 +34,25 @@ interface LoadedModel {
 
 let loaded: LoadedModel | null = null;
 let scheduler: Scheduler | null = null;
+/** A GGUF model, served by llama.cpp. The worker holds it or an MLX model (`loaded`), never both. */
+let gguf: Promise<LlamaEngine> | null = null;
+
+async function dropGguf(): Promise<void> {
+  const engine = await gguf?.catch(() => null);
+  gguf = null;
+  await engine?.dispose();
+}
+
+async function loadGguf(source: LoadSpec, telemetry: Telemetry): Promise<LlamaEngine> {
+  const current = await gguf?.catch(() => null);
+  if (current?.path === source.path) return current;
+  await dropGguf();
+  loaded = null;
+  collectGarbage(true);
+  gguf = LlamaEngine.load(source, settings, telemetry);
+  gguf.catch(() => (gguf = null));
+  return gguf;
+}
 
 function eosIds(dir: string, config: ModelConfig, tokenizer: ModelTokenizer): Set<number> {
   const ids = new Set<number>();
@@ -63,40 +85,17 @@ function load(source: LoadSpec, telemetry: Telemetry): LoadedModel {
   return loaded;
 }
 
-function promptIds(target: LoadedModel, request: GenerationRequest): number[] {
-  const { prompt } = request;
-  switch (prompt.kind) {
-    case 'tokens':
-      return prompt.ids;
-    case 'text':
-      return target.tokenizer.encode(prompt.text, prompt.addSpecialTokens);
-    case 'chat':
-      return target.tokenizer.encode(target.tokenizer.applyChatTemplate(prompt.messages, prompt.tools, prompt.templateArgs), false);
-  }
-}
-
-function validate(target: LoadedModel, request: GenerationRequest, ids: number[]): void {
-  const { contextLength, vocabSize } = target.model;
-  if (ids.length === 0) throw new ServeError(400, 'invalid_request', 'the prompt is empty after tokenization', 'prompt');
-  const bad = ids.find((id) => !Number.isInteger(id) || id < 0 || id >= vocabSize);
-  if (bad !== undefined) throw new ServeError(400, 'invalid_request', `token id ${bad} is outside the vocabulary (0..${vocabSize - 1})`, 'prompt');
-  const wanted = ids.length + (request.maxTokens ?? 1);
-  if (wanted > contextLength) {
-    throw new ServeError(
-      400,
-      'context_length_exceeded',
-      `this model's maximum context length is ${contextLength} tokens, but the request needs ${wanted} (${ids.length} in the prompt, ${request.maxTokens ?? 1} to generate)`,
-      'messages',
-    );
-  }
-}
-
 async function generate(task: Extract<WorkerTask, { op: 'generate' }>, telemetry: Telemetry): Promise<WorkerReply> {
   const { port, request } = task;
   try {
+    if (isGgufPath(task.model.path)) {
+      await (await loadGguf(task.model, telemetry)).generate(request, task.slot, port, telemetry);
+      return { ok: true };
+    }
+    await dropGguf();
     const target = load(task.model, telemetry);
-    const ids = promptIds(target, request);
-    validate(target, request, ids);
+    const ids = promptIds(target.tokenizer, request);
+    validatePrompt(ids, request, target.model);
     scheduler ??= new Scheduler(telemetry, settings);
     const sequence = new Sequence(target.model, target.tokenizer, request, ids, target.eosIds, task.slot, port, telemetry, target.promptCache.lookup(ids));
     await scheduler.run(sequence);
@@ -126,8 +125,18 @@ export default async function handle(task: WorkerTask): Promise<WorkerReply> {
         collectGarbage(true);
         return { ok: true };
       });
-    case 'load':
-      return reply(() => ({ ok: true, load: load(task.model, new Telemetry(task.telemetry)).info }));
+    case 'load': {
+      const telemetry = new Telemetry(task.telemetry);
+      if (isGgufPath(task.model.path)) {
+        try {
+          return { ok: true, load: (await loadGguf(task.model, telemetry)).info };
+        } catch (error) {
+          return { ok: false, error: ServeError.from(error).toShape() };
+        }
+      }
+      await dropGguf();
+      return reply(() => ({ ok: true, load: load(task.model, telemetry).info }));
+    }
     case 'generate':
       return generate(task, new Telemetry(task.telemetry));
   }

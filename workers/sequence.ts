@@ -1,53 +1,56 @@
-/** One request's generation inside the worker: its cache, sampler, detokenizer and stop rules. */
+/** One request's generation inside the worker: its cache, sampler, and the stream of its tokens. */
 import type { MessagePort } from 'node:worker_threads';
-import type { FinishReason, GenerationRequest, StreamEvent } from '../src/engine/protocol.ts';
+import type { FinishReason, GenerationRequest } from '../src/engine/protocol.ts';
 import type { Telemetry } from '../src/telemetry/layout.ts';
 import type { LanguageModel } from './models/decoder.ts';
 import type { KVCache } from './models/kv-cache.ts';
 import { mx, type MxArray } from './models/mx.ts';
 import type { PromptCacheHit } from './prompt-cache.ts';
 import { Sampler } from './sampling.ts';
-import { StopMatcher } from './stop-matcher.ts';
-import { StreamingDetokenizer, type ModelTokenizer } from './tokenizer.ts';
+import { TokenStream } from './token-stream.ts';
+import type { ModelTokenizer } from './tokenizer.ts';
 
 export class Sequence {
   readonly cache: KVCache[];
   private readonly sampler: Sampler;
-  private readonly detokenizer: StreamingDetokenizer;
-  private readonly stopMatcher: StopMatcher;
-  private readonly history: number[] = [];
-  private readonly startedAt = performance.now();
-  private promptDoneAt = 0;
+  private readonly output: TokenStream;
   private prefilled: number;
-  /** Prompt tokens whose KV state came from the prompt cache. */
-  private readonly cachedTokens: number;
   private lastToken = -1;
-  private generated = 0;
-  finished: FinishReason | null = null;
 
   constructor(
     readonly model: LanguageModel,
     tokenizer: ModelTokenizer,
-    private readonly request: GenerationRequest,
+    request: GenerationRequest,
     private readonly promptIds: number[],
-    private readonly eosIds: Set<number>,
+    eosIds: Set<number>,
     readonly slot: number,
-    private readonly port: MessagePort,
-    private readonly telemetry: Telemetry,
+    port: MessagePort,
+    telemetry: Telemetry,
     cached: PromptCacheHit | null,
   ) {
     this.cache = cached?.caches ?? model.newCache();
-    this.cachedTokens = cached?.length ?? 0;
-    this.prefilled = this.cachedTokens;
+    const cachedTokens = cached?.length ?? 0;
+    this.prefilled = cachedTokens;
     this.sampler = new Sampler(request.sampling);
-    this.detokenizer = new StreamingDetokenizer(tokenizer);
-    this.stopMatcher = new StopMatcher(request.stop);
-    this.send({ type: 'started', promptTokens: promptIds.length, cachedTokens: this.cachedTokens });
+    this.output = new TokenStream({
+      request,
+      promptLength: promptIds.length,
+      cachedTokens,
+      isEos: (token) => eosIds.has(token),
+      contextLength: model.contextLength,
+      tokenText: tokenizer,
+      port,
+      telemetry,
+    });
+  }
+
+  get finished(): FinishReason | null {
+    return this.output.finished;
   }
 
   /** The prompt and what was generated after it: what this sequence's cache holds the state of. */
   get tokens(): number[] {
-    return [...this.promptIds, ...this.history];
+    return [...this.promptIds, ...this.output.history];
   }
 
   get inPrefill(): boolean {
@@ -71,56 +74,19 @@ export class Sequence {
       mx.eval(...this.cache.flatMap((layer) => layer.state()));
       return;
     }
-    this.promptDoneAt = performance.now();
-    this.telemetry.increment('promptTokens', this.promptIds.length - this.cachedTokens);
+    this.output.promptDone();
     this.acceptLogits(logits.index(0, -1));
   }
 
   /** Samples from this sequence's row of logits [vocab] and handles the token. */
   acceptLogits(row: MxArray): void {
-    this.accept(this.sampler.next(row, this.history.length > 0 ? this.history : this.promptIds));
+    const { history } = this.output;
+    const token = this.sampler.next(row, history.length > 0 ? history : this.promptIds);
+    this.lastToken = token;
+    this.output.accept(token);
   }
 
   cancel(): void {
-    this.finish('cancelled');
-  }
-
-  private accept(token: number): void {
-    this.generated++;
-    this.telemetry.increment('tokensGenerated');
-    if (!this.request.ignoreEos && this.eosIds.has(token)) return this.finish('stop');
-    this.history.push(token);
-    this.lastToken = token;
-    const { emit, stopped } = this.stopMatcher.push(this.detokenizer.push(token));
-    if (emit) this.send({ type: 'text', text: emit, tokens: this.generated });
-    if (stopped) return this.finish('stop', false);
-    const atLimit = this.request.maxTokens !== null && this.generated >= this.request.maxTokens;
-    const contextFull = this.promptIds.length + this.generated >= this.model.contextLength;
-    if (atLimit || contextFull) this.finish('length');
-  }
-
-  private finish(reason: FinishReason, flush = true): void {
-    if (this.finished) return;
-    this.finished = reason;
-    if (flush && reason !== 'cancelled') {
-      const tail = this.stopMatcher.push(this.detokenizer.flush()).emit + this.stopMatcher.flush();
-      if (tail) this.send({ type: 'text', text: tail, tokens: this.generated });
-    }
-    const now = performance.now();
-    const promptDone = this.promptDoneAt || now;
-    this.send({
-      type: 'done',
-      finishReason: reason,
-      promptTokens: this.promptIds.length,
-      cachedTokens: this.cachedTokens,
-      completionTokens: this.generated,
-      promptMs: promptDone - this.startedAt,
-      decodeMs: now - promptDone,
-    });
-    this.port.close();
-  }
-
-  private send(event: StreamEvent): void {
-    this.port.postMessage(event);
+    this.output.finish('cancelled');
   }
 }

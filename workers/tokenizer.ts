@@ -12,7 +12,7 @@ import type { ChatMessage } from '../src/engine/protocol.ts';
 import { ServeError } from '../src/errors.ts';
 import { readJson } from './models/loader.ts';
 
-interface TokenizerJson {
+export interface TokenizerJson {
   model: { type: string; vocab: Record<string, number> | [string, number][] };
   added_tokens?: { id: number; content: string; special: boolean }[];
   decoder?: DecoderJson | null;
@@ -61,7 +61,7 @@ const BYTE_FALLBACK = /^<0x([0-9A-Fa-f]{2})>$/;
  * and each would be its own small malloc'd backing store: 150k of them fragment the worker's
  * malloc arena so that ~25 MB of it stays resident after the worker (and the model) are gone.
  */
-interface TokenBytes {
+export interface TokenBytes {
   data: Uint8Array;
   offsets: Uint32Array;
   special: Set<number>;
@@ -71,7 +71,7 @@ interface TokenBytes {
 /** UTF-8 takes at most 3 bytes per UTF-16 code unit. */
 const MAX_UTF8_PER_UNIT = 3;
 
-function tokenBytesTable(json: TokenizerJson): TokenBytes {
+export function tokenBytesTable(json: TokenizerJson): TokenBytes {
   const decoders = flattenDecoders(json.decoder);
   const byteLevel = decoders.some((d) => d.type === 'ByteLevel');
   const metaspace = decoders.some((d) => d.type === 'Metaspace' || (d.type === 'Replace' && d.pattern?.String === '▁'));
@@ -128,9 +128,62 @@ function tokenContent(token: TokenizerConfig['bos_token']): string | null {
   return typeof token === 'string' ? token : token.content;
 }
 
-export class ModelTokenizer {
+/** What streaming text needs of a vocabulary: each ordinary token's bytes. */
+export interface TokenText {
+  /** Undefined for special tokens, which never appear in generated text. */
+  bytesOf(id: number): Uint8Array | undefined;
+  readonly stripsLeadingSpace: boolean;
+}
+
+/** A vocabulary's token bytes alone, for an engine that tokenizes by itself (llama.cpp). */
+export class TokenBytesTable implements TokenText {
+  readonly stripsLeadingSpace: boolean;
+
+  constructor(private readonly table: TokenBytes) {
+    this.stripsLeadingSpace = table.stripsLeadingSpace;
+  }
+
+  get size(): number {
+    return this.table.offsets.length - 1;
+  }
+
+  bytesOf(id: number): Uint8Array | undefined {
+    const { data, offsets, special } = this.table;
+    if (special.has(id) || id < 0 || id >= offsets.length - 1) return undefined;
+    return data.subarray(offsets[id], offsets[id + 1]);
+  }
+}
+
+/** Renders a Hugging Face (Jinja) chat template the way every model's is rendered here. */
+export function renderChatTemplate(
+  template: Template | null,
+  specials: { bosToken: string | null; eosToken: string | null },
+  messages: ChatMessage[],
+  tools?: unknown[],
+  templateArgs: Record<string, unknown> = {},
+  addGenerationPrompt = true,
+): string {
+  if (!template) {
+    throw new ServeError(400, 'invalid_request', 'this model has no chat template; use the completions route with a plain prompt');
+  }
+  try {
+    return template.render({
+      ...templateArgs,
+      messages,
+      ...(tools && tools.length > 0 ? { tools } : {}),
+      add_generation_prompt: addGenerationPrompt,
+      bos_token: specials.bosToken ?? '',
+      eos_token: specials.eosToken ?? '',
+    });
+  } catch (error) {
+    throw new ServeError(400, 'invalid_request', `the chat template rejected these messages: ${(error as Error).message}`);
+  }
+}
+
+export class ModelTokenizer implements TokenText {
   private readonly encoder: JsTokenizer;
   private readonly tokenBytes: TokenBytes;
+  private readonly tokenText: TokenBytesTable;
   private readonly template: Template | null;
   readonly stripsLeadingSpace: boolean;
   readonly bosToken: string | null;
@@ -142,6 +195,7 @@ export class ModelTokenizer {
     if (!existsSync(path)) throw new ServeError(422, 'model_load_failed', `no tokenizer.json in ${dir}`);
     const json = readJson<TokenizerJson>(path, 'tokenizer.json');
     this.tokenBytes = tokenBytesTable(json);
+    this.tokenText = new TokenBytesTable(this.tokenBytes);
     this.stripsLeadingSpace = this.tokenBytes.stripsLeadingSpace;
     this.vocabSize = this.tokenBytes.offsets.length - 1;
     const configPath = join(dir, 'tokenizer_config.json');
@@ -173,9 +227,7 @@ export class ModelTokenizer {
   }
 
   bytesOf(id: number): Uint8Array | undefined {
-    const { data, offsets, special } = this.tokenBytes;
-    if (special.has(id) || id < 0 || id >= offsets.length - 1) return undefined;
-    return data.subarray(offsets[id], offsets[id + 1]);
+    return this.tokenText.bytesOf(id);
   }
 
   /** Special tokens are left out unless `skipSpecialTokens` is false (then they read as their text). */
@@ -187,21 +239,7 @@ export class ModelTokenizer {
   }
 
   applyChatTemplate(messages: ChatMessage[], tools?: unknown[], templateArgs: Record<string, unknown> = {}, addGenerationPrompt = true): string {
-    if (!this.template) {
-      throw new ServeError(400, 'invalid_request', 'this model has no chat template; use the completions route with a plain prompt');
-    }
-    try {
-      return this.template.render({
-        ...templateArgs,
-        messages,
-        ...(tools && tools.length > 0 ? { tools } : {}),
-        add_generation_prompt: addGenerationPrompt,
-        bos_token: this.bosToken ?? '',
-        eos_token: this.eosToken ?? '',
-      });
-    } catch (error) {
-      throw new ServeError(400, 'invalid_request', `the chat template rejected these messages: ${(error as Error).message}`);
-    }
+    return renderChatTemplate(this.template, this, messages, tools, templateArgs, addGenerationPrompt);
   }
 }
 
@@ -210,7 +248,7 @@ export class StreamingDetokenizer {
   private readonly decoder = new TextDecoder();
   private first = true;
 
-  constructor(private readonly tokenizer: ModelTokenizer) {}
+  constructor(private readonly tokenizer: TokenText) {}
 
   push(id: number): string {
     const bytes = this.tokenizer.bytesOf(id);

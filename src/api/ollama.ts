@@ -9,6 +9,8 @@ import type { GenerationRequest, GenerationStats, PromptInput } from '../engine/
 import { badRequest } from '../errors.ts';
 import type { Exchange } from '../http/exchange.ts';
 import { parseJsonObject, type ErrorWriter, type Route } from '../http/server.ts';
+import { describeGguf, type GgufDescription } from '../gguf/describe.ts';
+import { isGgufPath } from '../gguf/format.ts';
 import type { ModelEntry } from '../models/registry.ts';
 import { packagePath } from '../paths.ts';
 import { runGeneration, type ServeContext } from './context.ts';
@@ -189,8 +191,18 @@ function readJson(path: string): Record<string, unknown> {
   return existsSync(path) ? (JSON.parse(readFileSync(path, 'utf8')) as Record<string, unknown>) : {};
 }
 
-/** What Ollama calls a model's details, read from the folder's config.json. */
+const ggufDetails = (gguf: GgufDescription): Record<string, unknown> => ({
+  parent_model: '',
+  format: 'gguf',
+  family: gguf.architecture,
+  families: [gguf.architecture],
+  parameter_size: '',
+  quantization_level: gguf.quantization,
+});
+
+/** What Ollama calls a model's details, read from the folder's config.json or the GGUF header. */
 function details(model: ModelEntry): Record<string, unknown> {
+  if (isGgufPath(model.path)) return ggufDetails(describeGguf(model.path));
   const config = readJson(join(model.path, 'config.json'));
   const family = typeof config.model_type === 'string' ? config.model_type : 'unknown';
   const quantization = config.quantization as { bits?: number } | undefined;
@@ -206,7 +218,23 @@ function listEntry(model: ModelEntry): Record<string, unknown> {
   return { name: model.name, model: model.name, modified_at: model.modifiedAt.toISOString(), size: model.sizeBytes, digest: digest(model), details: details(model) };
 }
 
+function showGguf(model: ModelEntry): Record<string, unknown> {
+  const gguf = describeGguf(model.path);
+  return {
+    license: '',
+    modelfile: `# Served by mlx-server from a GGUF file; there is no Modelfile.\nFROM ${model.path}\n`,
+    parameters: '',
+    template: gguf.chatTemplate,
+    system: '',
+    details: ggufDetails(gguf),
+    model_info: gguf.info,
+    capabilities: ['completion', ...(gguf.chatTemplate.includes('tools') ? ['tools'] : [])],
+    modified_at: model.modifiedAt.toISOString(),
+  };
+}
+
 function show(model: ModelEntry): Record<string, unknown> {
+  if (isGgufPath(model.path)) return showGguf(model);
   const config = readJson(join(model.path, 'config.json'));
   const tokenizerConfig = readJson(join(model.path, 'tokenizer_config.json'));
   const generation = readJson(join(model.path, 'generation_config.json'));

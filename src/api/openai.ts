@@ -1,6 +1,8 @@
 /** OpenAI-compatible routes: they translate wire shapes to one GenerationRequest and back, nothing more. */
 import type { ChatMessage, GenerationRequest, GenerationStats, PromptInput } from '../engine/protocol.ts';
 import { badRequest } from '../errors.ts';
+import { describeGguf } from '../gguf/describe.ts';
+import { isGgufPath } from '../gguf/format.ts';
 import type { ModelEntry } from '../models/registry.ts';
 import type { Exchange } from '../http/exchange.ts';
 import { openAiError, parseJsonObject, type Route } from '../http/server.ts';
@@ -172,6 +174,13 @@ async function respond(ctx: ServeContext, exchange: Exchange, shape: Shape, pars
   }
 }
 
+/** Beyond OpenAI's fields: how the model is stored, and for a GGUF file what its header says. */
+function formatFields(model: ModelEntry): Record<string, unknown> {
+  if (!isGgufPath(model.path)) return { format: 'safetensors' };
+  const gguf = describeGguf(model.path);
+  return { format: 'gguf', architecture: gguf.architecture, quantization: gguf.quantization, context_length: gguf.contextLength };
+}
+
 export function openAiRoutes(ctx: ServeContext): Route[] {
   const body = async (exchange: Exchange): Promise<Record<string, unknown>> => parseJsonObject(await exchange.readBody(ctx.config.maxBodyBytes));
   return [
@@ -180,7 +189,7 @@ export function openAiRoutes(ctx: ServeContext): Route[] {
       path: '/v1/models',
       errors: openAiError,
       handler: (exchange) => {
-        const data = ctx.registry.list().map((m) => ({ id: m.name, object: 'model', created: Math.floor(m.modifiedAt.getTime() / 1000), owned_by: m.origin }));
+        const data = ctx.registry.list().map((m) => ({ id: m.name, object: 'model', created: Math.floor(m.modifiedAt.getTime() / 1000), owned_by: m.origin, ...formatFields(m) }));
         exchange.json(200, { object: 'list', data });
       },
     },

@@ -8,6 +8,8 @@
 import { closeSync, fstatSync, openSync, readSync, writeSync } from 'node:fs';
 import { ServeError } from '../errors.ts';
 
+export const isGgufPath = (path: string): boolean => path.toLowerCase().endsWith('.gguf');
+
 const MAGIC = 0x46554747; // "GGUF" read as a little-endian u32
 const VERSION = 3;
 const ALIGNMENT = 32;

@@ -2,11 +2,12 @@
  * What loading a model will cost, read from the safetensors headers before anything is loaded,
  * so a model that does not fit is refused with a clear error instead of the OS killing the server.
  */
-import { closeSync, existsSync, openSync, readFileSync, readSync } from 'node:fs';
+import { closeSync, existsSync, openSync, readFileSync, readSync, statSync } from 'node:fs';
 import { freemem } from 'node:os';
 import { join } from 'node:path';
 import type { WeightPlacement } from '../engine/protocol.ts';
 import { ServeError } from '../errors.ts';
+import { isGgufPath } from '../gguf/format.ts';
 
 const DTYPE_BYTES: Record<string, number> = { F64: 8, F32: 4, F16: 2, BF16: 2, I64: 8, I32: 4, U32: 4, I16: 2, U16: 2, I8: 1, U8: 1, BOOL: 1 };
 /** fp16/bf16 tensors are computed in fp32 on a CPU device (node-mlx 0.0.7 has no fp16 matmul there). */
@@ -105,6 +106,11 @@ export const parameterCount = (dir: string): number => countTensors(dir, sizingC
 
 /** Bytes the loaded model will hold: as stored, and with its quantized matrices dequantized to fp32. */
 export function estimateLoadBytes(dir: string, onCpu: boolean): Record<WeightPlacement, number> {
+  // A GGUF file is held as stored (llama.cpp maps it); its KV cache is small next to the weights.
+  if (isGgufPath(dir)) {
+    const bytes = (existsSync(dir) ? statSync(dir).size : 0) + RUNTIME_BYTES;
+    return { native: bytes, dequantized: bytes };
+  }
   const config = sizingConfig(dir);
   const counts = countTensors(dir, config, onCpu);
   const fixed = kvCacheBytes(config) + RUNTIME_BYTES;
@@ -146,8 +152,9 @@ export function planLoad(name: string, dir: string, policy: WeightsPolicy, memor
   const available = memory.limitBytes > 0 ? Math.min(memory.limitBytes, availableMemoryBytes()) : availableMemoryBytes();
   const reserveBytes = memory.reserveBytes;
   const room = available - reserveBytes;
-  const wanted: WeightPlacement =
-    policy === 'fp32' ? 'dequantized' : policy === 'native' || !onCpu ? 'native' : estimates.dequantized <= room ? 'dequantized' : 'native';
+  const wanted: WeightPlacement = isGgufPath(dir)
+    ? 'native'
+    : policy === 'fp32' ? 'dequantized' : policy === 'native' || !onCpu ? 'native' : estimates.dequantized <= room ? 'dequantized' : 'native';
   const estimatedBytes = estimates[wanted];
   if (estimatedBytes > room) {
     const gib = (n: number): string => (n / 2 ** 30).toFixed(2);

@@ -5,9 +5,10 @@
  */
 import { existsSync, readdirSync, readFileSync, realpathSync, statSync } from 'node:fs';
 import { homedir } from 'node:os';
-import { basename, join, resolve, sep } from 'node:path';
+import { basename, extname, join, resolve, sep } from 'node:path';
 import type { ModelSource } from '../engine/protocol.ts';
 import { ServeError } from '../errors.ts';
+import { isGgufPath } from '../gguf/format.ts';
 
 export const BUILTIN_MODEL = 'tiny-qwen3';
 
@@ -26,6 +27,10 @@ export function huggingFaceHubCache(env: NodeJS.ProcessEnv = process.env): strin
 }
 
 const isModelDir = (dir: string): boolean => existsSync(join(dir, 'config.json'));
+/** A single-file GGUF model (llama.cpp's format); it is named by its file name without `.gguf`. */
+const isGgufFile = (path: string): boolean => isGgufPath(path) && existsSync(path) && statSync(path).isFile();
+const isModel = (path: string): boolean => isModelDir(path) || isGgufFile(path);
+const modelName = (path: string): string => (isGgufPath(path) ? basename(path, extname(path)) : basename(path));
 
 /** A models dir serves what it holds: a symlink in it that leads elsewhere is not followed. */
 const insideRoot = (root: string, path: string): boolean => realpathSync(path).startsWith(root + sep);
@@ -59,6 +64,10 @@ class FoundModel implements ModelEntry {
 }
 
 function folderStats(dir: string): { modifiedAt: Date; sizeBytes: number } {
+  if (isGgufFile(dir)) {
+    const stats = statSync(dir);
+    return { modifiedAt: stats.mtime, sizeBytes: stats.size };
+  }
   let sizeBytes = 0;
   let modifiedAt = new Date(0);
   for (const file of existsSync(dir) ? readdirSync(dir) : []) {
@@ -109,13 +118,13 @@ export class ModelRegistry {
       if (!entries.has(name)) entries.set(name, new FoundModel(name, path, origin));
     };
     const flagged = this.options.model;
-    if (flagged && flagged !== BUILTIN_MODEL && isModelDir(resolve(flagged))) add(basename(resolve(flagged)), resolve(flagged), 'flag');
+    if (flagged && flagged !== BUILTIN_MODEL && isModel(resolve(flagged))) add(modelName(resolve(flagged)), resolve(flagged), 'flag');
     for (const dir of this.options.modelsDirs) {
       if (!existsSync(dir)) continue;
       const root = realpathSync(dir);
       for (const sub of readdirSync(dir)) {
         const path = resolve(dir, sub);
-        if (isModelDir(path) && insideRoot(root, path)) add(sub, path, 'models-dir');
+        if (isModel(path) && insideRoot(root, path)) add(modelName(path), path, 'models-dir');
       }
     }
     for (const { name, path } of huggingFaceModels(this.options.hubCache ?? huggingFaceHubCache())) add(name, path, 'hf-cache');
@@ -127,7 +136,7 @@ export class ModelRegistry {
   get defaultName(): string {
     const flagged = this.options.model;
     if (!flagged) return BUILTIN_MODEL;
-    return isModelDir(resolve(flagged)) ? basename(resolve(flagged)) : flagged;
+    return isModel(resolve(flagged)) ? modelName(resolve(flagged)) : flagged;
   }
 
   resolve(name: string | undefined | null): ModelEntry {

