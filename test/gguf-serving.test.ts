@@ -1,0 +1,132 @@
+/**
+ * A GGUF model served by llama.cpp behind the same server: listed with what its header says,
+ * answering both APIs whole and streamed, giving the same greedy text as the same weights
+ * served as safetensors through MLX, stopping at stop strings, cancelled when its client
+ * leaves, and unloaded and loaded again like any model.
+ */
+import { rmSync } from 'node:fs';
+import { join } from 'node:path';
+import t from 'tap';
+import { convertToGguf } from '../src/gguf/convert.ts';
+import { materializeDefaultModel } from '../workers/default-model.ts';
+import { json, post, startServer, tempDir, TEST_CACHE_DIR, type TestServer } from './helpers/server.ts';
+
+const BUILTIN = 'tiny-qwen3';
+const GGUF = 'tiny-qwen3-f32';
+const modelsDir = tempDir('gguf-models-');
+materializeDefaultModel(join(TEST_CACHE_DIR, BUILTIN));
+convertToGguf(join(TEST_CACHE_DIR, BUILTIN), join(modelsDir, `${GGUF}.gguf`), { type: 'F32' });
+
+// One llama.cpp thread: on a shared machine its spinning threads slow each other down.
+const server = await startServer(['--models-dir', modelsDir], { MLX_SERVER_LLAMA_THREADS: '1' });
+t.teardown(async () => {
+  await server.stop();
+  rmSync(modelsDir, { recursive: true, force: true });
+});
+const { url } = server;
+
+const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+const logEvents = (s: TestServer, event: string): Record<string, unknown>[] =>
+  s.logs.filter((line) => line.includes(`"event":"${event}"`)).map((line) => JSON.parse(line) as Record<string, unknown>);
+const greedy = { temperature: 0, max_tokens: 24, ignore_eos: true };
+const complete = (model: string, extra: Record<string, unknown> = {}) => post(`${url}/v1/completions`, { model, prompt: 'The quick brown fox', ...greedy, ...extra });
+const chat = (model: string) => post(`${url}/v1/chat/completions`, { model, messages: [{ role: 'user', content: 'Hello there, who are you?' }], ...greedy });
+
+/** The text of an SSE (OpenAI) or NDJSON (Ollama) stream, joined from its chunks. */
+async function streamed(path: string, body: Record<string, unknown>, pick: (chunk: Record<string, any>) => string | undefined): Promise<string> {
+  const response = await fetch(`${url}${path}`, { method: 'POST', body: JSON.stringify(body) });
+  const raw = await response.text();
+  return raw
+    .split('\n')
+    .map((line) => line.replace(/^data: /, '').trim())
+    .filter((line) => line.startsWith('{'))
+    .map((line) => pick(JSON.parse(line) as Record<string, any>) ?? '')
+    .join('');
+}
+
+t.test('listings show a GGUF file by its stem, with format, quantization, architecture and context length', async (t) => {
+  const tags = await json<{ models: { name: string; details: Record<string, unknown> }[] }>(`${url}/api/tags`);
+  const gguf = tags.body.models.find((m) => m.name === GGUF);
+  t.match(gguf?.details, { format: 'gguf', family: 'qwen3', quantization_level: 'F32' });
+  t.match(tags.body.models.find((m) => m.name === BUILTIN)?.details, { format: 'safetensors' });
+  const show = await post(`${url}/api/show`, { model: GGUF });
+  t.equal(show.status, 200);
+  t.equal(show.body.model_info['qwen3.context_length'], 4096);
+  t.equal(show.body.model_info['general.architecture'], 'qwen3');
+  t.match(show.body.template, /im_start/, 'the chat template embedded in the GGUF');
+  const models = await json<{ data: Record<string, unknown>[] }>(`${url}/v1/models`);
+  t.match(
+    models.body.data.find((m) => m.id === GGUF),
+    { format: 'gguf', architecture: 'qwen3', quantization: 'F32', context_length: 4096 },
+  );
+});
+
+let ggufText = '';
+
+t.test('the same weights give the same greedy text through MLX (safetensors) and llama.cpp (F32 GGUF)', async (t) => {
+  const mlx = await complete(BUILTIN);
+  const llama = await complete(GGUF);
+  t.equal(llama.status, 200);
+  t.equal(llama.body.model, GGUF);
+  ggufText = llama.body.choices[0].text as string;
+  t.ok(ggufText.length > 0, 'text was generated');
+  t.equal(ggufText, mlx.body.choices[0].text, 'completion text');
+  t.same(llama.body.usage, mlx.body.usage, 'usage counts');
+  const mlxChat = await chat(BUILTIN);
+  const llamaChat = await chat(GGUF);
+  t.equal(llamaChat.body.choices[0].message.content, mlxChat.body.choices[0].message.content, 'chat text, through each engine’s rendering of the template');
+  t.equal(llamaChat.body.usage.prompt_tokens, mlxChat.body.usage.prompt_tokens, 'the chat prompt tokenizes to as many tokens');
+});
+
+t.test('both APIs, streamed and whole, give the same text', async (t) => {
+  const body = { model: GGUF, prompt: 'The quick brown fox', ...greedy, stream: true };
+  t.equal(await streamed('/v1/completions', body, (c) => c.choices?.[0]?.text), ggufText, 'OpenAI streamed');
+  const ollamaOptions = { temperature: 0, num_predict: 24, repeat_penalty: 1, top_k: 0, top_p: 1 };
+  const whole = await post(`${url}/api/generate`, { model: GGUF, prompt: 'The quick brown fox', raw: true, stream: false, options: ollamaOptions });
+  t.equal(whole.status, 200);
+  t.equal(whole.body.eval_count, 24);
+  const stream = await streamed('/api/generate', { model: GGUF, prompt: 'The quick brown fox', raw: true, options: ollamaOptions }, (c) => c.response);
+  t.equal(stream, whole.body.response, 'Ollama streamed and whole');
+  const chatBody = { model: GGUF, messages: [{ role: 'user', content: 'Hi' }], options: ollamaOptions };
+  const chatWhole = await post(`${url}/api/chat`, { ...chatBody, stream: false });
+  t.equal(chatWhole.status, 200);
+  t.equal(await streamed('/api/chat', chatBody, (c) => c.message?.content), chatWhole.body.message.content, 'Ollama chat streamed and whole');
+});
+
+t.test('a stop string ends the text before it', async (t) => {
+  const stop = ggufText.slice(8, 12);
+  const r = await complete(GGUF, { stop: [stop] });
+  t.equal(r.body.choices[0].finish_reason, 'stop');
+  t.equal(r.body.choices[0].text, ggufText.slice(0, ggufText.indexOf(stop)));
+});
+
+t.test('a client that disconnects mid-stream is cancelled', async (t) => {
+  const controller = new AbortController();
+  const response = await fetch(`${url}/v1/completions`, {
+    method: 'POST',
+    body: JSON.stringify({ model: GGUF, prompt: 'stream me', max_tokens: 2000, ignore_eos: true, stream: true }),
+    signal: controller.signal,
+  });
+  const reader = (response.body as ReadableStream<Uint8Array>).getReader();
+  let received = 0;
+  while (received < 3) received += new TextDecoder().decode((await reader.read()).value).split('data: ').length - 1;
+  controller.abort();
+  let cancelled: Record<string, unknown> | undefined;
+  for (let i = 0; i < 400 && !cancelled; i++) {
+    cancelled = logEvents(server, 'cancelled')[0];
+    await sleep(50);
+  }
+  t.equal(cancelled?.reason, 'client');
+  t.ok((cancelled?.tokensAfterCancel as number) <= 2, `${String(cancelled?.tokensAfterCancel)} tokens generated after the disconnect`);
+  const after = await complete(GGUF);
+  t.equal(after.body.choices[0].text, ggufText, 'the next request is served in full');
+});
+
+t.test('unload frees the model; the next request loads it again', async (t) => {
+  const unloaded = await post(`${url}/admin/unload`, {});
+  t.equal(unloaded.status, 200);
+  t.equal(unloaded.body.status, 'unloaded');
+  t.ok(unloaded.body.memory_freed_gb > 0, `freed ${unloaded.body.memory_freed_gb} GB`);
+  const again = await complete(GGUF);
+  t.equal(again.body.choices[0].text, ggufText);
+});
