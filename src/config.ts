@@ -45,8 +45,8 @@ interface FlagSpec {
 export const FLAGS: FlagSpec[] = [
   { flag: 'host', help: 'address to bind', default: '127.0.0.1' },
   { flag: 'port', help: 'port to listen on (0 picks a free one)', default: '11437' },
-  { flag: 'model', help: 'default model: a name or a folder path (built-in tiny-qwen3 when unset)', default: '' },
-  { flag: 'models-dir', help: 'folder whose subfolders holding a config.json are models (repeatable; env: comma-separated)', default: '', multiple: true },
+  { flag: 'model', help: 'default model: a name, a folder path or a .gguf file (built-in tiny-qwen3 when unset)', default: '' },
+  { flag: 'models-dir', help: 'folder whose subfolders holding a config.json, and whose *.gguf files, are models (repeatable; env: comma-separated)', default: '', multiple: true },
   { flag: 'idle-timeout', help: 'seconds without requests before the model is unloaded (0 disables)', default: '180' },
   { flag: 'log-level', help: 'pino level: fatal, error, warn, info, debug, trace', default: 'info' },
   { flag: 'log-file', help: 'also write logs to this file', default: '' },

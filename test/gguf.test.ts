@@ -3,13 +3,14 @@
  * converted to F32 GGUF, must give through llama.cpp the same 32 greedy tokens that Hugging Face
  * transformers gave; the header must read back the same through our reader and node-llama-cpp's.
  */
-import { readFileSync, rmSync, statSync } from 'node:fs';
+import { mkdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
 import { getLlama, LlamaLogLevel, readGgufFileInfo, type Token } from 'node-llama-cpp';
 import t from 'tap';
 import { convertToGguf } from '../src/gguf/convert.ts';
 import { readGgufHeader } from '../src/gguf/format.ts';
+import { ModelRegistry } from '../src/models/registry.ts';
 import { tempDir } from './helpers/server.ts';
 
 const FIXTURES = join(import.meta.dirname, 'fixtures', 'parity');
@@ -87,4 +88,19 @@ t.test('a Q8_0 GGUF loads and generates in llama.cpp, close to the F32 model', a
   const tokens = await greedy(join(dir, 'qwen3-q8.gguf'), prompt, 8);
   t.equal(tokens.length, 8);
   t.equal(tokens[0], reference.greedy[0]?.[0], 'the first greedy token survives 8-bit quantization');
+});
+
+t.test('a .gguf file is a model named by its stem, in a models dir and as --model', async (t) => {
+  const models = join(dir, 'models');
+  mkdirSync(models, { recursive: true });
+  convertToGguf(join(FIXTURES, 'qwen3'), join(models, 'small.Q8_0.gguf'), { type: 'Q8_0', tokenizerDir: QWEN3_TOKENIZER });
+  writeFileSync(join(models, 'notes.txt'), 'not a model');
+  const fromDir = new ModelRegistry({ model: null, modelsDirs: [models], cacheDir: dir, hubCache: join(dir, 'no-hub') });
+  const found = fromDir.resolve('small.Q8_0');
+  t.equal(found.path, join(models, 'small.Q8_0.gguf'));
+  t.equal(found.sizeBytes, statSync(found.path).size, 'the size is the file size');
+  t.notOk(fromDir.list().some((m) => m.name.startsWith('notes')), 'other files are not models');
+  const flagged = new ModelRegistry({ model: join(dir, 'qwen3.gguf'), modelsDirs: [], cacheDir: dir, hubCache: join(dir, 'no-hub') });
+  t.equal(flagged.defaultName, 'qwen3', '--model PATH.gguf is the default model, named by its stem');
+  t.equal(flagged.resolve(undefined).path, join(dir, 'qwen3.gguf'));
 });
