@@ -100,7 +100,7 @@ t.test('a .gguf file is a model named by its stem, in a models dir and as --mode
   t.equal(found.path, join(models, 'small.Q8_0.gguf'));
   t.equal(found.sizeBytes, statSync(found.path).size, 'the size is the file size');
   t.notOk(fromDir.list().some((m) => m.name.startsWith('notes')), 'other files are not models');
-  const flagged = new ModelRegistry({ model: join(dir, 'qwen3.gguf'), modelsDirs: [], cacheDir: dir, hubCache: join(dir, 'no-hub') });
-  t.equal(flagged.defaultName, 'qwen3', '--model PATH.gguf is the default model, named by its stem');
-  t.equal(flagged.resolve(undefined).path, join(dir, 'qwen3.gguf'));
+  const flagged = new ModelRegistry({ model: found.path, modelsDirs: [], cacheDir: dir, hubCache: join(dir, 'no-hub') });
+  t.equal(flagged.defaultName, 'small.Q8_0', '--model PATH.gguf is the default model, named by its stem');
+  t.equal(flagged.resolve(undefined).path, found.path);
 });
