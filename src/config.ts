@@ -7,7 +7,12 @@ import type { WeightsPolicy } from './models/footprint.ts';
 
 export interface ServerConfig {
   host: string;
+  /** Serves every route: admin, the client APIs, metrics, the dashboard. */
   port: number;
+  /** Serves the client APIs only; null: single-port mode. */
+  mainPort: number | null;
+  /** Set when --host / MLX_SERVER_HOST was given as a URL: says which bind address was read from it. */
+  hostNotice: string | null;
   model: string | null;
   modelsDirs: string[];
   idleTimeoutSeconds: number;
@@ -33,6 +38,9 @@ export interface ServerConfig {
   autoPull: boolean;
 }
 
+export const DEFAULT_PORT = 11437;
+export const DEFAULT_MAIN_PORT = 11436;
+
 interface FlagSpec {
   flag: string;
   help: string;
@@ -40,11 +48,14 @@ interface FlagSpec {
   multiple?: boolean;
   /** A switch: given alone on the command line; its twin is true when set to 1 or true. */
   boolean?: boolean;
+  /** Other servers' names for the same setting, read after the twin. */
+  envAliases?: string[];
 }
 
 export const FLAGS: FlagSpec[] = [
-  { flag: 'host', help: 'address to bind', default: '127.0.0.1' },
-  { flag: 'port', help: 'port to listen on (0 picks a free one)', default: '11437' },
+  { flag: 'host', help: 'address to bind (a URL is read as its host name)', default: '127.0.0.1' },
+  { flag: 'port', help: 'port serving every route: admin, both APIs, /metrics, /dashboard (0 picks a free one)', default: String(DEFAULT_PORT), envAliases: ['MLX_ADMIN_PORT'] },
+  { flag: 'main-port', help: `port serving only the client APIs (OpenAI, Ollama, /health, /ready); 'none' for one port. Unset: ${DEFAULT_MAIN_PORT} while --port is at its default, else none`, default: '', envAliases: ['MLX_MAIN_PORT'] },
   { flag: 'model', help: 'default model: a name or a folder path (built-in tiny-qwen3 when unset)', default: '' },
   { flag: 'models-dir', help: 'folder whose subfolders holding a config.json are models (repeatable; env: comma-separated)', default: '', multiple: true },
   { flag: 'idle-timeout', help: 'seconds without requests before the model is unloaded (0 disables)', default: '180' },
@@ -82,6 +93,23 @@ export function isLoopback(host: string): boolean {
   return isIP(v4) === 4 && v4.startsWith('127.');
 }
 
+/**
+ * --host is an address to bind; client commands take the server's URL (MLX_SERVER_URL). A URL
+ * given here, e.g. an MLX_SERVER_HOST exported for the clients, is read as its host name, and
+ * the notice says so.
+ */
+export function bindAddress(value: string): { address: string; notice: string | null } {
+  if (!/^[a-z][a-z0-9+.-]*:\/\//i.test(value)) return { address: value, notice: null };
+  let url: URL;
+  try {
+    url = new URL(value);
+  } catch {
+    throw new ConfigError(`--host (${envName('host')}) must be an address to bind, e.g. 127.0.0.1; got '${value}'`);
+  }
+  const address = url.hostname.replace(/^\[(.*)\]$/, '$1');
+  return { address, notice: `--host / ${envName('host')} '${value}' is a URL; binding its host ${address} (ports come from --port and --main-port)` };
+}
+
 function integer(flag: string, value: string, min: number): number {
   const n = Number(value);
   if (!Number.isInteger(n) || n < min) throw new ConfigError(`--${flag} must be an integer >= ${min}, got '${value}'`);
@@ -100,26 +128,34 @@ export function parseServerConfig(argv: string[], env: NodeJS.ProcessEnv = proce
     strict: true,
     allowPositionals: false,
   });
-  const value = (spec: FlagSpec): string => {
-    const given = values[spec.flag];
-    if (typeof given === 'string') return given;
-    return env[envName(spec.flag)] ?? spec.default;
+  /** The flag, else its twin, else an alias; undefined when none is set (an empty variable is unset). */
+  const given = (flag: string): string | undefined => {
+    const spec = FLAGS.find((f) => f.flag === flag) as FlagSpec;
+    const fromFlag = values[flag];
+    if (typeof fromFlag === 'string') return fromFlag;
+    return [envName(flag), ...(spec.envAliases ?? [])].map((name) => env[name]).find((v) => v !== undefined && v !== '');
   };
-  const get = (flag: string): string => value(FLAGS.find((f) => f.flag === flag) as FlagSpec);
+  const get = (flag: string): string => given(flag) ?? (FLAGS.find((f) => f.flag === flag) as FlagSpec).default;
   const list = (flag: string): string[] => {
-    const given = values[flag];
-    return Array.isArray(given) && given.length > 0 ? given.map(String) : get(flag).split(',').filter(Boolean);
+    const repeated = values[flag];
+    return Array.isArray(repeated) && repeated.length > 0 ? repeated.map(String) : get(flag).split(',').filter(Boolean);
   };
   const switchOn = (flag: string): boolean => values[flag] === true || ['1', 'true'].includes((env[envName(flag)] ?? '').toLowerCase());
   const apiKey = get('api-key') || null;
   const insecure = switchOn('insecure');
-  const host = get('host');
+  const { address: host, notice: hostNotice } = bindAddress(get('host'));
   if (!isLoopback(host) && !apiKey && !insecure) {
-    throw new ConfigError(`refusing to bind ${host} without --api-key (${envName('api-key')}); pass --insecure to serve the network unauthenticated`);
+    throw new ConfigError(`refusing to bind ${host}${hostNotice ? ` (${hostNotice})` : ''} without --api-key (${envName('api-key')}); pass --insecure to serve the network unauthenticated`);
   }
+  const port = integer('port', get('port'), 0);
+  const mainPortGiven = given('main-port');
+  const mainPort = mainPortGiven === undefined ? (given('port') === undefined ? DEFAULT_MAIN_PORT : null) : mainPortGiven === 'none' ? null : integer('main-port', mainPortGiven, 0);
+  if (mainPort !== null && mainPort !== 0 && mainPort === port) throw new ConfigError(`--main-port and --port are both ${port}; give --main-port another port, or 'none' to serve everything on --port`);
   return {
     host,
-    port: integer('port', get('port'), 0),
+    hostNotice,
+    port,
+    mainPort,
     model: get('model') || null,
     modelsDirs: list('models-dir'),
     idleTimeoutSeconds: integer('idle-timeout', get('idle-timeout'), 0),
@@ -147,5 +183,5 @@ export function parseServerConfig(argv: string[], env: NodeJS.ProcessEnv = proce
 }
 
 export function flagsHelp(): string {
-  return FLAGS.map((f) => `  --${f.flag.padEnd(14)} ${f.help}\n  ${''.padEnd(16)} env ${envName(f.flag)}, default ${f.default || '(none)'}`).join('\n');
+  return FLAGS.map((f) => `  --${f.flag.padEnd(14)} ${f.help}\n  ${''.padEnd(16)} env ${[envName(f.flag), ...(f.envAliases ?? [])].join(' or ')}, default ${f.default || '(none)'}`).join('\n');
 }

@@ -7,19 +7,29 @@ const server = await startServer(['--idle-timeout', '0']);
 t.teardown(() => server.stop());
 const host = ['--host', server.url];
 
-t.test('without a server, client commands say so', async (t) => {
-  const [viaFlag, viaEnv] = await Promise.all([cli(['ps', '--host', 'http://127.0.0.1:65531']), cli(['run', 'tiny-qwen3', 'Hi'], '', { MLX_SERVER_HOST: '127.0.0.1:65531' })]);
-  for (const r of [viaFlag, viaEnv]) {
+t.test('without a server, client commands say so, and where they looked', async (t) => {
+  const runs = await Promise.all([
+    cli(['ps', '--host', 'http://127.0.0.1:65531']),
+    cli(['ps'], '', { MLX_SERVER_URL: 'http://127.0.0.1:65531', MLX_SERVER_HOST: '127.0.0.1' }),
+    cli(['run', 'tiny-qwen3', 'Hi'], '', { MLX_SERVER_URL: '', MLX_SERVER_HOST: '127.0.0.1:65531' }),
+  ]);
+  for (const [r, source] of runs.map((r, i) => [r, ['--host', 'MLX_SERVER_URL', 'MLX_SERVER_HOST'][i]] as const)) {
     t.equal(r.code, 1);
-    t.match(r.stderr, /no mlx-server is running at http:\/\/127\.0\.0\.1:65531/, '--host and MLX_SERVER_HOST name the server');
+    t.match(r.stderr, `no mlx-server is running at http://127.0.0.1:65531 (from ${source}`, `${source} names the server, and the message says it was read from there`);
     t.match(r.stderr, /mlx-server serve/);
   }
+});
+
+t.test("MLX_SERVER_URL is the clients' own variable: a bind address in MLX_SERVER_HOST does not redirect them", async (t) => {
+  const r = await cli(['list'], '', { MLX_SERVER_URL: server.url, MLX_SERVER_HOST: '127.0.0.1', MLX_SERVER_PORT: '1' });
+  t.equal(r.code, 0, r.stderr);
+  t.match(r.stdout, /tiny-qwen3/);
 });
 
 t.test('help lists the client commands', async (t) => {
   const r = await cli(['help']);
   t.equal(r.code, 0);
-  for (const command of ['run MODEL', 'ps', 'list', 'show MODEL', 'stop MODEL', 'MLX_SERVER_HOST']) t.match(r.stdout, command);
+  for (const command of ['run MODEL', 'ps', 'list', 'show MODEL', 'stop MODEL', 'MLX_SERVER_URL', 'MLX_SERVER_HOST']) t.match(r.stdout, command);
 });
 
 t.test('list and show', async (t) => {

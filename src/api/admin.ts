@@ -1,6 +1,12 @@
-/** Admin routes: health and status are answered from shared memory alone; load and unload drive the engine. */
+/**
+ * Admin routes: health, status, queue, metrics and capabilities are answered from shared memory
+ * alone; load and unload drive the engine. The probes (/health, /ready) are served on both ports.
+ * Field names follow our API and, alongside, the names fleets' scripts read (docs/compatibility.md).
+ */
+import { badRequest } from '../errors.ts';
 import type { Exchange } from '../http/exchange.ts';
 import { openAiError, parseJsonObject, type Route } from '../http/server.ts';
+import { PACKAGE_VERSION } from '../paths.ts';
 import type { Telemetry } from '../telemetry/layout.ts';
 import type { ServeContext } from './context.ts';
 import { Fields } from './fields.ts';
@@ -27,12 +33,16 @@ export function sampleMemory(telemetry: Telemetry): { rss: number; active: numbe
   return { rss, active, peak: telemetry.read('peakRssBytes') };
 }
 
+const uptimeSeconds = (telemetry: Telemetry): number => Math.round((Date.now() - telemetry.read('startedAtMs')) / 1000);
+
 export function statusBody(ctx: ServeContext): Record<string, unknown> {
   const { telemetry, engine } = ctx;
   const memory = sampleMemory(telemetry);
   const loaded = engine.loadedModel;
   const state = telemetry.modelState;
   const lastActivity = telemetry.read('lastActivityMs');
+  const uptime = uptimeSeconds(telemetry);
+  const worker = engine.workerStatus;
   return {
     status: 'healthy',
     memory: {
@@ -47,15 +57,19 @@ export function statusBody(ctx: ServeContext): Record<string, unknown> {
     requests: {
       total: telemetry.read('requestsTotal'),
       active: telemetry.active,
+      active_requests: telemetry.active,
       queued: telemetry.queued,
       failed: telemetry.read('requestsFailed'),
       rejected: telemetry.read('requestsRejected'),
-      uptime_seconds: Math.round((Date.now() - telemetry.read('startedAtMs')) / 1000),
+      uptime: uptime,
+      uptime_seconds: uptime,
       last_activity: new Date(lastActivity).toISOString(),
       idle_seconds: Math.round((Date.now() - lastActivity) / 1000),
     },
     model: {
+      loaded: state === 'loaded',
       name: loaded?.name ?? null,
+      memory_gb: gb(telemetry.read('modelBytes')),
       default: ctx.registry.defaultName,
       state,
       type: loaded?.modelType ?? null,
@@ -67,8 +81,50 @@ export function statusBody(ctx: ServeContext): Record<string, unknown> {
       unloads: telemetry.read('modelUnloads'),
     },
     tokens: { generated: telemetry.read('tokensGenerated'), prompt: telemetry.read('promptTokens') },
+    worker: { healthy: worker !== 'failed', status: worker },
+    ports: ctx.ports,
+    config: {
+      idle_timeout_seconds: engine.idleTimeoutSeconds,
+      max_queue: engine.maxQueue,
+      max_batch: ctx.config.maxBatch,
+      weights: ctx.config.weights,
+      request_timeout_seconds: ctx.config.requestTimeoutSeconds,
+    },
+    version: PACKAGE_VERSION,
     idle_timeout_seconds: engine.idleTimeoutSeconds,
   };
+}
+
+const health = (ctx: ServeContext): Record<string, unknown> => ({
+  status: 'healthy',
+  model_loaded: ctx.telemetry.modelState === 'loaded',
+  model_state: ctx.telemetry.modelState,
+  active_requests: ctx.telemetry.active,
+  queued_requests: ctx.telemetry.queued,
+  uptime_seconds: uptimeSeconds(ctx.telemetry),
+  version: PACKAGE_VERSION,
+});
+
+/**
+ * Load balancers' probes, on both ports and open without a key. Ready means a request sent now
+ * would be admitted: a model that is not loaded yet still counts, since the first request loads it.
+ */
+export function probeRoutes(ctx: ServeContext): Route[] {
+  return [
+    { method: 'GET', path: '/health', errors: openAiError, quiet: true, handler: (exchange) => exchange.json(200, health(ctx)) },
+    {
+      method: 'GET',
+      path: '/ready',
+      errors: openAiError,
+      quiet: true,
+      handler: (exchange) => {
+        const { engine, telemetry } = ctx;
+        const ready = engine.accepting;
+        const reason = ready ? null : engine.shuttingDown ? 'shutting_down' : 'queue_full';
+        exchange.json(ready ? 200 : 503, { ready, reason, model_loaded: telemetry.modelState === 'loaded', queued_requests: telemetry.queued, max_queue: engine.maxQueue });
+      },
+    },
+  ];
 }
 
 export function adminRoutes(ctx: ServeContext): Route[] {
@@ -76,39 +132,84 @@ export function adminRoutes(ctx: ServeContext): Route[] {
     const raw = await exchange.readBody(ctx.config.maxBodyBytes);
     return Fields.strict(raw.length === 0 ? {} : parseJsonObject(raw), ['model']);
   };
+  /** The model to load: {"model"} in the body, or ?model_path= as other MLX servers take it. */
+  const modelToLoad = (fields: Fields, exchange: Exchange): string | undefined => {
+    const fromBody = fields.string('model');
+    const fromQuery = exchange.query.get('model_path') ?? undefined;
+    if (fromBody !== undefined && fromQuery !== undefined && fromBody !== fromQuery) throw badRequest(`the body names model '${fromBody}' and the query model_path '${fromQuery}'; give one`, 'model');
+    return fromBody ?? fromQuery;
+  };
   return [
     {
       method: 'GET',
       path: '/admin/health',
       errors: openAiError,
       quiet: true,
+      handler: (exchange) => exchange.json(200, { ...health(ctx), worker_status: ctx.engine.workerStatus }),
+    },
+    { method: 'GET', path: '/admin/status', errors: openAiError, quiet: true, handler: (exchange) => exchange.json(200, statusBody(ctx)) },
+    {
+      method: 'GET',
+      path: '/admin/queue',
+      errors: openAiError,
+      quiet: true,
+      handler: (exchange) => {
+        const { telemetry, engine } = ctx;
+        exchange.json(200, { active: telemetry.active, queued: telemetry.queued, max_queue: engine.maxQueue, max_batch: ctx.config.maxBatch, accepting: engine.accepting, rejected_total: telemetry.read('requestsRejected') });
+      },
+    },
+    {
+      method: 'GET',
+      path: '/admin/metrics',
+      errors: openAiError,
+      quiet: true,
       handler: (exchange) => {
         const { telemetry } = ctx;
+        const memory = sampleMemory(telemetry);
         exchange.json(200, {
-          status: 'healthy',
-          model_state: telemetry.modelState,
-          active_requests: telemetry.active,
-          queued_requests: telemetry.queued,
-          uptime_seconds: Math.round((Date.now() - telemetry.read('startedAtMs')) / 1000),
+          requests: { total: telemetry.read('requestsTotal'), active: telemetry.active, queued: telemetry.queued, failed: telemetry.read('requestsFailed'), rejected: telemetry.read('requestsRejected') },
+          tokens: { generated: telemetry.read('tokensGenerated'), prompt: telemetry.read('promptTokens') },
+          model: { state: telemetry.modelState, loads: telemetry.read('modelLoads'), unloads: telemetry.read('modelUnloads'), load_seconds: telemetry.read('loadSeconds') },
+          memory: { rss_gb: gb(memory.rss), active_memory_gb: gb(memory.active), peak_memory_gb: gb(memory.peak) },
+          ...ctx.latency.summary(),
+          uptime_seconds: uptimeSeconds(telemetry),
         });
       },
     },
-    { method: 'GET', path: '/admin/status', errors: openAiError, quiet: true, handler: (exchange) => exchange.json(200, statusBody(ctx)) },
+    {
+      method: 'GET',
+      path: '/admin/capabilities',
+      errors: openAiError,
+      quiet: true,
+      handler: (exchange) => {
+        const loaded = ctx.engine.loadedModel;
+        exchange.json(200, {
+          model: loaded?.name ?? null,
+          model_type: loaded?.modelType ?? null,
+          capabilities: { text: true, vision: false, chat: true, streaming: true, embeddings: false },
+          apis: ['openai', 'ollama'],
+        });
+      },
+    },
     {
       method: 'POST',
       path: '/admin/load',
       errors: openAiError,
       handler: async (exchange) => {
         const fields = await optionalBody(exchange);
-        const model = ctx.registry.resolve(fields.string('model'));
+        const model = ctx.registry.resolve(modelToLoad(fields, exchange));
         const started = performance.now();
         const loaded = await ctx.engine.load(model);
+        const seconds = Math.round(performance.now() - started) / 1000;
         exchange.json(200, {
-          status: 'loaded',
+          status: 'success',
+          model_name: loaded.name,
+          memory_gb: gb(loaded.bytes),
+          load_time: seconds,
           model: loaded.name,
           model_type: loaded.modelType,
           model_memory_gb: gb(loaded.bytes),
-          load_seconds: Math.round(performance.now() - started) / 1000,
+          load_seconds: seconds,
         });
       },
     },
@@ -119,12 +220,15 @@ export function adminRoutes(ctx: ServeContext): Route[] {
       handler: async (exchange) => {
         await optionalBody(exchange);
         const result = await ctx.engine.unload();
+        const seconds = Math.round(result.unloadMs) / 1000;
         exchange.json(200, {
-          status: 'unloaded',
-          model: result.name,
+          status: 'success',
+          model_name: result.name,
           memory_freed_gb: gb(result.freedBytes),
+          unload_time: seconds,
+          model: result.name,
           model_memory_gb: gb(result.modelBytes),
-          unload_seconds: Math.round(result.unloadMs) / 1000,
+          unload_seconds: seconds,
         });
       },
     },

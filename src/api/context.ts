@@ -7,9 +7,16 @@ import type { ModelEntry, ModelRegistry } from '../models/registry.ts';
 import type { LatencyRecorder } from '../telemetry/latency.ts';
 import type { Telemetry } from '../telemetry/layout.ts';
 
+/** The ports this server listens on (known once it listens); main is null in single-port mode. */
+export interface ListeningPorts {
+  admin: number;
+  main: number | null;
+}
+
 /** What every route family is built from. */
 export interface ServeContext {
   config: ServerConfig;
+  ports: ListeningPorts;
   engine: Engine;
   registry: ModelRegistry;
   telemetry: Telemetry;

@@ -10,12 +10,11 @@ import { badRequest } from '../errors.ts';
 import type { Exchange } from '../http/exchange.ts';
 import { parseJsonObject, type ErrorWriter, type Route } from '../http/server.ts';
 import type { ModelEntry } from '../models/registry.ts';
-import { packagePath } from '../paths.ts';
+import { PACKAGE_VERSION } from '../paths.ts';
 import { runGeneration, type ServeContext } from './context.ts';
 import { Fields } from './fields.ts';
 import { chatMessages } from './openai.ts';
 
-const VERSION = (JSON.parse(readFileSync(packagePath('package.json'), 'utf8')) as { version: string }).version;
 
 /** Ollama's error shape: one string. */
 export const ollamaError: ErrorWriter = (exchange, error) => exchange.json(error.status, { error: error.message });
@@ -278,7 +277,7 @@ export function ollamaRoutes(ctx: ServeContext): Route[] {
   return [
     { method: 'GET', path: '/', errors: ollamaError, quiet: true, handler: (exchange) => exchange.send(200, 'Ollama is running', 'text/plain; charset=utf-8') },
     { method: 'HEAD', path: '/', errors: ollamaError, quiet: true, handler: (exchange) => exchange.send(200, 'Ollama is running', 'text/plain; charset=utf-8') },
-    { method: 'GET', path: '/api/version', errors: ollamaError, quiet: true, handler: (exchange) => exchange.json(200, { version: VERSION }) },
+    { method: 'GET', path: '/api/version', errors: ollamaError, quiet: true, handler: (exchange) => exchange.json(200, { version: PACKAGE_VERSION }) },
     { method: 'GET', path: '/api/tags', errors: ollamaError, handler: (exchange) => exchange.json(200, { models: ctx.registry.list().map(listEntry) }) },
     { method: 'GET', path: '/api/ps', errors: ollamaError, quiet: true, handler: (exchange) => exchange.json(200, { models: running() }) },
     {

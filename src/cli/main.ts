@@ -1,7 +1,8 @@
 /** The `mlx-server` command line. */
-import { ConfigError, flagsHelp, parseServerConfig } from '../config.ts';
+import { ConfigError, flagsHelp, parseServerConfig, type ServerConfig } from '../config.ts';
+import { ListenError } from '../http/server.ts';
 import { createLogger } from '../log.ts';
-import { startServer } from '../server.ts';
+import { startServer, type RunningServer } from '../server.ts';
 import { CLIENT_COMMANDS, CLIENT_USAGE, ClientError, runClientCommand } from './client.ts';
 import { CHILD_MARKER, CONFIG_ERROR_EXIT, superviseServer } from './launcher.ts';
 import { pullCommand } from './pull.ts';
@@ -28,6 +29,15 @@ function exitWithParent(): void {
   }, 1000).unref();
 }
 
+/** What a person at a terminal needs from the start-up; the JSON log says it for machines. */
+function servingLine(config: ServerConfig, server: RunningServer): string {
+  const { ports } = server;
+  const host = config.host.includes(':') ? `[${config.host}]` : config.host;
+  const where = ports.main === null ? `http://${host}:${ports.admin}` : `http://${host}:${ports.main} (admin on :${ports.admin})`;
+  const model = server.context.engine.loadedModel?.name ?? server.context.registry.defaultName;
+  return `serving on ${where} — model ${model} loads on first request\n`;
+}
+
 async function serveInProcess(args: string[]): Promise<void> {
   let config;
   try {
@@ -44,9 +54,11 @@ async function serveInProcess(args: string[]): Promise<void> {
   } catch (error) {
     logger.fatal({ err: error }, 'cannot start');
     logger.flush();
+    if (error instanceof ListenError) process.stderr.write(`mlx-server: ${error.message}\n`);
     setTimeout(() => process.exit(CONFIG_ERROR_EXIT), 100);
     return;
   }
+  if (process.stdout.isTTY) process.stdout.write(servingLine(config, server));
   let closing = false;
   const shutdown = (signal: string): void => {
     if (closing) return;
@@ -69,7 +81,8 @@ export async function main(argv: string[]): Promise<void> {
       if (process.env[CHILD_MARKER]) await serveInProcess(args);
       else {
         try {
-          parseServerConfig(args);
+          const { hostNotice } = parseServerConfig(args);
+          if (hostNotice) process.stderr.write(`mlx-server: ${hostNotice}\n`);
         } catch (error) {
           if (!(error instanceof ConfigError) && !(error instanceof TypeError)) throw error;
           process.stderr.write(`mlx-server: ${error.message}\n(mlx-server --help lists the flags)\n`);

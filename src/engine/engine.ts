@@ -128,6 +128,26 @@ export class Engine {
     return this.loaded;
   }
 
+  /** Whether a new request would be admitted now: not shutting down and the queue has room. */
+  get accepting(): boolean {
+    return !this.closed && this.options.telemetry.queued < this.options.maxQueue;
+  }
+
+  get shuttingDown(): boolean {
+    return this.closed;
+  }
+
+  get maxQueue(): number {
+    return this.options.maxQueue;
+  }
+
+  /** The MLX worker thread: it exists only while a model is loaded (or loading). */
+  get workerStatus(): 'healthy' | 'starting' | 'no_worker' | 'failed' {
+    if (this.workerLost) return 'failed';
+    if (this.loaded) return 'healthy';
+    return this.workerReady ? 'starting' : 'no_worker';
+  }
+
   /** Starts a generation; the model is loaded (or switched) first if needed. */
   generate(request: GenerationRequest, model: ModelEntry, onEvent: (event: StreamEvent) => void): GenerationHandle {
     const { telemetry, logger } = this.options;

@@ -79,6 +79,19 @@ export class LatencyRecorder {
   track(): RequestTiming {
     return new RequestTiming(this);
   }
+
+  /** Percentiles of each latency and finished requests by reason, as the status page and /admin/metrics show them. */
+  summary(): { latency_seconds: Record<string, Percentiles>; finished: Record<string, number> } {
+    return {
+      latency_seconds: {
+        time_to_first_token: this.timeToFirstToken.percentiles(),
+        time_per_output_token: this.timePerOutputToken.percentiles(),
+        e2e_request: this.endToEnd.percentiles(),
+        queue: this.queueTime.percentiles(),
+      },
+      finished: Object.fromEntries(this.finished),
+    };
+  }
 }
 
 export class RequestTiming {

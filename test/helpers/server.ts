@@ -10,8 +10,12 @@ const BIN = fileURLToPath(new URL('../../bin/mlx-server.js', import.meta.url));
 export const TEST_CACHE_DIR = join(tmpdir(), 'mlx-server-test-cache');
 
 export interface TestServer {
+  /** The admin port, which serves every route. */
   url: string;
   port: number;
+  /** The main port: the client APIs and probes only. */
+  mainUrl: string;
+  mainPort: number;
   process: ChildProcess;
   logs: string[];
   stop(signal?: NodeJS.Signals): Promise<number | null>;
@@ -24,14 +28,14 @@ process.on('exit', () => {
 });
 
 export async function startServer(args: string[] = [], env: NodeJS.ProcessEnv = {}): Promise<TestServer> {
-  const child = spawn(process.execPath, [BIN, 'serve', '--port', '0', '--cache-dir', TEST_CACHE_DIR, ...args], {
+  const child = spawn(process.execPath, [BIN, 'serve', '--port', '0', '--main-port', '0', '--cache-dir', TEST_CACHE_DIR, ...args], {
     env: { ...process.env, MLX_SERVER_LOG_LEVEL: 'debug', ...env },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   liveServers.add(child);
   child.on('exit', () => liveServers.delete(child));
   const logs: string[] = [];
-  const port = await new Promise<number>((resolve, reject) => {
+  const { port, mainPort } = await new Promise<{ port: number; mainPort: number }>((resolve, reject) => {
     let buffered = '';
     const timer = setTimeout(() => reject(new Error(`server did not start:\n${logs.join('\n')}`)), 30_000);
     child.stdout?.on('data', (chunk: Buffer) => {
@@ -42,7 +46,7 @@ export async function startServer(args: string[] = [], env: NodeJS.ProcessEnv = 
         logs.push(line);
         if (line.includes('"event":"listening"')) {
           clearTimeout(timer);
-          resolve((JSON.parse(line) as { port: number }).port);
+          resolve(JSON.parse(line) as { port: number; mainPort: number });
         }
       }
     });
@@ -56,6 +60,8 @@ export async function startServer(args: string[] = [], env: NodeJS.ProcessEnv = 
   return {
     url: `http://127.0.0.1:${port}`,
     port,
+    mainUrl: `http://127.0.0.1:${mainPort}`,
+    mainPort,
     process: child,
     logs,
     stop: async (signal: NodeJS.Signals = 'SIGTERM') => {
