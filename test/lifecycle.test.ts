@@ -112,7 +112,7 @@ t.test('5. concurrent requests are all answered, as if run alone', async (t) => 
 t.test('6. manual unload, and 7. memory recovery', async (t) => {
   const r = await post(`${url}/admin/unload`, {});
   t.equal(r.status, 200);
-  t.equal(r.body.status, 'unloaded');
+  t.equal(r.body.status, 'success');
   t.ok(r.body.memory_freed_gb > 0, `freed ${r.body.memory_freed_gb} GB`);
   const s = await status();
   t.equal(s.memory.model_loaded, false);

@@ -231,6 +231,8 @@ export class Engine {
     if (model.fetch) model = await model.fetch();
     await this.acquire(model);
     this.release();
+    // The idle time counts from when the model is ready, or a load slower than --idle-timeout would be undone at once.
+    this.touch();
     return this.loaded as LoadedInfo;
   }
 

@@ -27,8 +27,13 @@ process.on('exit', () => {
   for (const child of liveServers) child.kill('SIGKILL');
 });
 
-export async function startServer(args: string[] = [], env: NodeJS.ProcessEnv = {}): Promise<TestServer> {
-  const child = spawn(process.execPath, [BIN, 'serve', '--port', '0', '--main-port', '0', '--cache-dir', TEST_CACHE_DIR, ...args], {
+/**
+ * Both ports ephemeral, so parallel runs never collide. `defaultPorts` starts the server as a
+ * user does, on 11437 and 11436: only for tests of that layout itself.
+ */
+export async function startServer(args: string[] = [], env: NodeJS.ProcessEnv = {}, { defaultPorts = false } = {}): Promise<TestServer> {
+  const ports = defaultPorts ? [] : ['--port', '0', '--main-port', '0'];
+  const child = spawn(process.execPath, [BIN, 'serve', ...ports, '--cache-dir', TEST_CACHE_DIR, ...args], {
     env: { ...process.env, MLX_SERVER_LOG_LEVEL: 'debug', ...env },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
