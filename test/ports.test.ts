@@ -116,3 +116,30 @@ t.test('at a terminal, start-up prints one line a person can read; piped, stdout
   t.teardown(() => piped.stop());
   t.notOk(piped.logs.some((entry) => entry.startsWith('serving on')), 'no human line in a piped log');
 });
+
+t.test('ready is 503 while a new request would be turned away (queue full), 200 again after', async (t) => {
+  const server = await startServer(['--idle-timeout', '0', '--max-queue', '1', '--max-batch', '1']);
+  t.teardown(() => server.stop());
+  const aborts = [new AbortController(), new AbortController()];
+  const long = (signal: AbortSignal): Promise<unknown> =>
+    fetch(`${server.mainUrl}/v1/completions`, { method: 'POST', signal, body: JSON.stringify({ prompt: 'go', max_tokens: 4000, ignore_eos: true, stream: true }) })
+      .then((response) => response.text())
+      .catch(() => undefined);
+  const health = async (): Promise<{ active_requests: number; queued_requests: number }> => (await json<{ active_requests: number; queued_requests: number }>(`${server.mainUrl}/health`)).body;
+  const pending = [long((aborts[0] as AbortController).signal)];
+  while ((await health()).active_requests < 1) await new Promise((resolve) => setTimeout(resolve, 100));
+  t.equal((await json(`${server.mainUrl}/ready`)).status, 200, 'one running, nobody waiting: ready');
+  pending.push(long((aborts[1] as AbortController).signal));
+  while ((await health()).queued_requests < 1) await new Promise((resolve) => setTimeout(resolve, 100));
+  const full = await json<{ ready: boolean; reason: string }>(`${server.mainUrl}/ready`);
+  t.equal(full.status, 503, 'the queue is full: not ready');
+  t.same([full.body.ready, full.body.reason], [false, 'queue_full']);
+  for (const abort of aborts) abort.abort();
+  await Promise.all(pending);
+  let again = 0;
+  for (let i = 0; i < 100 && again !== 200; i++) {
+    again = (await json(`${server.mainUrl}/ready`)).status;
+    if (again !== 200) await new Promise((resolve) => setTimeout(resolve, 100));
+  }
+  t.equal(again, 200, 'ready again once the clients are gone');
+});
