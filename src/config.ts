@@ -26,6 +26,7 @@ export interface ServerConfig {
   maxBatch: number;
   prefillChunk: number;
   promptCacheBytes: number;
+  defaultMaxTokens: number;
   weights: WeightsPolicy;
   memoryReserveBytes: number;
   memoryLimitBytes: number;
@@ -52,6 +53,9 @@ interface FlagSpec {
   envAliases?: string[];
 }
 
+/** As llama.cpp's -n and Ollama's num_predict bound an answer: enough for a long reply, and a model that never ends stops in under a minute on a small CPU. */
+export const DEFAULT_MAX_TOKENS = 2048;
+
 export const FLAGS: FlagSpec[] = [
   { flag: 'host', help: 'address to bind (a URL is read as its host name)', default: '127.0.0.1' },
   { flag: 'port', help: 'port serving every route: admin, both APIs, /metrics, /dashboard (0 picks a free one)', default: String(DEFAULT_PORT), envAliases: ['MLX_ADMIN_PORT'] },
@@ -66,6 +70,7 @@ export const FLAGS: FlagSpec[] = [
   { flag: 'max-batch', help: 'sequences decoded together in one step; more requests wait their turn', default: '16' },
   { flag: 'prefill-chunk', help: 'prompt tokens processed per step, so a long prompt does not stall other streams', default: '256' },
   { flag: 'prompt-cache-bytes', help: 'KV state kept for reuse by requests sharing a prefix (0 disables)', default: String(256 * 1024 * 1024) },
+  { flag: 'default-max-tokens', help: 'tokens generated at most when a request sets no limit (max_tokens, num_predict); the context length still bounds (0: until the context is full)', default: String(DEFAULT_MAX_TOKENS) },
   { flag: 'weights', help: 'how quantized weights are held: auto (fp32 on a CPU when it fits), native, fp32', default: 'auto' },
   { flag: 'request-timeout', help: 'seconds a request may take in all before it is cancelled (0: no limit)', default: '600' },
   { flag: 'shutdown-timeout', help: 'seconds SIGTERM waits for running generations before cancelling them', default: '30' },
@@ -168,6 +173,7 @@ export function parseServerConfig(argv: string[], env: NodeJS.ProcessEnv = proce
     maxBatch: integer('max-batch', get('max-batch'), 1),
     prefillChunk: integer('prefill-chunk', get('prefill-chunk'), 1),
     promptCacheBytes: integer('prompt-cache-bytes', get('prompt-cache-bytes'), 0),
+    defaultMaxTokens: integer('default-max-tokens', get('default-max-tokens'), 0),
     weights: oneOf('weights', get('weights'), ['auto', 'native', 'fp32'] as const),
     shutdownTimeoutSeconds: integer('shutdown-timeout', get('shutdown-timeout'), 0),
     memoryReserveBytes: integer('memory-reserve', get('memory-reserve'), 0),

@@ -39,6 +39,7 @@ export async function startServer(config: ServerConfig, logger: Logger): Promise
     maxBatch: config.maxBatch,
     prefillChunk: config.prefillChunk,
     promptCacheBytes: config.promptCacheBytes,
+    defaultMaxTokens: config.defaultMaxTokens,
     weights: config.weights,
     memory: { reserveBytes: config.memoryReserveBytes, limitBytes: config.memoryLimitBytes },
   });

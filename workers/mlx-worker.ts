@@ -50,14 +50,14 @@ function load(source: LoadSpec, telemetry: Telemetry): LoadedModel {
   loaded = null;
   const started = performance.now();
   if (source.builtin) materializeDefaultModel(source.path);
-  const { model, config } = loadModel(source.path, source.placement);
+  const { model, config, weights } = loadModel(source.path, source.placement);
   const tokenizer = new ModelTokenizer(source.path);
   if (tokenizer.vocabSize > model.vocabSize) {
     throw new ServeError(422, 'model_load_failed', `tokenizer has ${tokenizer.vocabSize} tokens but the embedding only ${model.vocabSize} rows`);
   }
   const bytes = parameterBytes(model);
   telemetry.write('modelBytes', bytes);
-  const info: LoadResult = { name: source.name, placement: source.placement, modelType: model.modelType, bytes, loadMs: performance.now() - started, contextLength: model.contextLength };
+  const info: LoadResult = { name: source.name, placement: source.placement, weights, modelType: model.modelType, bytes, loadMs: performance.now() - started, contextLength: model.contextLength };
   loaded = { source, promptCache: new PromptCache(settings.promptCacheBytes), model, tokenizer, eosIds: eosIds(source.path, config, tokenizer), info };
   collectGarbage(true);
   return loaded;
@@ -80,12 +80,13 @@ function validate(target: LoadedModel, request: GenerationRequest, ids: number[]
   if (ids.length === 0) throw new ServeError(400, 'invalid_request', 'the prompt is empty after tokenization', 'prompt');
   const bad = ids.find((id) => !Number.isInteger(id) || id < 0 || id >= vocabSize);
   if (bad !== undefined) throw new ServeError(400, 'invalid_request', `token id ${bad} is outside the vocabulary (0..${vocabSize - 1})`, 'prompt');
-  const wanted = ids.length + (request.maxTokens ?? 1);
+  const asked = typeof request.maxTokens === 'number' ? request.maxTokens : 1;
+  const wanted = ids.length + asked;
   if (wanted > contextLength) {
     throw new ServeError(
       400,
       'context_length_exceeded',
-      `this model's maximum context length is ${contextLength} tokens, but the request needs ${wanted} (${ids.length} in the prompt, ${request.maxTokens ?? 1} to generate)`,
+      `this model's maximum context length is ${contextLength} tokens, but the request needs ${wanted} (${ids.length} in the prompt, ${asked} to generate)`,
       'messages',
     );
   }
@@ -98,7 +99,8 @@ async function generate(task: Extract<WorkerTask, { op: 'generate' }>, telemetry
     const ids = promptIds(target, request);
     validate(target, request, ids);
     scheduler ??= new Scheduler(telemetry, settings);
-    const sequence = new Sequence(target.model, target.tokenizer, request, ids, target.eosIds, task.slot, port, telemetry, target.promptCache.lookup(ids));
+    const limited: GenerationRequest = request.maxTokens === null ? { ...request, maxTokens: settings.defaultMaxTokens > 0 ? settings.defaultMaxTokens : 'context' } : request;
+    const sequence = new Sequence(target.model, target.tokenizer, limited, ids, target.eosIds, task.slot, port, telemetry, target.promptCache.lookup(ids));
     await scheduler.run(sequence);
     target.promptCache.store(sequence.tokens, sequence.cache);
     return { ok: true };

@@ -94,7 +94,8 @@ export class Sequence {
     const { emit, stopped } = this.stopMatcher.push(this.detokenizer.push(token));
     if (emit) this.send({ type: 'text', text: emit, tokens: this.generated });
     if (stopped) return this.finish('stop', false);
-    const atLimit = this.request.maxTokens !== null && this.generated >= this.request.maxTokens;
+    const { maxTokens } = this.request;
+    const atLimit = typeof maxTokens === 'number' && this.generated >= maxTokens;
     const contextFull = this.promptIds.length + this.generated >= this.model.contextLength;
     if (atLimit || contextFull) this.finish('length');
   }

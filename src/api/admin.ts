@@ -73,7 +73,7 @@ export function statusBody(ctx: ServeContext): Record<string, unknown> {
       default: ctx.registry.defaultName,
       state,
       type: loaded?.modelType ?? null,
-      weights: loaded ? { placement: loaded.placement, policy: ctx.config.weights } : null,
+      weights: loaded ? { ...loaded.weights, policy: ctx.config.weights } : null,
       context_length: loaded?.contextLength ?? null,
       loaded_at: loaded ? loaded.loadedAt.toISOString() : null,
       load_seconds: loaded ? telemetry.read('loadSeconds') : null,

@@ -9,6 +9,7 @@ import type { GenerationRequest, GenerationStats, PromptInput } from '../engine/
 import { badRequest } from '../errors.ts';
 import type { Exchange } from '../http/exchange.ts';
 import { parseJsonObject, type ErrorWriter, type Route } from '../http/server.ts';
+import { parameterCount } from '../models/footprint.ts';
 import type { ModelEntry } from '../models/registry.ts';
 import { PACKAGE_VERSION } from '../paths.ts';
 import { runGeneration, type ServeContext } from './context.ts';
@@ -87,13 +88,13 @@ function sampling(options: Record<string, unknown>): Pick<GenerationRequest, 'sa
     if (value !== undefined && value !== off) throw badRequest(`'options.${name}' is not supported by this server (only ${off}, which turns it off)`, `options.${name}`);
   }
   o.number('num_ctx', { integer: true, min: 1 });
-  const numPredict = o.number('num_predict', { integer: true }) ?? -1;
+  const numPredict = o.number('num_predict', { integer: true });
   const seed = o.number('seed', { integer: true }) ?? -1;
   const repeatLastN = o.number('repeat_last_n', { integer: true, min: -1 }) ?? DEFAULTS.repeatLastN;
   const repeatPenalty = o.number('repeat_penalty', { above: 0, max: 10 }) ?? DEFAULTS.repeatPenalty;
   return {
-    // As in Ollama's runner, only a positive num_predict limits the answer.
-    maxTokens: numPredict > 0 ? numPredict : null,
+    // Ollama's -1 (infinite) and -2 (fill the context) both run until the context is full; unset or 0 is the server's default.
+    maxTokens: numPredict === undefined || numPredict === 0 ? null : numPredict < 0 ? 'context' : numPredict,
     stop: o.stringList('stop', 16),
     sampling: {
       temperature: o.number('temperature', { min: 0, max: 100 }) ?? DEFAULTS.temperature,
@@ -188,14 +189,32 @@ function readJson(path: string): Record<string, unknown> {
   return existsSync(path) ? (JSON.parse(readFileSync(path, 'utf8')) as Record<string, unknown>) : {};
 }
 
-/** What Ollama calls a model's details, read from the folder's config.json. */
+/** A parameter count as Ollama shows it: three significant figures with K, M, B or T (39.7M, 494M, 8.03B). */
+export function humanParameterCount(count: number): string {
+  const scale = ([[1e12, 'T'], [1e9, 'B'], [1e6, 'M'], [1e3, 'K']] as const).find(([size]) => count >= size);
+  if (!scale) return String(count);
+  const value = count / scale[0];
+  return `${value.toFixed(value >= 100 ? 0 : value >= 10 ? 1 : 2)}${scale[1]}`;
+}
+
+/** Parameters counted from the safetensors headers' shapes; null when the weights are not on disk or cannot be read (loading the model says why). */
+function modelParameters(model: ModelEntry): number | null {
+  try {
+    return parameterCount(model.path) || null;
+  } catch {
+    return null;
+  }
+}
+
+/** What Ollama calls a model's details, read from the folder's config.json and weight headers. */
 function details(model: ModelEntry): Record<string, unknown> {
   const config = readJson(join(model.path, 'config.json'));
   const family = typeof config.model_type === 'string' ? config.model_type : 'unknown';
   const quantization = config.quantization as { bits?: number } | undefined;
   const dtype = typeof config.torch_dtype === 'string' ? config.torch_dtype : '';
   const level = quantization?.bits ? `Q${quantization.bits}` : ({ float32: 'F32', float16: 'F16', bfloat16: 'BF16' } as Record<string, string>)[dtype] ?? 'unknown';
-  return { parent_model: '', format: 'safetensors', family, families: [family], parameter_size: '', quantization_level: level };
+  const count = modelParameters(model);
+  return { parent_model: '', format: 'safetensors', family, families: [family], parameter_size: count === null ? '' : humanParameterCount(count), quantization_level: level };
 }
 
 /** Not a content hash (that would read every weight): it changes when the folder's files change. */
@@ -210,7 +229,8 @@ function show(model: ModelEntry): Record<string, unknown> {
   const tokenizerConfig = readJson(join(model.path, 'tokenizer_config.json'));
   const generation = readJson(join(model.path, 'generation_config.json'));
   const arch = typeof config.model_type === 'string' ? config.model_type : 'unknown';
-  const info: Record<string, unknown> = { 'general.architecture': arch };
+  const count = modelParameters(model);
+  const info: Record<string, unknown> = { 'general.architecture': arch, ...(count === null ? {} : { 'general.parameter_count': count }) };
   const keys: [string, string][] = [
     ['max_position_embeddings', 'context_length'],
     ['hidden_size', 'embedding_length'],

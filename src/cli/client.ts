@@ -4,6 +4,8 @@
  */
 import { createInterface } from 'node:readline';
 import { parseArgs } from 'node:util';
+import { DEFAULT_MAX_TOKENS } from '../config.ts';
+import { BUILTIN_MODEL } from '../models/registry.ts';
 
 export const DEFAULT_HOST = 'http://127.0.0.1:11437';
 /** The server's URL for client commands. */
@@ -200,11 +202,15 @@ function number(flag: string, value: string | undefined): number | undefined {
 
 export const CLIENT_USAGE = `  mlx-server run MODEL [PROMPT]  answer PROMPT (or what is piped in); a chat when stdin is a terminal
       --num-predict N  --temperature T  --seed N  --keepalive DURATION  --verbose
-  mlx-server ps                  the loaded model, its size and when it will be unloaded
-  mlx-server list                the models the server can load
+      an answer stops at N tokens, else at the server's --default-max-tokens (${DEFAULT_MAX_TOKENS})
+      the built-in ${BUILTIN_MODEL} has random weights: it writes meaningless text until that limit
+      (try --num-predict 32); serve a real model to get real answers
+  mlx-server ps                  the loaded model, its weights' size in memory and when it will be unloaded
+  mlx-server list                the models the server can load and their size on disk
   mlx-server show MODEL          a model's architecture, parameters and capabilities
   mlx-server stop MODEL          unload MODEL now
 
+  sizes are decimal, as Ollama prints them: 1 MB = 10^6 bytes
   client commands take --host URL (env ${URL_ENV}, else ${HOST_ENV}; default ${DEFAULT_HOST})`;
 
 export const CLIENT_COMMANDS = ['run', 'ps', 'list', 'ls', 'show', 'stop'];

@@ -49,6 +49,7 @@ export interface EngineOptions {
   maxBatch: number;
   prefillChunk: number;
   promptCacheBytes: number;
+  defaultMaxTokens: number;
   memory: MemoryBudget;
   weights: WeightsPolicy;
 }
@@ -316,7 +317,7 @@ export class Engine {
       concurrentTasksPerWorker: CANCEL_SLOTS,
       atomics: 'async',
       idleTimeout: Number.POSITIVE_INFINITY,
-      workerData: { maxBatch: this.options.maxBatch, prefillChunk: this.options.prefillChunk, promptCacheBytes: this.options.promptCacheBytes } satisfies WorkerSettings,
+      workerData: { maxBatch: this.options.maxBatch, prefillChunk: this.options.prefillChunk, promptCacheBytes: this.options.promptCacheBytes, defaultMaxTokens: this.options.defaultMaxTokens } satisfies WorkerSettings,
     });
   }
 

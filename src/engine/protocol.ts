@@ -32,7 +32,12 @@ export interface GenerationRequest {
   id: string;
   model: string;
   prompt: PromptInput;
-  maxTokens: number | null;
+  /**
+   * Tokens to generate at most: a number the client asked for; 'context' until the context is
+   * full (Ollama's negative num_predict); null when the client set no limit, which is the
+   * server's --default-max-tokens. The context length bounds every one of them.
+   */
+  maxTokens: number | 'context' | null;
   sampling: SamplingParams;
   stop: string[];
   ignoreEos: boolean;
@@ -45,6 +50,16 @@ export interface ModelSource {
   name: string;
   path: string;
   builtin: boolean;
+}
+
+/** The weights as the loaded model holds them: what the status reports, whatever --weights asked for. */
+export interface HeldWeights {
+  /** 'dequantized' when quantized matrices were expanded at load; 'native' when they (or a model with none) are held as stored. */
+  placement: WeightPlacement;
+  /** The dtype float weights are held and computed in. */
+  dtype: string;
+  /** Each conversion made at load, e.g. "8-bit to float32" or "bfloat16 to float32"; empty when every tensor is held as stored. */
+  converted: string[];
 }
 
 /** A model as the worker is to load it. */
@@ -73,7 +88,9 @@ export type StreamEvent =
 
 export interface LoadResult {
   name: string;
+  /** What the load was asked for (the worker keeps the model while later tasks ask the same). */
   placement: WeightPlacement;
+  weights: HeldWeights;
   modelType: string;
   bytes: number;
   loadMs: number;
@@ -96,4 +113,6 @@ export interface WorkerSettings {
   prefillChunk: number;
   /** Bound on the KV state kept for reuse by later requests sharing a prefix. */
   promptCacheBytes: number;
+  /** Tokens generated for a request that sets no limit (0: until the context is full). */
+  defaultMaxTokens: number;
 }

@@ -1,6 +1,6 @@
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import type { WeightPlacement } from '../../src/engine/protocol.ts';
+import type { HeldWeights, WeightPlacement } from '../../src/engine/protocol.ts';
 import { ServeError } from '../../src/errors.ts';
 import { weightFiles } from '../../src/models/footprint.ts';
 import type { LanguageModel } from './decoder.ts';
@@ -94,7 +94,7 @@ export function computeDtype(): typeof mx.float32 {
   return mx.metal.isAvailable() ? mx.float16 : mx.float32;
 }
 
-export function loadModel(dir: string, placement: WeightPlacement = 'native'): { model: LanguageModel; config: ModelConfig } {
+export function loadModel(dir: string, placement: WeightPlacement = 'native'): { model: LanguageModel; config: ModelConfig; weights: HeldWeights } {
   const config = readJson<ModelConfig>(join(dir, 'config.json'), 'config.json');
   const architecture = architectures[config.model_type];
   if (!architecture) {
@@ -110,7 +110,7 @@ export function loadModel(dir: string, placement: WeightPlacement = 'native'): {
   }
   store.assertConsumed();
   mx.eval(...model.parameters());
-  return { model, config };
+  return { model, config, weights: store.held };
 }
 
 export function parameterBytes(model: LanguageModel): number {
