@@ -11,12 +11,22 @@ import { json, post, startServer, TEST_CACHE_DIR } from './helpers/server.ts';
 
 const BIN = fileURLToPath(new URL('../bin/mlx-server.js', import.meta.url));
 
-/** Runs `mlx-server serve ...args` to its exit (it should not start) and returns its code and stderr. */
-function serveUntilExit(args: string[]): Promise<{ code: number | null; stderr: string }> {
-  const child = spawn(process.execPath, [BIN, 'serve', '--cache-dir', TEST_CACHE_DIR, ...args], { stdio: ['ignore', 'ignore', 'pipe'] });
+/**
+ * Runs `mlx-server serve ...args`, which should refuse to start, to its exit; a server that
+ * starts listening instead is stopped and reported with the code 'listening'.
+ */
+function serveUntilExit(args: string[]): Promise<{ code: number | null | 'listening'; stderr: string }> {
+  const child = spawn(process.execPath, [BIN, 'serve', '--cache-dir', TEST_CACHE_DIR, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
   let stderr = '';
+  let listening = false;
   child.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
-  return new Promise((resolve) => child.on('exit', (code) => resolve({ code, stderr })));
+  child.stdout.on('data', (chunk: Buffer) => {
+    if (!listening && chunk.toString().includes('"event":"listening"')) {
+      listening = true;
+      child.kill('SIGTERM');
+    }
+  });
+  return new Promise((resolve) => child.on('exit', (code) => resolve({ code: listening ? 'listening' : code, stderr })));
 }
 
 t.test('which ports: defaults, an explicit --port, the env twins and the other server\'s names', async (t) => {

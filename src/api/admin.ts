@@ -105,13 +105,16 @@ const health = (ctx: ServeContext): Record<string, unknown> => ({
   version: PACKAGE_VERSION,
 });
 
+/** A polled read answered from shared memory: logged at debug, always 200. */
+const readRoute = (path: string, answer: () => Record<string, unknown>): Route => ({ method: 'GET', path, errors: openAiError, quiet: true, handler: (exchange) => exchange.json(200, answer()) });
+
 /**
  * Load balancers' probes, on both ports and open without a key. Ready means a request sent now
  * would be admitted: a model that is not loaded yet still counts, since the first request loads it.
  */
 export function probeRoutes(ctx: ServeContext): Route[] {
   return [
-    { method: 'GET', path: '/health', errors: openAiError, quiet: true, handler: (exchange) => exchange.json(200, health(ctx)) },
+    readRoute('/health', () => health(ctx)),
     {
       method: 'GET',
       path: '/ready',
@@ -140,57 +143,33 @@ export function adminRoutes(ctx: ServeContext): Route[] {
     return fromBody ?? fromQuery;
   };
   return [
-    {
-      method: 'GET',
-      path: '/admin/health',
-      errors: openAiError,
-      quiet: true,
-      handler: (exchange) => exchange.json(200, { ...health(ctx), worker_status: ctx.engine.workerStatus }),
-    },
-    { method: 'GET', path: '/admin/status', errors: openAiError, quiet: true, handler: (exchange) => exchange.json(200, statusBody(ctx)) },
-    {
-      method: 'GET',
-      path: '/admin/queue',
-      errors: openAiError,
-      quiet: true,
-      handler: (exchange) => {
-        const { telemetry, engine } = ctx;
-        exchange.json(200, { active: telemetry.active, queued: telemetry.queued, max_queue: engine.maxQueue, max_batch: ctx.config.maxBatch, accepting: engine.accepting, rejected_total: telemetry.read('requestsRejected') });
-      },
-    },
-    {
-      method: 'GET',
-      path: '/admin/metrics',
-      errors: openAiError,
-      quiet: true,
-      handler: (exchange) => {
-        const { telemetry } = ctx;
-        const memory = sampleMemory(telemetry);
-        exchange.json(200, {
-          requests: { total: telemetry.read('requestsTotal'), active: telemetry.active, queued: telemetry.queued, failed: telemetry.read('requestsFailed'), rejected: telemetry.read('requestsRejected') },
-          tokens: { generated: telemetry.read('tokensGenerated'), prompt: telemetry.read('promptTokens') },
-          model: { state: telemetry.modelState, loads: telemetry.read('modelLoads'), unloads: telemetry.read('modelUnloads'), load_seconds: telemetry.read('loadSeconds') },
-          memory: { rss_gb: gb(memory.rss), active_memory_gb: gb(memory.active), peak_memory_gb: gb(memory.peak) },
-          ...ctx.latency.summary(),
-          uptime_seconds: uptimeSeconds(telemetry),
-        });
-      },
-    },
-    {
-      method: 'GET',
-      path: '/admin/capabilities',
-      errors: openAiError,
-      quiet: true,
-      handler: (exchange) => {
-        const loaded = ctx.engine.loadedModel;
-        exchange.json(200, {
-          model: loaded?.name ?? null,
-          model_type: loaded?.modelType ?? null,
-          capabilities: { text: true, vision: false, chat: true, streaming: true, embeddings: false },
-          apis: ['openai', 'ollama'],
-        });
-      },
-    },
+    readRoute('/admin/health', () => ({ ...health(ctx), worker_status: ctx.engine.workerStatus })),
+    readRoute('/admin/status', () => statusBody(ctx)),
+    readRoute('/admin/queue', () => {
+      const { telemetry, engine } = ctx;
+      return { active: telemetry.active, queued: telemetry.queued, max_queue: engine.maxQueue, max_batch: ctx.config.maxBatch, accepting: engine.accepting, rejected_total: telemetry.read('requestsRejected') };
+    }),
+    readRoute('/admin/metrics', () => {
+      const { telemetry } = ctx;
+      const memory = sampleMemory(telemetry);
+      return {
+        requests: { total: telemetry.read('requestsTotal'), active: telemetry.active, queued: telemetry.queued, failed: telemetry.read('requestsFailed'), rejected: telemetry.read('requestsRejected') },
+        tokens: { generated: telemetry.read('tokensGenerated'), prompt: telemetry.read('promptTokens') },
+        model: { state: telemetry.modelState, loads: telemetry.read('modelLoads'), unloads: telemetry.read('modelUnloads'), load_seconds: telemetry.read('loadSeconds') },
+        memory: { rss_gb: gb(memory.rss), active_memory_gb: gb(memory.active), peak_memory_gb: gb(memory.peak) },
+        ...ctx.latency.summary(),
+        uptime_seconds: uptimeSeconds(telemetry),
+      };
+    }),
+    readRoute('/admin/capabilities', () => {
+      const loaded = ctx.engine.loadedModel;
+      return {
+        model: loaded?.name ?? null,
+        model_type: loaded?.modelType ?? null,
+        capabilities: { text: true, vision: false, chat: true, streaming: true, embeddings: false },
+        apis: ['openai', 'ollama'],
+      };
+    }),
     {
       method: 'POST',
       path: '/admin/load',
