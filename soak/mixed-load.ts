@@ -111,6 +111,7 @@ const INVALID_REQUESTS: [string, string, unknown][] = [
 const STALL_FILLER = { path: '/dashboard', requests: 1000 };
 /** Long enough for the stalled stream to get the few tokens that overflow --max-stream-buffer in a busy server. */
 const STALL_MS = 45_000;
+const STALL_HEAD_START_MS = 15_000;
 
 /**
  * A client that pipelines enough requests to fill its socket buffers, then a streamed
@@ -220,23 +221,31 @@ export async function runMixedLoad(options: MixedLoadOptions, log: (line: string
     }
   })();
 
-  const connection = async (index: number): Promise<void> => {
-    const random = seeded(0x5eed + index);
-    while (Date.now() < deadline) {
-      const kind = index === options.connections ? 'stall' : pick(random);
-      const t0 = performance.now();
-      let outcome: Outcome;
-      try {
-        outcome = await runOne(options.url, kind, random, rejectionsExpected);
-      } catch (error) {
-        outcome = kind === 'abort' ? 'aborted' : 'lost';
-        if (outcome === 'lost' && failures.length < 10) failures.push(`${kind}: ${(error as Error).message}`);
-      }
-      requests[kind][outcome]++;
-      if (outcome === 'ok') latencies[kind].push(performance.now() - t0);
+  const attempt = async (kind: Kind, random: () => number): Promise<void> => {
+    const t0 = performance.now();
+    let outcome: Outcome;
+    try {
+      outcome = await runOne(options.url, kind, random, rejectionsExpected);
+    } catch (error) {
+      outcome = kind === 'abort' ? 'aborted' : 'lost';
+      if (outcome === 'lost' && failures.length < 10) failures.push(`${kind}: ${(error as Error).message}`);
     }
+    requests[kind][outcome]++;
+    if (outcome === 'ok') latencies[kind].push(performance.now() - t0);
   };
-  await Promise.all([watch, ...Array.from({ length: options.connections + 1 }, (_, i) => connection(i))]);
+  const connection = async (seed: number, next: (random: () => number) => Kind): Promise<void> => {
+    const random = seeded(seed);
+    do await attempt(next(random), random);
+    while (Date.now() < deadline);
+  };
+
+  // The stalled client goes first, with the model loaded: its stream then starts within seconds
+  // and overflows --max-stream-buffer. Under the full mix a stream can wait longer than the ~10 s
+  // the socket layer gives a client that takes nothing, and that timeout drops it first.
+  await attempt('complete', seeded(0x5eed - 1));
+  const stalled = connection(0x5eed - 2, () => 'stall');
+  await sleep(STALL_HEAD_START_MS);
+  await Promise.all([watch, stalled, ...Array.from({ length: options.connections }, (_, i) => connection(0x5eed + i, pick))]);
 
   const fittedGrowthMb = (trend(memory.filter(({ t }) => t >= (options.durationMs / 1000) * 0.2)).fittedGrowthGb ?? 0) * 1024;
   const lost = kinds.reduce((sum, k) => sum + requests[k].lost, 0);
