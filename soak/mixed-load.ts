@@ -243,7 +243,11 @@ export async function runMixedLoad(options: MixedLoadOptions, log: (line: string
   // and overflows --max-stream-buffer. Under the full mix a stream can wait longer than the ~10 s
   // the socket layer gives a client that takes nothing, and that timeout drops it first.
   await attempt('complete', seeded(0x5eed - 1));
-  const stalled = connection(0x5eed - 2, () => 'stall');
+  const stalled = (async () => {
+    // A round that cannot finish its stall before the deadline is not started.
+    do await attempt('stall', seeded(0x5eed - 2));
+    while (Date.now() + STALL_MS < deadline);
+  })();
   await sleep(STALL_HEAD_START_MS);
   await Promise.all([watch, stalled, ...Array.from({ length: options.connections }, (_, i) => connection(0x5eed + i, pick))]);
 

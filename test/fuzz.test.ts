@@ -20,7 +20,7 @@ const MB = 2 ** 20;
  * heaps settling after a few hundred requests, not anything the server keeps.
  */
 const PROMPT_CACHE_BYTES = 8 * MB;
-const RSS_SLACK_BYTES = 32 * MB;
+const RSS_SLACK_BYTES = 16 * MB;
 /** Routes that change what is stored on disk or reach the network get their own tests, not random input. */
 const NOT_FUZZED = /\/api\/(pull|push|create|copy|delete|blobs)/;
 
