@@ -30,8 +30,10 @@ const Float = {
   modelLoads: 12,
   modelUnloads: 13,
   startedAtMs: 14,
+  decodeSteps: 15,
+  decodeRows: 16,
 } as const;
-const FLOAT_FIELDS = 16;
+const FLOAT_FIELDS = 17;
 
 /** Cancellation flags, one per request slot: main sets 1, the worker's scheduler reads it each step. */
 export const CANCEL_SLOTS = 4096;
@@ -72,6 +74,12 @@ export class Telemetry {
   read(field: keyof typeof Float): number { return this.floats[Float[field]] ?? 0; }
   write(field: keyof typeof Float, value: number): void { this.floats[Float[field]] = value; }
   increment(field: keyof typeof Float, by = 1): void { this.floats[Float[field]] = (this.floats[Float[field]] ?? 0) + by; }
+
+  /** One batched forward pass that advanced `rows` sequences by a token each. */
+  recordDecodeStep(rows: number): void {
+    this.increment('decodeSteps');
+    this.increment('decodeRows', rows);
+  }
 
   requestCancel(slot: number): void { Atomics.store(this.cancelFlags, slot, 1); }
   clearCancel(slot: number): void { Atomics.store(this.cancelFlags, slot, 0); }
