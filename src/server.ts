@@ -37,6 +37,7 @@ export async function startServer(config: ServerConfig, logger: Logger): Promise
     promptCacheBytes: config.promptCacheBytes,
     weights: config.weights,
     memory: { reserveBytes: config.memoryReserveBytes, limitBytes: config.memoryLimitBytes },
+    mlxCacheLimitBytes: config.mlxCacheLimitBytes,
   });
   await engine.start();
   sampleMemory(telemetry);

@@ -11,6 +11,7 @@ import type { Exchange } from '../http/exchange.ts';
 import { parseJsonObject, type ErrorWriter, type Route } from '../http/server.ts';
 import type { ModelEntry } from '../models/registry.ts';
 import { packagePath } from '../paths.ts';
+import { deviceMemory } from '../runtime/device-memory.ts';
 import { runGeneration, type ServeContext } from './context.ts';
 import { Fields } from './fields.ts';
 import { chatMessages } from './openai.ts';
@@ -269,8 +270,8 @@ export function ollamaRoutes(ctx: ServeContext): Route[] {
     return [{
       ...(entry ? listEntry(entry) : { name: loaded.name, model: loaded.name }),
       size: loaded.bytes,
-      // Unified memory on Apple silicon is what Ollama counts as VRAM; elsewhere MLX runs on the CPU.
-      size_vram: process.platform === 'darwin' ? loaded.bytes : 0,
+      // Ollama counts what sits on the GPU as VRAM: all of it when MLX runs on Metal (unified memory), none on the CPU build.
+      size_vram: deviceMemory(ctx.telemetry) ? loaded.bytes : 0,
       context_length: loaded.contextLength,
       expires_at: expiresAt.toISOString(),
     }];

@@ -30,8 +30,14 @@ const Float = {
   modelLoads: 12,
   modelUnloads: 13,
   startedAtMs: 14,
+  /** MLX's own counters on a GPU (Metal); all 0 on the CPU build, where the process figures apply. */
+  deviceActiveBytes: 15,
+  devicePeakBytes: 16,
+  deviceCacheBytes: 17,
+  /** The GPU's recommended working-set size (deviceInfo); 0 when MLX runs on the CPU. */
+  deviceWorkingSetBytes: 18,
 } as const;
-const FLOAT_FIELDS = 16;
+const FLOAT_FIELDS = 24;
 
 /** Cancellation flags, one per request slot: main sets 1, the worker's scheduler reads it each step. */
 export const CANCEL_SLOTS = 4096;
