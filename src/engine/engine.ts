@@ -391,7 +391,7 @@ export class Engine {
       freedBytes: Math.max(0, device ? held(device.before) - held(device.after) : rssBefore - process.memoryUsage.rss()),
       unloadMs: performance.now() - started,
     };
-    logger.info({ event: 'unloaded', ...result }, 'model unloaded');
+    logger.info({ event: 'unloaded', ...result, ...(device ? { mlxMemory: device } : {}) }, 'model unloaded');
     return result;
   }
 
