@@ -8,6 +8,7 @@ import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import t from 'tap';
 import { memoryStatus } from '../src/api/admin.ts';
+import { parseServerConfig } from '../src/config.ts';
 import { ServeError } from '../src/errors.ts';
 import { estimateLoadBytes, planLoad } from '../src/models/footprint.ts';
 import { configureDeviceMemory, publishDeviceMemory, releaseDeviceMemory, type DeviceMemoryCounters, type DeviceMemorySource } from '../src/runtime/device-memory.ts';
@@ -91,6 +92,13 @@ t.test('a fresh worker on a GPU bounds MLX by the working set and its cache by t
   const capped = new FakeMetal(12 * GiB);
   configureDeviceMemory(capped, { ...settings, memoryLimitBytes: 8 * GiB }, new Telemetry(createTelemetryBuffers()));
   t.equal(capped.memoryLimit, 8 * GiB, 'a smaller --memory-limit wins over the working set');
+});
+
+t.test('the cache limit while serving is a flag with an environment twin, 512 MiB unless set', async (t) => {
+  t.equal(parseServerConfig([], {}).mlxCacheLimitBytes, 512 * 1024 ** 2);
+  t.equal(parseServerConfig(['--mlx-cache-limit', '0'], {}).mlxCacheLimitBytes, 0, 'the flag');
+  t.equal(parseServerConfig([], { MLX_SERVER_MLX_CACHE_LIMIT: '1073741824' }).mlxCacheLimitBytes, GiB, 'its twin');
+  t.throws(() => parseServerConfig(['--mlx-cache-limit=-1'], {}), /--mlx-cache-limit must be an integer >= 0/);
 });
 
 t.test('on the CPU build nothing is configured or published, and deviceInfo is never asked', async (t) => {
