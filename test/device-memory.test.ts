@@ -92,6 +92,11 @@ t.test('a fresh worker on a GPU bounds MLX by the working set and its cache by t
   const capped = new FakeMetal(12 * GiB);
   configureDeviceMemory(capped, { ...settings, memoryLimitBytes: 8 * GiB }, new Telemetry(createTelemetryBuffers()));
   t.equal(capped.memoryLimit, 8 * GiB, 'a smaller --memory-limit wins over the working set');
+
+  const unknown = new FakeMetal(0);
+  unknown.memoryLimit = -1;
+  configureDeviceMemory(unknown, settings, new Telemetry(createTelemetryBuffers()));
+  t.equal(unknown.memoryLimit, -1, 'a device that reports no working set is not limited to zero bytes');
 });
 
 t.test('the cache limit while serving is a flag with an environment twin, 512 MiB unless set', async (t) => {

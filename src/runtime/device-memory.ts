@@ -49,7 +49,8 @@ export function publishDeviceMemory(source: DeviceMemorySource, telemetry: Telem
 export function configureDeviceMemory(source: DeviceMemorySource, settings: DeviceMemorySettings, telemetry: Telemetry): void {
   if (!source.gpu) return;
   const workingSet = source.workingSetBytes();
-  source.setMemoryLimit(settings.memoryLimitBytes > 0 ? Math.min(settings.memoryLimitBytes, workingSet) : workingSet);
+  const limits = [workingSet, settings.memoryLimitBytes].filter((bytes) => bytes > 0);
+  if (limits.length > 0) source.setMemoryLimit(Math.min(...limits));
   source.setCacheLimit(settings.cacheLimitBytes);
   telemetry.write('deviceWorkingSetBytes', workingSet);
   publishDeviceMemory(source, telemetry);
