@@ -5,6 +5,14 @@ import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import type { WeightsPolicy } from './models/footprint.ts';
 
+/**
+ * MLX's Metal cache keeps freed buffers for reuse and by default may grow to the memory limit.
+ * mlx-lm bounds it by emptying it after each prefill chunk and every 256 decoded tokens; a limit
+ * bounds it the same way without a call in the decode loop, while leaving room for a step's
+ * temporaries to be reused rather than allocated again.
+ */
+const MLX_CACHE_LIMIT_BYTES = 512 * 1024 * 1024;
+
 export interface ServerConfig {
   host: string;
   /** Serves every route: admin, the client APIs, metrics, the dashboard. */
@@ -30,6 +38,7 @@ export interface ServerConfig {
   weights: WeightsPolicy;
   memoryReserveBytes: number;
   memoryLimitBytes: number;
+  mlxCacheLimitBytes: number;
   apiKey: string | null;
   adminKey: string | null;
   insecure: boolean;
@@ -82,7 +91,8 @@ export const FLAGS: FlagSpec[] = [
   { flag: 'body-timeout', help: 'seconds a request body may take to arrive before the connection is dropped with 408', default: '60' },
   { flag: 'max-stream-buffer', help: 'bytes of a streamed answer held for a client that does not read before it is dropped', default: String(1024 * 1024) },
   { flag: 'auto-pull', help: 'download a model that a request names from the Hugging Face Hub when it is not cached (HF_ENDPOINT, HF_TOKEN apply)', default: '', boolean: true },
-  { flag: 'memory-limit', help: 'bytes of memory the server may assume available at most, e.g. a container limit (0: what the OS reports)', default: '0' },
+  { flag: 'memory-limit', help: "bytes of memory the server may assume available at most, e.g. a container limit (0: what the OS reports; on Apple silicon the GPU's recommended working set)", default: '0' },
+  { flag: 'mlx-cache-limit', help: "bytes of freed GPU buffers MLX keeps for reuse while serving (Apple silicon; 0 keeps none); an unload empties the cache whatever this says", default: String(MLX_CACHE_LIMIT_BYTES) },
   { flag: 'cache-dir', help: 'where the built-in model is written', default: join(process.env.XDG_CACHE_HOME ?? join(homedir(), '.cache'), 'mlx-inference-server') },
 ];
 
@@ -178,6 +188,7 @@ export function parseServerConfig(argv: string[], env: NodeJS.ProcessEnv = proce
     shutdownTimeoutSeconds: integer('shutdown-timeout', get('shutdown-timeout'), 0),
     memoryReserveBytes: integer('memory-reserve', get('memory-reserve'), 0),
     memoryLimitBytes: integer('memory-limit', get('memory-limit'), 0),
+    mlxCacheLimitBytes: integer('mlx-cache-limit', get('mlx-cache-limit'), 0),
     apiKey,
     adminKey: get('admin-key') || null,
     insecure,

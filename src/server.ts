@@ -42,6 +42,7 @@ export async function startServer(config: ServerConfig, logger: Logger): Promise
     defaultMaxTokens: config.defaultMaxTokens,
     weights: config.weights,
     memory: { reserveBytes: config.memoryReserveBytes, limitBytes: config.memoryLimitBytes },
+    mlxCacheLimitBytes: config.mlxCacheLimitBytes,
   });
   await engine.start();
   sampleMemory(telemetry);

@@ -7,10 +7,12 @@ import { join } from 'node:path';
 import { workerData } from 'node:worker_threads';
 import type { GenerationRequest, LoadResult, LoadSpec, WorkerReply, WorkerSettings, WorkerTask } from '../src/engine/protocol.ts';
 import { ServeError } from '../src/errors.ts';
+import { configureDeviceMemory, publishDeviceMemory, releaseDeviceMemory } from '../src/runtime/device-memory.ts';
 import { collectGarbage } from '../src/runtime/gc.ts';
 import { Telemetry } from '../src/telemetry/layout.ts';
 import { materializeDefaultModel } from './default-model.ts';
 import type { LanguageModel } from './models/decoder.ts';
+import { metalMemory } from './metal-memory.ts';
 import { loadModel, parameterBytes, readJson, type ModelConfig } from './models/loader.ts';
 import { PromptCache } from './prompt-cache.ts';
 import { checkRuntime } from './runtime-check.ts';
@@ -31,6 +33,8 @@ interface LoadedModel {
 
 let loaded: LoadedModel | null = null;
 let scheduler: Scheduler | null = null;
+/** How often MLX's counters are copied to telemetry on a GPU, between the copies after each load and generation. */
+const DEVICE_SAMPLE_MS = 1000;
 
 function eosIds(dir: string, config: ModelConfig, tokenizer: ModelTokenizer): Set<number> {
   const ids = new Set<number>();
@@ -60,6 +64,7 @@ function load(source: LoadSpec, telemetry: Telemetry): LoadedModel {
   const info: LoadResult = { name: source.name, placement: source.placement, weights, modelType: model.modelType, bytes, loadMs: performance.now() - started, contextLength: model.contextLength };
   loaded = { source, promptCache: new PromptCache(settings.promptCacheBytes), model, tokenizer, eosIds: eosIds(source.path, config, tokenizer), info };
   collectGarbage(true);
+  publishDeviceMemory(metalMemory, telemetry);
   return loaded;
 }
 
@@ -103,6 +108,7 @@ async function generate(task: Extract<WorkerTask, { op: 'generate' }>, telemetry
     const sequence = new Sequence(target.model, target.tokenizer, limited, ids, target.eosIds, task.slot, port, telemetry, target.promptCache.lookup(ids));
     await scheduler.run(sequence);
     target.promptCache.store(sequence.tokens, sequence.cache);
+    publishDeviceMemory(metalMemory, telemetry);
     return { ok: true };
   } catch (error) {
     const shape = ServeError.from(error).toShape();
@@ -124,13 +130,20 @@ export default async function handle(task: WorkerTask): Promise<WorkerReply> {
   switch (task.op) {
     case 'check':
       return reply(() => {
+        const telemetry = new Telemetry(task.telemetry);
+        configureDeviceMemory(metalMemory, settings, telemetry);
         checkRuntime();
         collectGarbage(true);
+        if (metalMemory.gpu) setInterval(() => publishDeviceMemory(metalMemory, telemetry), DEVICE_SAMPLE_MS).unref();
         return { ok: true };
       });
     case 'load':
       return reply(() => ({ ok: true, load: load(task.model, new Telemetry(task.telemetry)).info }));
     case 'generate':
       return generate(task, new Telemetry(task.telemetry));
+    case 'release':
+      loaded = null;
+      scheduler = null;
+      return { ok: true, release: await releaseDeviceMemory(metalMemory, new Telemetry(task.telemetry), () => collectGarbage(true)) };
   }
 }

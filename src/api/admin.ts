@@ -7,6 +7,7 @@ import { badRequest } from '../errors.ts';
 import type { Exchange } from '../http/exchange.ts';
 import { openAiError, parseJsonObject, type Route } from '../http/server.ts';
 import { PACKAGE_VERSION } from '../paths.ts';
+import { deviceMemory } from '../runtime/device-memory.ts';
 import type { Telemetry } from '../telemetry/layout.ts';
 import type { ServeContext } from './context.ts';
 import { Fields } from './fields.ts';
@@ -35,9 +36,31 @@ export function sampleMemory(telemetry: Telemetry): { rss: number; active: numbe
 
 const uptimeSeconds = (telemetry: Telemetry): number => Math.round((Date.now() - telemetry.read('startedAtMs')) / 1000);
 
+/**
+ * The status's memory figures. On a GPU (Metal) active and peak are MLX's own counters, as mlx-lm
+ * reports them, with its buffer cache and the process figure beside them; on a CPU, where MLX
+ * counts nothing, they are the process's resident memory above the pre-load baseline.
+ */
+export function memoryStatus(telemetry: Telemetry): Record<string, unknown> {
+  const memory = sampleMemory(telemetry);
+  const device = deviceMemory(telemetry);
+  return {
+    active_memory_gb: gb(device ? device.activeBytes : memory.active),
+    peak_memory_gb: gb(device ? device.peakBytes : memory.peak),
+    cache_memory_gb: gb(device?.cacheBytes ?? 0),
+    process_active_memory_gb: gb(memory.active),
+    rss_gb: gb(memory.rss),
+    baseline_rss_gb: gb(telemetry.read('baselineRssBytes')),
+    model_loaded: telemetry.modelState === 'loaded',
+    model_memory_gb: gb(telemetry.read('modelBytes')),
+    device: device ? 'gpu' : 'cpu',
+    working_set_gb: gb(device?.workingSetBytes ?? 0),
+    source: device ? 'MLX Metal allocator (active, peak, cache); process_active_memory_gb is the resident set above the baseline' : 'process resident set (MLX reports no memory on a CPU device)',
+  };
+}
+
 export function statusBody(ctx: ServeContext): Record<string, unknown> {
   const { telemetry, engine } = ctx;
-  const memory = sampleMemory(telemetry);
   const loaded = engine.loadedModel;
   const state = telemetry.modelState;
   const lastActivity = telemetry.read('lastActivityMs');
@@ -45,15 +68,7 @@ export function statusBody(ctx: ServeContext): Record<string, unknown> {
   const worker = engine.workerStatus;
   return {
     status: 'healthy',
-    memory: {
-      active_memory_gb: gb(memory.active),
-      peak_memory_gb: gb(memory.peak),
-      rss_gb: gb(memory.rss),
-      baseline_rss_gb: gb(telemetry.read('baselineRssBytes')),
-      model_loaded: state === 'loaded',
-      model_memory_gb: gb(telemetry.read('modelBytes')),
-      source: 'process resident set (MLX reports no memory on a CPU device)',
-    },
+    memory: memoryStatus(telemetry),
     requests: {
       total: telemetry.read('requestsTotal'),
       active: telemetry.active,

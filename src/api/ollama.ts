@@ -12,6 +12,7 @@ import { parseJsonObject, type ErrorWriter, type Route } from '../http/server.ts
 import { parameterCount } from '../models/footprint.ts';
 import type { ModelEntry } from '../models/registry.ts';
 import { PACKAGE_VERSION } from '../paths.ts';
+import { deviceMemory } from '../runtime/device-memory.ts';
 import { runGeneration, type ServeContext } from './context.ts';
 import { Fields } from './fields.ts';
 import { chatMessages } from './openai.ts';
@@ -288,8 +289,8 @@ export function ollamaRoutes(ctx: ServeContext): Route[] {
     return [{
       ...(entry ? listEntry(entry) : { name: loaded.name, model: loaded.name }),
       size: loaded.bytes,
-      // Unified memory on Apple silicon is what Ollama counts as VRAM; elsewhere MLX runs on the CPU.
-      size_vram: process.platform === 'darwin' ? loaded.bytes : 0,
+      // Ollama counts what sits on the GPU as VRAM: all of it when MLX runs on Metal (unified memory), none on the CPU build.
+      size_vram: deviceMemory(ctx.telemetry) ? loaded.bytes : 0,
       context_length: loaded.contextLength,
       expires_at: expiresAt.toISOString(),
     }];

@@ -4,6 +4,7 @@ import { ListenError } from '../http/server.ts';
 import { createLogger } from '../log.ts';
 import { startServer, type RunningServer } from '../server.ts';
 import { CLIENT_COMMANDS, CLIENT_USAGE, ClientError, runClientCommand } from './client.ts';
+import { doctorCommand } from './doctor.ts';
 import { CHILD_MARKER, CONFIG_ERROR_EXIT, superviseServer } from './launcher.ts';
 import { pullCommand } from './pull.ts';
 
@@ -12,6 +13,8 @@ const USAGE = `mlx-server: serve local LLMs with MLX over OpenAI- and Ollama-com
 usage:
   mlx-server serve [flags]     start the server (under a supervisor that restarts it on a crash)
   mlx-server pull ORG/NAME     download a model from the Hugging Face Hub into its cache (no server needed)
+  mlx-server doctor [flags]    print the platform and MLX device, then load and unload a model and
+                               show how much memory came back (docs/platforms.md)
   mlx-server help              this text
 
 client commands (they talk to a running server):
@@ -93,6 +96,9 @@ export async function main(argv: string[]): Promise<void> {
       return;
     case 'pull':
       await pullCommand(args);
+      return;
+    case 'doctor':
+      await doctorCommand(args);
       return;
     case undefined:
     case 'help':

@@ -9,6 +9,7 @@ import { Piscina } from 'piscina';
 import type { Logger } from 'pino';
 import { ServeError } from '../errors.ts';
 import { collectGarbage } from '../runtime/gc.ts';
+import type { DeviceRelease } from '../runtime/device-memory.ts';
 import { releaseFreeMemory } from '../runtime/malloc-trim.ts';
 import { planLoad, type MemoryBudget, type WeightsPolicy } from '../models/footprint.ts';
 import { packagePath, WORKER_BUNDLE } from '../paths.ts';
@@ -51,6 +52,8 @@ export interface EngineOptions {
   promptCacheBytes: number;
   defaultMaxTokens: number;
   memory: MemoryBudget;
+  /** Bytes of freed buffers MLX's Metal allocator keeps for reuse (--mlx-cache-limit). */
+  mlxCacheLimitBytes: number;
   weights: WeightsPolicy;
 }
 
@@ -61,6 +64,9 @@ const cancellationError: Record<Exclude<CancelReason, 'client'>, () => ServeErro
   timeout: () => new ServeError(504, 'request_timeout', 'the request took longer than --request-timeout and was cancelled'),
   shutdown: () => new ServeError(503, 'shutting_down', 'the server is shutting down; the generation was cancelled'),
 };
+
+/** What MLX holds on the GPU: in use, and freed but cached for reuse. */
+const held = (counters: DeviceRelease['before']): number => counters.activeBytes + counters.cacheBytes;
 
 /** One lifecycle change at a time, in arrival order. */
 class SerialQueue {
@@ -317,7 +323,14 @@ export class Engine {
       concurrentTasksPerWorker: CANCEL_SLOTS,
       atomics: 'async',
       idleTimeout: Number.POSITIVE_INFINITY,
-      workerData: { maxBatch: this.options.maxBatch, prefillChunk: this.options.prefillChunk, promptCacheBytes: this.options.promptCacheBytes, defaultMaxTokens: this.options.defaultMaxTokens } satisfies WorkerSettings,
+      workerData: {
+        maxBatch: this.options.maxBatch,
+        prefillChunk: this.options.prefillChunk,
+        promptCacheBytes: this.options.promptCacheBytes,
+          defaultMaxTokens: this.options.defaultMaxTokens,
+        cacheLimitBytes: this.options.mlxCacheLimitBytes,
+        memoryLimitBytes: this.options.memory.limitBytes,
+      } satisfies WorkerSettings,
     });
   }
 
@@ -333,7 +346,7 @@ export class Engine {
   private async startWorker(): Promise<Piscina> {
     const started = performance.now();
     const pool = this.createPool();
-    const reply = (await pool.run({ op: 'check' } satisfies WorkerTask)) as WorkerReply;
+    const reply = (await pool.run({ op: 'check', telemetry: this.options.telemetry.buffers } satisfies WorkerTask)) as WorkerReply;
     if (!reply.ok) {
       await pool.destroy();
       this.options.logger.error({ event: 'runtime_check_failed', err: reply.error.message }, 'the MLX worker failed its runtime check');
@@ -356,7 +369,7 @@ export class Engine {
 
   private async loadNow(model: ModelEntry): Promise<void> {
     const { telemetry, logger } = this.options;
-    const plan = planLoad(model.name, model.path, this.options.weights, this.options.memory);
+    const plan = planLoad(model.name, model.path, this.options.weights, this.options.memory, telemetry.read('deviceWorkingSetBytes'));
     telemetry.modelState = 'loading';
     logger.info({ event: 'load_start', model: model.name, path: model.path }, 'loading model');
     const started = performance.now();
@@ -390,7 +403,7 @@ export class Engine {
     telemetry.modelState = 'unloading';
     const started = performance.now();
     const rssBefore = process.memoryUsage.rss();
-    await this.discardWorker();
+    const device = await this.discardWorker();
     this.loaded = null;
     this.keepAliveMs = this.defaultKeepAliveMs;
     telemetry.write('modelBytes', 0);
@@ -399,26 +412,36 @@ export class Engine {
     const result: UnloadResult = {
       name: loaded.name,
       modelBytes: loaded.bytes,
-      freedBytes: Math.max(0, rssBefore - process.memoryUsage.rss()),
+      freedBytes: Math.max(0, device ? held(device.before) - held(device.after) : rssBefore - process.memoryUsage.rss()),
       unloadMs: performance.now() - started,
     };
-    logger.info({ event: 'unloaded', ...result }, 'model unloaded');
+    logger.info({ event: 'unloaded', ...result, ...(device ? { mlxMemory: device } : {}) }, 'model unloaded');
     return result;
   }
 
   /**
-   * Ends the worker, if there is one, then collects the main thread's share of its traffic and
-   * returns the allocator's free pages, so the memory measured next is what the process still holds.
+   * Ends the worker, if there is one: first its release step (the model dropped and collected,
+   * MLX's Metal buffer cache emptied, which the thread's exit alone does not do), then it is
+   * terminated, the main thread's share of its traffic collected and the allocator's free pages
+   * returned, so the memory measured next is what the process still holds. Returns MLX's GPU
+   * counters around the release; null on the CPU, where the process figures tell.
    */
-  private async discardWorker(): Promise<void> {
+  private async discardWorker(): Promise<DeviceRelease | null> {
     const ready = this.workerReady;
     this.workerReady = null;
+    let device: DeviceRelease | null = null;
     if (ready) {
-      await (await ready.catch(() => null))?.destroy();
+      const pool = await ready.catch(() => null);
+      if (pool) {
+        const reply = (await pool.run({ op: 'release', telemetry: this.options.telemetry.buffers } satisfies WorkerTask).catch(() => null)) as WorkerReply | null;
+        if (reply?.ok && reply.release && this.options.telemetry.read('deviceWorkingSetBytes') > 0) device = reply.release;
+        await pool.destroy();
+      }
       collectGarbage(true);
       releaseFreeMemory();
     }
     this.options.telemetry.modelState = 'unloaded';
+    return device;
   }
 
   private async run(request: GenerationRequest, model: ModelEntry, slot: number, onEvent: (event: StreamEvent) => void): Promise<GenerationStats> {

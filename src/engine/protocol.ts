@@ -1,6 +1,7 @@
 /** What crosses the thread boundary between the engine (main thread) and the MLX worker. */
 import type { MessagePort } from 'node:worker_threads';
 import type { ServeErrorShape } from '../errors.ts';
+import type { DeviceMemorySettings, DeviceRelease } from '../runtime/device-memory.ts';
 import type { TelemetryBuffers } from '../telemetry/layout.ts';
 
 export interface ChatMessage {
@@ -99,14 +100,16 @@ export interface LoadResult {
 
 export type WorkerTask =
   /** Run once by each fresh worker before any model (workers/runtime-check.ts). */
-  | { op: 'check' }
+  | { op: 'check'; telemetry: TelemetryBuffers }
   | { op: 'load'; model: LoadSpec; telemetry: TelemetryBuffers }
+  /** Run before the worker ends: drops the model, collects, and empties MLX's buffer cache. */
+  | { op: 'release'; telemetry: TelemetryBuffers }
   | { op: 'generate'; model: LoadSpec; request: GenerationRequest; slot: number; port: MessagePort; telemetry: TelemetryBuffers };
 
-export type WorkerReply = { ok: true; load?: LoadResult } | { ok: false; error: ServeErrorShape };
+export type WorkerReply = { ok: true; load?: LoadResult; release?: DeviceRelease } | { ok: false; error: ServeErrorShape };
 
 /** Fixed for the worker's life; handed over as Piscina's workerData. */
-export interface WorkerSettings {
+export interface WorkerSettings extends DeviceMemorySettings {
   /** Sequences decoded together in one forward pass; the rest wait their turn. */
   maxBatch: number;
   /** Prompt tokens prefilled per round, so a long prompt does not stall running streams. */

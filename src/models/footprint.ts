@@ -121,7 +121,11 @@ export function availableMemoryBytes(): number {
   return freemem();
 }
 
-/** `--weights`: auto picks dequantized fp32 matrices on a CPU when they fit (BLAS runs them far faster than node-mlx's CPU quantized kernel), native otherwise. */
+/**
+ * `--weights`: auto picks dequantized fp32 matrices on a CPU when they fit (BLAS runs them far
+ * faster than node-mlx's CPU quantized kernel), native otherwise; on a GPU it keeps them as stored,
+ * as mlx-lm does (Metal's quantized kernels are fast and the weights stay small).
+ */
 export type WeightsPolicy = 'auto' | 'native' | 'fp32';
 
 export interface MemoryBudget {
@@ -129,6 +133,17 @@ export interface MemoryBudget {
   reserveBytes: number;
   /** At most this much is assumed available, e.g. a container's limit (--memory-limit; 0: none). */
   limitBytes: number;
+}
+
+/**
+ * What a load may use: on a GPU, the device's recommended working set (what Metal can keep
+ * resident; the OS's free memory says little on macOS, which keeps most memory busy as cache);
+ * on a CPU, the OS's available memory. --memory-limit caps either.
+ */
+function memoryForLoad(memory: MemoryBudget, gpuWorkingSetBytes: number): { available: number; what: string } {
+  const [device, what] = gpuWorkingSetBytes > 0 ? [gpuWorkingSetBytes, 'the GPU\'s recommended working set'] : [availableMemoryBytes(), 'available'];
+  if (memory.limitBytes > 0 && memory.limitBytes < device) return { available: memory.limitBytes, what: 'allowed (--memory-limit)' };
+  return { available: device, what };
 }
 
 export interface LoadPlan {
@@ -139,11 +154,12 @@ export interface LoadPlan {
 /**
  * How to hold the model, refused with a clear error when even the smallest way would not fit.
  * A model not yet on disk (the built-in one before its first use) counts as the runtime alone.
+ * `gpuWorkingSetBytes` is what the worker read from MLX's deviceInfo(); 0 when MLX runs on the CPU.
  */
-export function planLoad(name: string, dir: string, policy: WeightsPolicy, memory: MemoryBudget): LoadPlan {
-  const onCpu = !(process.platform === 'darwin' && process.arch === 'arm64');
+export function planLoad(name: string, dir: string, policy: WeightsPolicy, memory: MemoryBudget, gpuWorkingSetBytes: number): LoadPlan {
+  const onCpu = gpuWorkingSetBytes <= 0;
   const estimates = estimateLoadBytes(dir, onCpu);
-  const available = memory.limitBytes > 0 ? Math.min(memory.limitBytes, availableMemoryBytes()) : availableMemoryBytes();
+  const { available, what } = memoryForLoad(memory, gpuWorkingSetBytes);
   const reserveBytes = memory.reserveBytes;
   const room = available - reserveBytes;
   const wanted: WeightPlacement =
@@ -154,7 +170,7 @@ export function planLoad(name: string, dir: string, policy: WeightsPolicy, memor
     throw new ServeError(
       503,
       'insufficient_memory',
-      `model '${name}' needs about ${gib(estimatedBytes)} GiB (${wanted === 'native' ? 'weights as stored' : 'weights dequantized to fp32'}) but only ${gib(available)} GiB is available and ${gib(reserveBytes)} GiB is kept in reserve (--memory-reserve)`,
+      `model '${name}' needs about ${gib(estimatedBytes)} GiB (${wanted === 'native' ? 'weights as stored' : 'weights dequantized to fp32'}) but only ${gib(available)} GiB is ${what} and ${gib(reserveBytes)} GiB is kept in reserve (--memory-reserve)`,
     );
   }
   return { placement: wanted, estimatedBytes };

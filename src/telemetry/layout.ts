@@ -32,8 +32,14 @@ const Float = {
   startedAtMs: 14,
   decodeSteps: 15,
   decodeRows: 16,
+  /** MLX's own counters on a GPU (Metal); all 0 on the CPU build, where the process figures apply. */
+  deviceActiveBytes: 17,
+  devicePeakBytes: 18,
+  deviceCacheBytes: 19,
+  /** The GPU's recommended working-set size (deviceInfo); 0 when MLX runs on the CPU. */
+  deviceWorkingSetBytes: 20,
 } as const;
-const FLOAT_FIELDS = 17;
+const FLOAT_FIELDS = Object.keys(Float).length;
 
 /** Cancellation flags, one per request slot: main sets 1, the worker's scheduler reads it each step. */
 export const CANCEL_SLOTS = 4096;

@@ -89,9 +89,15 @@ function quantizationConfig(config: ModelConfig): QuantizationConfig {
   return { default: quantSpec(raw), overrides };
 }
 
-/** The dtype matmuls run in: on the CPU node-mlx 0.0.7 implements float32 only. */
-export function computeDtype(): typeof mx.float32 {
-  return mx.metal.isAvailable() ? mx.float16 : mx.float32;
+/**
+ * The dtype matmuls run in. On the CPU node-mlx 0.0.7 implements float32 only. On Metal, half
+ * precision as mlx-lm runs it: a bfloat16 checkpoint stays bfloat16 (its activations may not fit
+ * float16's range), anything else computes in float16, the dtype mlx-lm's converter writes.
+ */
+export function computeDtype(tensors: Iterable<MxArray> = []): typeof mx.float32 {
+  if (!mx.metal.isAvailable()) return mx.float32;
+  for (const tensor of tensors) if (String(tensor.dtype) === String(mx.bfloat16)) return mx.bfloat16;
+  return mx.float16;
 }
 
 export function loadModel(dir: string, placement: WeightPlacement = 'native'): { model: LanguageModel; config: ModelConfig; weights: HeldWeights } {
@@ -100,7 +106,8 @@ export function loadModel(dir: string, placement: WeightPlacement = 'native'): {
   if (!architecture) {
     throw new ServeError(422, 'unsupported_model', `model_type '${config.model_type}' is not supported (supported: ${supportedArchitectures().join(', ')})`);
   }
-  const store = new WeightStore(readTensors(existingWeightFiles(dir)), quantizationConfig(config), computeDtype(), placement);
+  const tensors = readTensors(existingWeightFiles(dir));
+  const store = new WeightStore(tensors, quantizationConfig(config), computeDtype(tensors.values()), placement);
   let model: LanguageModel;
   try {
     model = architecture(store, config as never);
