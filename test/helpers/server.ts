@@ -42,7 +42,7 @@ export async function startServer(args: string[] = [], env: NodeJS.ProcessEnv = 
   const logs: string[] = [];
   const { port, mainPort } = await new Promise<{ port: number; mainPort: number }>((resolve, reject) => {
     let buffered = '';
-    const timer = setTimeout(() => reject(new Error(`server did not start:\n${logs.join('\n')}`)), 30_000);
+    const timer = setTimeout(() => reject(new Error(`server did not start:\n${logs.join('\n')}`)), 90_000);
     child.stdout?.on('data', (chunk: Buffer) => {
       buffered += chunk.toString();
       const lines = buffered.split('\n');
