@@ -24,9 +24,13 @@ flags (each has an environment twin):
 ${flagsHelp()}
 `;
 
-/** Exit when the supervisor is gone, so a killed launcher never leaves an orphan holding the port. */
+/**
+ * Exit when the supervisor is gone, so a killed launcher never leaves an orphan holding the port.
+ * The supervisor's pid comes from the environment: one killed while this process was still
+ * starting has already handed it to another parent, so the first ppid seen can be the wrong one.
+ */
 function exitWithParent(): void {
-  const parent = process.ppid;
+  const parent = Number(process.env[CHILD_MARKER]) || process.ppid;
   setInterval(() => {
     if (process.ppid !== parent) process.exit(0);
   }, 1000).unref();
