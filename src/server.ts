@@ -34,9 +34,8 @@ export async function startServer(config: ServerConfig, logger: Logger): Promise
     requestTimeoutSeconds: config.requestTimeoutSeconds,
     maxBatch: config.maxBatch,
     prefillChunk: config.prefillChunk,
-    promptCacheBytes: config.promptCacheBytes,
     weights: config.weights,
-    memory: { reserveBytes: config.memoryReserveBytes, limitBytes: config.memoryLimitBytes },
+    memory: { reserveBytes: config.memoryReserveBytes, limitBytes: config.memoryLimitBytes, promptCacheBytes: config.promptCacheBytes },
   });
   await engine.start();
   sampleMemory(telemetry);

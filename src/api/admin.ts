@@ -27,6 +27,12 @@ export function sampleMemory(telemetry: Telemetry): { rss: number; active: numbe
   return { rss, active, peak: telemetry.read('peakRssBytes') };
 }
 
+/** The loaded model's KV budget and what running requests hold of it; null when none is loaded. */
+function kvCacheBody(ctx: ServeContext): Record<string, number> | null {
+  const kv = ctx.engine.kvUsage;
+  return kv && { budget_bytes: kv.budgetBytes, reserved_bytes: kv.reservedBytes, bytes_per_token: kv.bytesPerToken, max_running: ctx.config.maxBatch, max_waiting: ctx.config.maxQueue };
+}
+
 export function statusBody(ctx: ServeContext): Record<string, unknown> {
   const { telemetry, engine } = ctx;
   const memory = sampleMemory(telemetry);
@@ -67,6 +73,7 @@ export function statusBody(ctx: ServeContext): Record<string, unknown> {
       unloads: telemetry.read('modelUnloads'),
     },
     tokens: { generated: telemetry.read('tokensGenerated'), prompt: telemetry.read('promptTokens') },
+    kv_cache: kvCacheBody(ctx),
     idle_timeout_seconds: engine.idleTimeoutSeconds,
   };
 }
