@@ -179,11 +179,13 @@ t.test('a request whose KV cache could not fit in the budget even alone gets a 4
   const tooMany = budgetTokens + 1000;
 
   const numbers = new RegExp(`KV cache of ${tooMany + 3} tokens \\(3 in the prompt, ${tooMany} to generate\\).*KV budget is [\\d.]+ MiB \\(${budgetTokens} tokens`);
-  const ids = await post(`${server.url}/v1/completions`, { prompt: [1, 2, 3], max_tokens: tooMany });
+  const ids = await json(`${server.url}/v1/completions`, { method: 'POST', headers: { 'x-request-id': 'counted-ids' }, body: JSON.stringify({ prompt: [1, 2, 3], max_tokens: tooMany }) });
   t.equal(ids.status, 400, 'token ids: refused before waiting');
-  t.equal(ids.body.error.code, 'kv_budget_exceeded');
-  t.match(ids.body.error.message, numbers);
-  t.match(ids.body.error.message, /--memory-reserve/);
+  t.notOk(logEvents(server, 'generation_start').some((e) => e.reqId === 'counted-ids'), 'a prompt of token ids is counted without the worker');
+  const error = (ids.body as { error: { code: string; message: string } }).error;
+  t.equal(error.code, 'kv_budget_exceeded');
+  t.match(error.message, numbers);
+  t.match(error.message, /--memory-reserve/);
 
   const text = await post(`${server.url}/v1/completions`, { prompt: 'a short prompt', max_tokens: tooMany });
   t.equal(text.status, 400, 'text: refused once the worker has counted its tokens');
