@@ -56,6 +56,12 @@ const server = await startBenchServer([
   '--max-batch', values['max-batch'],
   '--max-queue', String(clients),
 ]);
+for (const signal of ['SIGINT', 'SIGTERM'] as const) {
+  process.once(signal, () => {
+    progress(`${signal}: stopping the server`);
+    void server.stop().finally(() => process.exit(130));
+  });
+}
 let exitCode = 1;
 try {
   progress(`server pid ${server.serverPid}; --memory-limit ${mib(limit)} = weights ${mib(weightsBytes)} + ${mib(Number(values.headroom))}`);

@@ -33,9 +33,8 @@ export async function startServer(config: ServerConfig, logger: Logger): Promise
     maxQueue: config.maxQueue,
     requestTimeoutSeconds: config.requestTimeoutSeconds,
     maxBatch: config.maxBatch,
-    prefillChunk: config.prefillChunk,
     weights: config.weights,
-    memory: { reserveBytes: config.memoryReserveBytes, limitBytes: config.memoryLimitBytes, promptCacheBytes: config.promptCacheBytes },
+    memory: { reserveBytes: config.memoryReserveBytes, limitBytes: config.memoryLimitBytes, promptCacheBytes: config.promptCacheBytes, prefillChunk: config.prefillChunk },
   });
   await engine.start();
   sampleMemory(telemetry);

@@ -5,29 +5,12 @@
  * while waiting never reaches the worker, and a request whose KV cache could never fit in the
  * model's KV budget is refused with a 400 that states the numbers.
  */
-import { cpSync, readFileSync, writeFileSync } from 'node:fs';
-import { join } from 'node:path';
 import t from 'tap';
 import { estimateLoadBytes } from '../src/models/footprint.ts';
-import { json, post, startServer, tempDir, TEST_CACHE_DIR, type TestServer } from './helpers/server.ts';
-
-const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+import { builtinModelVariant, json, logEvents, post, sleep, startServer, waitFor, type TestServer } from './helpers/server.ts';
 
 type Health = { active_requests: number; queued_requests: number };
 const health = async (server: TestServer): Promise<Health> => (await json<Health>(`${server.url}/admin/health`)).body;
-
-const logEvents = (server: TestServer, event: string): Record<string, unknown>[] =>
-  server.logs.filter((line) => line.includes(`"event":"${event}"`)).map((line) => JSON.parse(line) as Record<string, unknown>);
-
-async function waitFor<T>(what: string, probe: () => Promise<T | undefined> | T | undefined, timeoutMs = 60_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  while (Date.now() < deadline) {
-    const value = await probe();
-    if (value !== undefined) return value;
-    await sleep(20);
-  }
-  throw new Error(`timed out waiting for ${what}`);
-}
 
 /** Polls health until `until` settles and returns the most running and waiting requests seen at once. */
 async function peaks(server: TestServer, until: Promise<unknown>): Promise<{ running: number; waiting: number; samples: number }> {
@@ -75,7 +58,7 @@ t.test('after load, at most --max-batch run and --max-queue wait; beyond that ev
   await waitFor('every place to be taken', async () => {
     const h = await health(server);
     return h.active_requests === MAX_BATCH && h.queued_requests === MAX_QUEUE ? true : undefined;
-  });
+  }, 60_000);
 
   // One more on each route, while the queue is full: refused at once, in the route's own shape.
   const openAi = await post(`${server.url}/v1/completions`, { prompt: 'one too many', max_tokens: 4 });
@@ -134,7 +117,7 @@ t.test('a request cancelled while it waits never reaches the worker', async (t) 
   t.teardown(() => server.stop());
   t.equal((await post(`${server.url}/admin/load`, {})).status, 200);
   const running = post(`${server.url}/v1/completions`, { prompt: 'alpha keeps the only running place', max_tokens: 96, ignore_eos: true });
-  await waitFor('the first request to run', async () => ((await health(server)).active_requests === 1 ? true : undefined));
+  await waitFor('the first request to run', async () => ((await health(server)).active_requests === 1 ? true : undefined), 60_000);
 
   const leaving = new AbortController();
   const waitingId = 'waits-then-leaves';
@@ -164,11 +147,7 @@ t.test('a request cancelled while it waits never reaches the worker', async (t) 
 t.test('a request whose KV cache could not fit in the budget even alone gets a 400 with the numbers', async (t) => {
   // The built-in model with a very long context, so one request can ask for more KV cache than
   // a 1 GB --memory-limit leaves after the weights.
-  const modelsDir = tempDir('mlx-long-context-');
-  const model = join(modelsDir, 'long-context');
-  cpSync(join(TEST_CACHE_DIR, 'tiny-qwen3'), model, { recursive: true });
-  const config = JSON.parse(readFileSync(join(model, 'config.json'), 'utf8')) as Record<string, unknown>;
-  writeFileSync(join(model, 'config.json'), JSON.stringify({ ...config, max_position_embeddings: 10_000_000 }));
+  const { modelsDir, path: model } = builtinModelVariant('long-context', { max_position_embeddings: 10_000_000 });
   const limit = estimateLoadBytes(model, true).dequantized + 2 ** 30;
   const server = await startServer(['--idle-timeout', '0', '--models-dir', modelsDir, '--model', 'long-context', '--memory-limit', String(limit), '--memory-reserve', '0', '--prompt-cache-bytes', '0']);
   t.teardown(() => server.stop());

@@ -1,23 +1,8 @@
 /** Cancellation, timeouts, shutdown, crashes and the memory guard, against real server processes. */
-import { cpSync, readFileSync, writeFileSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import { createServer } from 'node:net';
-import { join } from 'node:path';
 import t from 'tap';
-import { json, post, startServer, tempDir, TEST_CACHE_DIR, type TestServer } from './helpers/server.ts';
-
-const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
-const logEvents = (server: TestServer, event: string): Record<string, unknown>[] =>
-  server.logs.filter((line) => line.includes(`"event":"${event}"`)).map((line) => JSON.parse(line) as Record<string, unknown>);
-
-async function waitFor<T>(what: string, probe: () => Promise<T | undefined> | T | undefined, timeoutMs = 20_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  while (Date.now() < deadline) {
-    const value = await probe();
-    if (value !== undefined) return value;
-    await sleep(50);
-  }
-  throw new Error(`timed out waiting for ${what}`);
-}
+import { builtinModelVariant, json, logEvents, post, sleep, startServer, waitFor } from './helpers/server.ts';
 
 /** Opens a streamed completion and returns once `chunks` SSE events have arrived. */
 async function openStream(url: string, chunks: number, maxTokens = 2000): Promise<{ controller: AbortController; received: number }> {
@@ -133,11 +118,7 @@ for (const signal of ['SIGKILL', 'SIGABRT'] as const) {
 }
 
 t.test('a model that fails in the worker fails only its own requests', async (t) => {
-  const modelsDir = tempDir('mlx-broken-');
-  const broken = join(modelsDir, 'broken-qwen3');
-  cpSync(join(TEST_CACHE_DIR, 'tiny-qwen3'), broken, { recursive: true });
-  const config = JSON.parse(readFileSync(join(broken, 'config.json'), 'utf8')) as Record<string, unknown>;
-  writeFileSync(join(broken, 'config.json'), JSON.stringify({ ...config, num_attention_heads: 8 }));
+  const { modelsDir } = builtinModelVariant('broken-qwen3', { num_attention_heads: 8 });
   const server = await startServer(['--idle-timeout', '0', '--models-dir', modelsDir]);
   t.teardown(() => server.stop());
   const good = post(`${server.url}/v1/completions`, { prompt: 'fine', max_tokens: 30, ignore_eos: true });

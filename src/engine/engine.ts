@@ -61,7 +61,6 @@ export interface EngineOptions {
   requestTimeoutSeconds: number;
   /** Requests running in the worker at once; also handed to it (see WorkerSettings). */
   maxBatch: number;
-  prefillChunk: number;
   memory: MemoryBudget;
   weights: WeightsPolicy;
 }
@@ -107,7 +106,7 @@ export class Engine {
 
   constructor(private readonly options: EngineOptions) {
     const { telemetry } = options;
-    this.admission = new Admission(options.maxBatch);
+    this.admission = new Admission(Math.min(options.maxBatch, CANCEL_SLOTS));
     telemetry.write('startedAtMs', Date.now());
     telemetry.write('lastActivityMs', Date.now());
     this.keepAliveMs = this.defaultKeepAliveMs;
@@ -348,7 +347,7 @@ export class Engine {
       concurrentTasksPerWorker: CANCEL_SLOTS,
       atomics: 'async',
       idleTimeout: Number.POSITIVE_INFINITY,
-      workerData: { maxBatch: this.options.maxBatch, prefillChunk: this.options.prefillChunk, promptCacheBytes: this.options.memory.promptCacheBytes } satisfies WorkerSettings,
+      workerData: { maxBatch: this.options.maxBatch, prefillChunk: this.options.memory.prefillChunk, promptCacheBytes: this.options.memory.promptCacheBytes } satisfies WorkerSettings,
     });
   }
 

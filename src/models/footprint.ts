@@ -79,6 +79,17 @@ function kvBytesPerToken(config: SizingConfig, onCpu: boolean): number {
   return (config.num_hidden_layers ?? 0) * 2 * kvHeads * headDim * dtypeBytes;
 }
 
+/**
+ * What one prefill step's activations hold: every layer's projections, MLP products and
+ * residuals for `chunk` tokens. node-mlx frees an array only when V8 collects its wrapper, so
+ * they stay allocated until the worker's next collection, after the step.
+ */
+function activationBytes(config: SizingConfig, chunk: number): number {
+  const hidden = config.hidden_size ?? 0;
+  const intermediate = config.intermediate_size ?? 4 * hidden;
+  return (config.num_hidden_layers ?? 0) * chunk * (3 * intermediate + 8 * hidden) * 4;
+}
+
 interface TensorCounts {
   /** Bytes of every tensor as the device will hold it. */
   nativeBytes: number;
@@ -141,6 +152,8 @@ export interface MemoryBudget {
   limitBytes: number;
   /** Held by finished sequences' KV state kept for reuse (--prompt-cache-bytes). */
   promptCacheBytes: number;
+  /** Prompt tokens one prefill step runs at once (--prefill-chunk); see activationBytes. */
+  prefillChunk: number;
 }
 
 /** What running sequences' KV caches may hold together, and how it was derived (for the messages that quote it). */
@@ -149,7 +162,7 @@ export interface KvBudget {
   budgetBytes: number;
   /** Memory the load could count on: the machine's available memory, or --memory-limit less what the process already holds. */
   availableBytes: number;
-  /** Weights and runtime, as estimated before the load. */
+  /** Weights, runtime and one prefill step's activations, as estimated before the load. */
   modelBytes: number;
   reserveBytes: number;
   promptCacheBytes: number;
@@ -166,7 +179,7 @@ const gib = (n: number): string => (n / 2 ** 30).toFixed(2);
 
 /** One line that says where a KV budget comes from, for error messages and the log. */
 export function describeKvBudget(kv: KvBudget): string {
-  return `${gib(kv.availableBytes)} GiB available, less ${gib(kv.modelBytes)} GiB of weights and runtime, ${gib(kv.reserveBytes)} GiB --memory-reserve and ${gib(kv.promptCacheBytes)} GiB --prompt-cache-bytes`;
+  return `${gib(kv.availableBytes)} GiB available, less ${gib(kv.modelBytes)} GiB of weights, runtime and prefill activations, ${gib(kv.reserveBytes)} GiB --memory-reserve and ${gib(kv.promptCacheBytes)} GiB --prompt-cache-bytes`;
 }
 
 const onCpuDevice = (): boolean => !(process.platform === 'darwin' && process.arch === 'arm64');
@@ -174,10 +187,11 @@ const onCpuDevice = (): boolean => !(process.platform === 'darwin' && process.ar
 /** The KV budget left by a model held as `placement`, out of `availableBytes` measured before its load. */
 export function kvBudget(dir: string, placement: WeightPlacement, availableBytes: number, memory: MemoryBudget): KvBudget {
   const onCpu = onCpuDevice();
-  const modelBytes = estimateLoadBytes(dir, onCpu)[placement];
+  const config = sizingConfig(dir);
+  const modelBytes = estimateLoadBytes(dir, onCpu)[placement] + activationBytes(config, memory.prefillChunk);
   const { reserveBytes, promptCacheBytes } = memory;
   const budgetBytes = availableBytes - reserveBytes - promptCacheBytes - modelBytes;
-  return { bytesPerToken: kvBytesPerToken(sizingConfig(dir), onCpu), budgetBytes, availableBytes, modelBytes, reserveBytes, promptCacheBytes };
+  return { bytesPerToken: kvBytesPerToken(config, onCpu), budgetBytes, availableBytes, modelBytes, reserveBytes, promptCacheBytes };
 }
 
 /**
@@ -188,12 +202,14 @@ export function kvBudget(dir: string, placement: WeightPlacement, availableBytes
  */
 export function planLoad(name: string, dir: string, policy: WeightsPolicy, memory: MemoryBudget): LoadPlan {
   const onCpu = onCpuDevice();
+  const config = sizingConfig(dir);
+  const activations = activationBytes(config, memory.prefillChunk);
   const estimates = estimateLoadBytes(dir, onCpu);
   const machine = availableMemoryBytes();
   const available = memory.limitBytes > 0 ? Math.min(memory.limitBytes - process.memoryUsage.rss(), machine) : machine;
   const { reserveBytes, promptCacheBytes } = memory;
-  const minimumKv = kvBytesPerToken(sizingConfig(dir), onCpu) * KV_ALLOCATION_TOKENS;
-  const room = available - reserveBytes - promptCacheBytes - minimumKv;
+  const minimumKv = kvBytesPerToken(config, onCpu) * KV_ALLOCATION_TOKENS;
+  const room = available - reserveBytes - promptCacheBytes - activations - minimumKv;
   const wanted: WeightPlacement =
     policy === 'fp32' ? 'dequantized' : policy === 'native' || !onCpu ? 'native' : estimates.dequantized <= room ? 'dequantized' : 'native';
   const estimatedBytes = estimates[wanted];
@@ -201,7 +217,7 @@ export function planLoad(name: string, dir: string, policy: WeightsPolicy, memor
     throw new ServeError(
       503,
       'insufficient_memory',
-      `model '${name}' needs about ${gib(estimatedBytes)} GiB (${wanted === 'native' ? 'weights as stored' : 'weights dequantized to fp32'}) plus ${gib(minimumKv)} GiB for one sequence's KV cache, but only ${gib(available)} GiB is available${memory.limitBytes > 0 ? ' under --memory-limit' : ''}, ${gib(reserveBytes)} GiB is kept in reserve (--memory-reserve) and ${gib(promptCacheBytes)} GiB is set aside for the prompt cache (--prompt-cache-bytes)`,
+      `model '${name}' needs about ${gib(estimatedBytes)} GiB (${wanted === 'native' ? 'weights as stored' : 'weights dequantized to fp32'}) plus ${gib(activations)} GiB for a prefill step's activations and ${gib(minimumKv)} GiB for one sequence's KV cache, but only ${gib(available)} GiB is available${memory.limitBytes > 0 ? ' under --memory-limit' : ''}, ${gib(reserveBytes)} GiB is kept in reserve (--memory-reserve) and ${gib(promptCacheBytes)} GiB is set aside for the prompt cache (--prompt-cache-bytes)`,
     );
   }
   return { placement: wanted, estimatedBytes, availableBytes: available };
