@@ -59,7 +59,7 @@ export class KvNeed {
     private readonly contextLength: number,
   ) {}
 
-  get budgetTokens(): number {
+  private get budgetTokens(): number {
     return this.budget.bytesPerToken > 0 ? Math.floor(this.budget.budgetBytes / this.budget.bytesPerToken) : Number.POSITIVE_INFINITY;
   }
 
@@ -107,10 +107,6 @@ export class Admission {
 
   get reservedBytes(): number {
     return this.reserved;
-  }
-
-  get runningCount(): number {
-    return this.running;
   }
 
   /**
