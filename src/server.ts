@@ -37,11 +37,9 @@ export async function startServer(config: ServerConfig, logger: Logger): Promise
     maxQueue: config.maxQueue,
     requestTimeoutSeconds: config.requestTimeoutSeconds,
     maxBatch: config.maxBatch,
-    prefillChunk: config.prefillChunk,
-    promptCacheBytes: config.promptCacheBytes,
     defaultMaxTokens: config.defaultMaxTokens,
     weights: config.weights,
-    memory: { reserveBytes: config.memoryReserveBytes, limitBytes: config.memoryLimitBytes },
+    memory: { reserveBytes: config.memoryReserveBytes, limitBytes: config.memoryLimitBytes, promptCacheBytes: config.promptCacheBytes, prefillChunk: config.prefillChunk },
     mlxCacheLimitBytes: config.mlxCacheLimitBytes,
   });
   await engine.start();

@@ -179,7 +179,7 @@ function quantizedModel(rows: number): string {
 }
 
 t.test("the load guard on a GPU measures against the device's working set, not the OS's free memory", async (t) => {
-  const budget = { reserveBytes: 0, limitBytes: 0 };
+  const budget = { reserveBytes: 0, limitBytes: 0, promptCacheBytes: 0, prefillChunk: 1 };
   const small = quantizedModel(4096);
   const native = estimateLoadBytes(small, false).native;
   t.equal(planLoad('q4', small, 'auto', budget, 1024 * GiB).placement, 'native', 'auto keeps quantized weights as stored on a GPU, however much room there is');

@@ -104,8 +104,7 @@ async function generate(task: Extract<WorkerTask, { op: 'generate' }>, telemetry
     const ids = promptIds(target, request);
     validate(target, request, ids);
     scheduler ??= new Scheduler(telemetry, settings);
-    const limited: GenerationRequest = request.maxTokens === null ? { ...request, maxTokens: settings.defaultMaxTokens > 0 ? settings.defaultMaxTokens : 'context' } : request;
-    const sequence = new Sequence(target.model, target.tokenizer, limited, ids, target.eosIds, task.slot, port, telemetry, target.promptCache.lookup(ids));
+    const sequence = new Sequence(target.model, target.tokenizer, request, ids, target.eosIds, task.slot, port, telemetry, target.promptCache.lookup(ids));
     await scheduler.run(sequence);
     target.promptCache.store(sequence.tokens, sequence.cache);
     publishDeviceMemory(metalMemory, telemetry);

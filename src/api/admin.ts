@@ -59,6 +59,12 @@ export function memoryStatus(telemetry: Telemetry): Record<string, unknown> {
   };
 }
 
+/** The loaded model's KV budget and what running requests hold of it; null when none is loaded. */
+function kvCacheBody(ctx: ServeContext): Record<string, number> | null {
+  const kv = ctx.engine.kvUsage;
+  return kv && { budget_bytes: kv.budgetBytes, reserved_bytes: kv.reservedBytes, bytes_per_token: kv.bytesPerToken, max_running: ctx.config.maxBatch, max_waiting: ctx.config.maxQueue };
+}
+
 export function statusBody(ctx: ServeContext): Record<string, unknown> {
   const { telemetry, engine } = ctx;
   const loaded = engine.loadedModel;
@@ -106,6 +112,7 @@ export function statusBody(ctx: ServeContext): Record<string, unknown> {
       request_timeout_seconds: ctx.config.requestTimeoutSeconds,
     },
     version: PACKAGE_VERSION,
+    kv_cache: kvCacheBody(ctx),
     idle_timeout_seconds: engine.idleTimeoutSeconds,
   };
 }

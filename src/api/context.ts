@@ -1,7 +1,7 @@
 import type { Logger } from 'pino';
 import type { ServerConfig } from '../config.ts';
-import type { Engine } from '../engine/engine.ts';
-import type { GenerationRequest, GenerationStats, StreamEvent } from '../engine/protocol.ts';
+import type { Engine, EngineEvent } from '../engine/engine.ts';
+import type { GenerationRequest, GenerationStats } from '../engine/protocol.ts';
 import type { Exchange } from '../http/exchange.ts';
 import type { ModelEntry, ModelRegistry } from '../models/registry.ts';
 import type { LatencyRecorder } from '../telemetry/latency.ts';
@@ -30,7 +30,7 @@ export async function runGeneration(
   exchange: Exchange,
   request: GenerationRequest,
   model: ModelEntry,
-  onEvent: (event: StreamEvent) => void,
+  onEvent: (event: EngineEvent) => void,
 ): Promise<GenerationStats> {
   const timing = ctx.latency.track();
   const handle = ctx.engine.generate(request, model, (event) => {

@@ -6,7 +6,7 @@ import { createHash } from 'node:crypto';
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { GenerationRequest, GenerationStats, PromptInput } from '../engine/protocol.ts';
-import { badRequest } from '../errors.ts';
+import { badRequest, errorHeaders } from '../errors.ts';
 import type { Exchange } from '../http/exchange.ts';
 import { parseJsonObject, type ErrorWriter, type Route } from '../http/server.ts';
 import { parameterCount } from '../models/footprint.ts';
@@ -19,7 +19,7 @@ import { chatMessages } from './openai.ts';
 
 
 /** Ollama's error shape: one string. */
-export const ollamaError: ErrorWriter = (exchange, error) => exchange.json(error.status, { error: error.message });
+export const ollamaError: ErrorWriter = (exchange, error) => exchange.json(error.status, { error: error.message }, errorHeaders(error));
 
 const COMMON_FIELDS = ['model', 'stream', 'format', 'keep_alive', 'options', 'think', 'logprobs', 'top_logprobs'] as const;
 const GENERATE_FIELDS = [...COMMON_FIELDS, 'prompt', 'suffix', 'system', 'template', 'context', 'raw', 'images'] as const;

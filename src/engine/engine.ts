@@ -1,8 +1,10 @@
 /**
  * The main thread's side of the MLX worker. It owns the model's lifecycle (load on demand,
- * unload on request or when idle, switch models), admits generation requests, gives each a
- * cancellation slot in shared memory and turns the worker's port messages into events.
- * Lifecycle changes run one at a time; a change waits until no generation holds the model.
+ * unload on request or when idle, switch models), admits generation requests (at most
+ * --max-batch at a time reach the worker, each once its KV cache fits the model's KV budget;
+ * up to --max-queue wait here), gives each a cancellation slot in shared memory and turns the
+ * worker's port messages into events. Lifecycle changes run one at a time; a change waits
+ * until no generation holds the model.
  */
 import { MessageChannel } from 'node:worker_threads';
 import { Piscina } from 'piscina';
@@ -11,10 +13,11 @@ import { ServeError } from '../errors.ts';
 import { collectGarbage } from '../runtime/gc.ts';
 import type { DeviceRelease } from '../runtime/device-memory.ts';
 import { releaseFreeMemory } from '../runtime/malloc-trim.ts';
-import { planLoad, type MemoryBudget, type WeightsPolicy } from '../models/footprint.ts';
+import { kvBudget, planLoad, type KvBudget, type MemoryBudget, type WeightsPolicy } from '../models/footprint.ts';
 import { packagePath, WORKER_BUNDLE } from '../paths.ts';
 import type { ModelEntry, ModelRegistry } from '../models/registry.ts';
 import { CANCEL_SLOTS, Telemetry } from '../telemetry/layout.ts';
+import { Admission, KvNeed, promptTokenBound, type Ticket } from './admission.ts';
 import type { GenerationRequest, GenerationStats, LoadResult, StreamEvent, WorkerReply, WorkerSettings, WorkerTask } from './protocol.ts';
 
 /** Bundled, this file is dist/server.js and the worker is bundled beside it; through tsx, both are TypeScript. */
@@ -23,6 +26,17 @@ const WORKER = import.meta.url.endsWith('.ts') ? packagePath('workers', 'mlx-wor
 export interface LoadedInfo extends LoadResult {
   path: string;
   loadedAt: Date;
+  kv: KvBudget;
+}
+
+/** The worker's events for a request, and the moment it left the engine's queue for the worker. */
+export type EngineEvent = StreamEvent | { type: 'admitted' };
+
+/** The KV budget now: what running requests hold of it. */
+export interface KvUsage {
+  bytesPerToken: number;
+  budgetBytes: number;
+  reservedBytes: number;
 }
 
 export interface UnloadResult {
@@ -46,10 +60,8 @@ export interface EngineOptions {
   maxQueue: number;
   /** 0: no limit. */
   requestTimeoutSeconds: number;
-  /** Handed to the worker (see WorkerSettings). */
+  /** Requests running in the worker at once; also handed to it (see WorkerSettings). */
   maxBatch: number;
-  prefillChunk: number;
-  promptCacheBytes: number;
   defaultMaxTokens: number;
   memory: MemoryBudget;
   /** Bytes of freed buffers MLX's Metal allocator keeps for reuse (--mlx-cache-limit). */
@@ -58,9 +70,9 @@ export interface EngineOptions {
 }
 
 /** Why a generation was cancelled; a client that left gets nothing, the others get an error. */
-type CancelReason = 'client' | 'timeout' | 'shutdown';
+type CancelReason = 'client' | 'timeout' | 'shutdown' | 'kv_budget';
 
-const cancellationError: Record<Exclude<CancelReason, 'client'>, () => ServeError> = {
+const cancellationError: Record<Exclude<CancelReason, 'client' | 'kv_budget'>, () => ServeError> = {
   timeout: () => new ServeError(504, 'request_timeout', 'the request took longer than --request-timeout and was cancelled'),
   shutdown: () => new ServeError(503, 'shutting_down', 'the server is shutting down; the generation was cancelled'),
 };
@@ -93,11 +105,15 @@ export class Engine {
   private closed = false;
   /** The worker died under us: its replacement holds no model, so the next acquire reloads. */
   private workerLost = false;
-  /** Generations admitted and not yet finished, by slot, so shutdown can cancel them. */
-  private readonly running = new Map<number, (reason: CancelReason) => void>();
+  /** Generations accepted and not yet finished (waiting or running), so shutdown can cancel them. */
+  private readonly inFlight = new Set<(reason: CancelReason) => void>();
+  private readonly admission: Admission;
+  /** The loaded model's KV arithmetic; null while none is loaded. */
+  private kvNeed: KvNeed | null = null;
 
   constructor(private readonly options: EngineOptions) {
     const { telemetry } = options;
+    this.admission = new Admission(Math.min(options.maxBatch, CANCEL_SLOTS));
     telemetry.write('startedAtMs', Date.now());
     telemetry.write('lastActivityMs', Date.now());
     this.keepAliveMs = this.defaultKeepAliveMs;
@@ -155,52 +171,74 @@ export class Engine {
     return this.workerReady ? 'starting' : 'no_worker';
   }
 
-  /** Starts a generation; the model is loaded (or switched) first if needed. */
-  generate(request: GenerationRequest, model: ModelEntry, onEvent: (event: StreamEvent) => void): GenerationHandle {
+  get kvUsage(): KvUsage | null {
+    if (!this.loaded) return null;
+    return { bytesPerToken: this.loaded.kv.bytesPerToken, budgetBytes: this.loaded.kv.budgetBytes, reservedBytes: this.admission.reservedBytes };
+  }
+
+  /**
+   * Starts a generation; the model is loaded (or switched) first if needed. The request waits
+   * (counted as queued) until a running place is free and its KV cache fits the budget.
+   */
+  generate(asked: GenerationRequest, model: ModelEntry, onEvent: (event: EngineEvent) => void): GenerationHandle {
     const { telemetry, logger } = this.options;
+    const request = this.withTokenLimit(asked);
+    const newTokens = typeof request.maxTokens === 'number' ? request.maxTokens : null;
     if (this.closed) throw cancellationError.shutdown();
     if (telemetry.queued >= this.options.maxQueue) {
       telemetry.increment('requestsRejected');
-      throw new ServeError(503, 'queue_full', `the server is at capacity (${this.options.maxQueue} requests waiting); retry shortly`);
+      throw new ServeError(503, 'queue_full', `the server is at capacity (${this.options.maxQueue} requests waiting, --max-queue); retry shortly`);
     }
-    const slot = this.freeSlots.pop();
-    if (slot === undefined) throw new ServeError(503, 'queue_full', 'the server is at capacity; retry shortly');
-    telemetry.clearCancel(slot);
     telemetry.increment('requestsTotal');
     telemetry.addQueued(1);
     this.touch();
-    let started = false;
+    const arrivedAt = performance.now();
+    const leaveQueue = new AbortController();
+    let slot: number | null = null;
     let tokensSeen = 0;
-    const cancellation: { reason: CancelReason | null; tokensSeen: number } = { reason: null, tokensSeen: 0 };
-    const cancel = (reason: CancelReason): void => {
+    const cancellation: { reason: CancelReason | null; error: ServeError | null; tokensSeen: number } = { reason: null, error: null, tokensSeen: 0 };
+    const cancel = (reason: CancelReason, error: ServeError | null = null): void => {
       if (cancellation.reason) return;
-      cancellation.reason = reason;
-      cancellation.tokensSeen = tokensSeen;
-      telemetry.requestCancel(slot);
+      Object.assign(cancellation, { reason, error, tokensSeen });
+      if (slot !== null) telemetry.requestCancel(slot);
+      leaveQueue.abort();
     };
-    this.running.set(slot, cancel);
+    this.inFlight.add(cancel);
     const timeout = this.options.requestTimeoutSeconds > 0 ? setTimeout(() => cancel('timeout'), this.options.requestTimeoutSeconds * 1000) : null;
     const done = (async (): Promise<GenerationStats> => {
       let leased = false;
+      let ticket: Ticket | null = null;
       try {
         if (model.fetch) model = await model.fetch();
         await this.acquire(model);
         leased = true;
-        const stats = cancellation.reason
-          ? { finishReason: 'cancelled' as const, promptTokens: 0, cachedTokens: 0, completionTokens: 0, promptMs: 0, decodeMs: 0 }
-          : await this.run(request, model, slot, (event) => {
-              if (event.type === 'started' && !started) {
-                started = true;
-                telemetry.addQueued(-1);
-                telemetry.addActive(1);
-              }
-              if (event.type === 'text') tokensSeen = event.tokens;
-              onEvent(event);
-            });
+        const kv = this.kvNeed as KvNeed;
+        ticket = await this.admit(request, newTokens, kv, leaveQueue.signal);
+        let stats: GenerationStats = { finishReason: 'cancelled', promptTokens: 0, cachedTokens: 0, completionTokens: 0, promptMs: 0, decodeMs: 0 };
+        if (ticket) {
+          const admitted = ticket;
+          slot = this.freeSlots.pop() as number;
+          telemetry.clearCancel(slot);
+          telemetry.addQueued(-1);
+          telemetry.addActive(1);
+          logger.debug({ event: 'admitted', reqId: request.id, waitedMs: Math.round(performance.now() - arrivedAt), kvBytes: admitted.bytes }, 'request admitted to the worker');
+          onEvent({ type: 'admitted' });
+          stats = await this.run(request, model, slot, (event) => {
+            if (cancellation.reason === 'kv_budget') return;
+            if (event.type === 'started') {
+              logger.debug({ event: 'generation_start', reqId: request.id, promptTokens: event.promptTokens, cachedTokens: event.cachedTokens }, 'the worker took the request');
+              const refusal = kv.refusal(event.promptTokens, newTokens);
+              if (refusal) return cancel('kv_budget', refusal);
+              admitted.resize(kv.bytes(kv.tokens(event.promptTokens, newTokens)));
+            }
+            if (event.type === 'text') tokensSeen = event.tokens;
+            onEvent(event);
+          });
+        }
         const { reason } = cancellation;
         if (reason) {
-          logger.info({ event: 'cancelled', reqId: request.id, reason, tokensAfterCancel: Math.max(0, stats.completionTokens - cancellation.tokensSeen) }, 'generation cancelled');
-          if (reason !== 'client') throw cancellationError[reason]();
+          logger.info({ event: 'cancelled', reqId: request.id, reason, whileWaiting: ticket === null, tokensAfterCancel: Math.max(0, stats.completionTokens - cancellation.tokensSeen) }, 'generation cancelled');
+          if (reason !== 'client') throw cancellation.error ?? cancellationError[reason as Exclude<CancelReason, 'client' | 'kv_budget'>]();
         }
         return stats;
       } catch (error) {
@@ -208,15 +246,38 @@ export class Engine {
         throw ServeError.from(error);
       } finally {
         if (timeout) clearTimeout(timeout);
-        this.running.delete(slot);
-        if (started) telemetry.addActive(-1);
-        else telemetry.addQueued(-1);
-        this.freeSlots.push(slot);
+        this.inFlight.delete(cancel);
+        if (ticket) {
+          telemetry.addActive(-1);
+          this.freeSlots.push(slot as number);
+          ticket.release();
+        } else telemetry.addQueued(-1);
         if (leased) this.release();
         this.touch();
       }
     })();
     return { done, cancel: () => cancel('client') };
+  }
+
+  /**
+   * Waits for a running place and room for the request's KV cache; null when the wait was
+   * abandoned. Before the worker has counted the prompt, text is reserved at an upper estimate
+   * (corrected when the worker reports the exact count, before any of its KV is allocated); a
+   * request whose exact need could never fit is refused here, without waiting.
+   */
+  private admit(request: GenerationRequest, newTokens: number | null, kv: KvNeed, signal: AbortSignal): Promise<Ticket | null> {
+    const prompt = promptTokenBound(request);
+    if (prompt.exact || newTokens === null) {
+      const refusal = kv.refusal(prompt.exact ? prompt.tokens : null, newTokens);
+      if (refusal) throw refusal;
+    }
+    return this.admission.enter(kv.bytes(kv.tokens(prompt.tokens, newTokens)), signal);
+  }
+
+  /** A request that set no limit gets --default-max-tokens (0: until the context is full). */
+  private withTokenLimit(request: GenerationRequest): GenerationRequest {
+    if (request.maxTokens !== null) return request;
+    return { ...request, maxTokens: this.options.defaultMaxTokens > 0 ? this.options.defaultMaxTokens : 'context' };
   }
 
   /**
@@ -261,8 +322,8 @@ export class Engine {
     const drained = this.leases === 0 ? Promise.resolve() : new Promise<void>((resolve) => this.drained.push(resolve));
     const grace = new Promise<'timeout'>((resolve) => setTimeout(() => resolve('timeout'), graceMs).unref());
     if ((await Promise.race([drained, grace])) === 'timeout') {
-      this.options.logger.warn({ event: 'shutdown_cancel', running: this.running.size }, 'cancelling generations still running at shutdown');
-      for (const cancel of this.running.values()) cancel('shutdown');
+      this.options.logger.warn({ event: 'shutdown_cancel', running: this.inFlight.size }, 'cancelling generations still running at shutdown');
+      for (const cancel of this.inFlight) cancel('shutdown');
     }
     await this.lifecycle.run(async () => {
       if (this.loaded) await this.unloadNow();
@@ -325,9 +386,8 @@ export class Engine {
       idleTimeout: Number.POSITIVE_INFINITY,
       workerData: {
         maxBatch: this.options.maxBatch,
-        prefillChunk: this.options.prefillChunk,
-        promptCacheBytes: this.options.promptCacheBytes,
-          defaultMaxTokens: this.options.defaultMaxTokens,
+        prefillChunk: this.options.memory.prefillChunk,
+        promptCacheBytes: this.options.memory.promptCacheBytes,
         cacheLimitBytes: this.options.mlxCacheLimitBytes,
         memoryLimitBytes: this.options.memory.limitBytes,
       } satisfies WorkerSettings,
@@ -387,12 +447,15 @@ export class Engine {
       throw error;
     }
     const seconds = (performance.now() - started) / 1000;
-    this.loaded = { ...reply.load, path: model.path, loadedAt: new Date() };
+    const kv = kvBudget(model.path, plan.placement, plan.availableBytes, this.options.memory);
+    this.loaded = { ...reply.load, path: model.path, loadedAt: new Date(), kv };
+    this.kvNeed = new KvNeed(kv, reply.load.contextLength);
+    this.admission.setBudget(kv.budgetBytes);
     telemetry.modelState = 'loaded';
     telemetry.write('loadedAtMs', Date.now());
     telemetry.write('loadSeconds', seconds);
     telemetry.increment('modelLoads');
-    logger.info({ event: 'loaded', model: model.name, bytes: reply.load.bytes, seconds, rssMb: process.memoryUsage.rss() / 2 ** 20 }, 'model loaded');
+    logger.info({ event: 'loaded', model: model.name, bytes: reply.load.bytes, seconds, rssMb: process.memoryUsage.rss() / 2 ** 20, kvBudgetBytes: kv.budgetBytes, kvBytesPerToken: kv.bytesPerToken }, 'model loaded');
   }
 
   /** Caller holds the lifecycle queue. Terminating the worker frees every array it held. */
@@ -405,6 +468,7 @@ export class Engine {
     const rssBefore = process.memoryUsage.rss();
     const device = await this.discardWorker();
     this.loaded = null;
+    this.kvNeed = null;
     this.keepAliveMs = this.defaultKeepAliveMs;
     telemetry.write('modelBytes', 0);
     telemetry.write('loadedAtMs', 0);

@@ -35,8 +35,9 @@ export interface GenerationRequest {
   prompt: PromptInput;
   /**
    * Tokens to generate at most: a number the client asked for; 'context' until the context is
-   * full (Ollama's negative num_predict); null when the client set no limit, which is the
-   * server's --default-max-tokens. The context length bounds every one of them.
+   * full (Ollama's negative num_predict); null when the client set no limit, which the engine
+   * turns into the server's --default-max-tokens before the worker sees it. The context length
+   * bounds every one of them.
    */
   maxTokens: number | 'context' | null;
   sampling: SamplingParams;
@@ -116,6 +117,4 @@ export interface WorkerSettings extends DeviceMemorySettings {
   prefillChunk: number;
   /** Bound on the KV state kept for reuse by later requests sharing a prefix. */
   promptCacheBytes: number;
-  /** Tokens generated for a request that sets no limit (0: until the context is full). */
-  defaultMaxTokens: number;
 }

@@ -8,7 +8,7 @@ import { createServer } from 'node:net';
 import uWS from 'uWebSockets.js';
 import type { Logger } from 'pino';
 import type { ServerConfig } from '../config.ts';
-import { ServeError } from '../errors.ts';
+import { errorHeaders, ServeError } from '../errors.ts';
 import { Authenticator, routeAccess } from './auth.ts';
 import { CorsPolicy } from './cors.ts';
 import { Exchange } from './exchange.ts';
@@ -35,8 +35,7 @@ export interface HttpServer {
 /** OpenAI's error shape; the admin routes use it too. */
 export const openAiError: ErrorWriter = (exchange, error) => {
   const type = error.status >= 500 ? 'server_error' : error.status === 404 && error.code !== 'model_not_found' ? 'not_found_error' : error.status === 401 ? 'authentication_error' : 'invalid_request_error';
-  const headers: Record<string, string> = error.code === 'queue_full' ? { 'retry-after': '1' } : {};
-  exchange.json(error.status, { error: { message: error.message, type, param: error.param ?? null, code: error.code } }, headers);
+  exchange.json(error.status, { error: { message: error.message, type, param: error.param ?? null, code: error.code } }, errorHeaders(error));
 };
 
 declare module 'uWebSockets.js' {

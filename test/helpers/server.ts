@@ -1,6 +1,6 @@
 /** Starts a real `mlx-server serve` process for a test and stops it afterwards. */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtempSync } from 'node:fs';
+import { cpSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -90,3 +90,30 @@ export const post = (url: string, body: unknown): Promise<{ status: number; body
   json(url, { method: 'POST', headers: { 'content-type': 'application/json' }, body: typeof body === 'string' ? body : JSON.stringify(body) });
 
 export const tempDir = (prefix: string): string => mkdtempSync(join(tmpdir(), prefix));
+
+export const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
+
+/** The server's log lines for one event, parsed. */
+export const logEvents = (server: TestServer, event: string): Record<string, unknown>[] =>
+  server.logs.filter((line) => line.includes(`"event":"${event}"`)).map((line) => JSON.parse(line) as Record<string, unknown>);
+
+/** Probes until it returns something other than undefined; fails after `timeoutMs`. */
+export async function waitFor<T>(what: string, probe: () => Promise<T | undefined> | T | undefined, timeoutMs = 20_000): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  while (Date.now() < deadline) {
+    const value = await probe();
+    if (value !== undefined) return value;
+    await sleep(20);
+  }
+  throw new Error(`timed out waiting for ${what}`);
+}
+
+/** A models dir holding one copy of the built-in model under `name`, with `changes` merged into its config.json. */
+export function builtinModelVariant(name: string, changes: Record<string, unknown>): { modelsDir: string; path: string } {
+  const modelsDir = tempDir(`mlx-${name}-`);
+  const path = join(modelsDir, name);
+  cpSync(join(TEST_CACHE_DIR, 'tiny-qwen3'), path, { recursive: true });
+  const config = JSON.parse(readFileSync(join(path, 'config.json'), 'utf8')) as Record<string, unknown>;
+  writeFileSync(join(path, 'config.json'), JSON.stringify({ ...config, ...changes }));
+  return { modelsDir, path };
+}
