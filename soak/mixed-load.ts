@@ -192,8 +192,9 @@ const percentile = (values: number[], p: number): number => {
 };
 
 export async function runMixedLoad(options: MixedLoadOptions, log: (line: string) => void = console.log): Promise<MixedLoadResult> {
-  const started = Date.now();
-  const deadline = started + options.durationMs;
+  // The clock starts once the model is loaded (see below): a slow load does not eat the mix's time.
+  let started = Date.now();
+  let deadline = started + options.durationMs;
   const kinds: Kind[] = [...WEIGHTS.map(([kind]) => kind), 'stall'];
   const requests = Object.fromEntries(kinds.map((k) => [k, { ok: 0, rejected: 0, lost: 0, unexpected: 0, aborted: 0, dropped: 0 }])) as MixedLoadResult['requests'];
   const rejectionsExpected = options.connections > options.maxQueue;
@@ -203,7 +204,7 @@ export async function runMixedLoad(options: MixedLoadOptions, log: (line: string
   let restarts = 0;
   let lastUptime = -1;
 
-  const watch = (async () => {
+  const watch = async (): Promise<void> => {
     while (Date.now() < deadline) {
       try {
         const status = (await (await fetch(`${options.url}/admin/status`)).json()) as { memory: { rss_gb: number }; requests: { uptime_seconds: number } };
@@ -219,7 +220,7 @@ export async function runMixedLoad(options: MixedLoadOptions, log: (line: string
       if (elapsed % 30 < 2) log(`[PROGRESS] ${elapsed}s: ${done} requests, rss ${rss === undefined ? '?' : (rss * 1024).toFixed(0)} MB`);
       await sleep(2000);
     }
-  })();
+  };
 
   const attempt = async (kind: Kind, random: () => number): Promise<void> => {
     const t0 = performance.now();
@@ -239,17 +240,20 @@ export async function runMixedLoad(options: MixedLoadOptions, log: (line: string
     while (Date.now() < deadline);
   };
 
-  // The stalled client goes first, with the model loaded: its stream then starts within seconds
+  // One completion loads the model. The stalled client goes first: its stream then starts within seconds
   // and overflows --max-stream-buffer. Under the full mix a stream can wait longer than the ~10 s
   // the socket layer gives a client that takes nothing, and that timeout drops it first.
   await attempt('complete', seeded(0x5eed - 1));
+  started = Date.now();
+  deadline = started + options.durationMs;
+  const watching = watch();
   const stalled = (async () => {
     // A round that cannot finish its stall before the deadline is not started.
     do await attempt('stall', seeded(0x5eed - 2));
     while (Date.now() + STALL_MS < deadline);
   })();
   await sleep(STALL_HEAD_START_MS);
-  await Promise.all([watch, stalled, ...Array.from({ length: options.connections }, (_, i) => connection(0x5eed + i, pick))]);
+  await Promise.all([watching, stalled, ...Array.from({ length: options.connections }, (_, i) => connection(0x5eed + i, pick))]);
 
   const fittedGrowthMb = (trend(memory.filter(({ t }) => t >= (options.durationMs / 1000) * 0.2)).fittedGrowthGb ?? 0) * 1024;
   const lost = kinds.reduce((sum, k) => sum + requests[k].lost, 0);
