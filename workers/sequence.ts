@@ -5,7 +5,7 @@ import type { Telemetry } from '../src/telemetry/layout.ts';
 import type { LanguageModel } from './models/decoder.ts';
 import type { KVCache } from './models/kv-cache.ts';
 import { mx, type MxArray } from './models/mx.ts';
-import type { TokenConstraint } from './constraints/grammar.ts';
+import { closingReserve, type TokenConstraint } from './constraints/grammar.ts';
 import type { PromptCacheHit } from './prompt-cache.ts';
 import { Sampler } from './sampling.ts';
 import { StopMatcher } from './stop-matcher.ts';
@@ -83,7 +83,9 @@ export class Sequence {
   /** Samples from this sequence's row of logits [vocab] and handles the token. */
   acceptLogits(row: MxArray): void {
     const constraint = this.constraint;
-    this.accept(this.sampler.next(row, this.history.length > 0 ? this.history : this.promptIds, constraint ? (logits) => constraint.mask(logits) : undefined));
+    const budget = this.request.maxTokens ?? this.model.contextLength - this.promptIds.length;
+    const closing = budget - this.generated <= closingReserve(budget);
+    this.accept(this.sampler.next(row, this.history.length > 0 ? this.history : this.promptIds, constraint ? (logits) => constraint.mask(logits, closing) : undefined));
   }
 
   cancel(): void {

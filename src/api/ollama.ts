@@ -24,7 +24,8 @@ export const ollamaError: ErrorWriter = (exchange, error) => exchange.json(error
 
 const COMMON_FIELDS = ['model', 'stream', 'format', 'keep_alive', 'options', 'think', 'logprobs', 'top_logprobs'] as const;
 const GENERATE_FIELDS = [...COMMON_FIELDS, 'prompt', 'suffix', 'system', 'template', 'context', 'raw', 'images'] as const;
-const CHAT_FIELDS = [...COMMON_FIELDS, 'messages', 'tools'] as const;
+/** tool_choice is ours, not Ollama's: OpenAI's meaning, so a client can require a call here too. */
+const CHAT_FIELDS = [...COMMON_FIELDS, 'messages', 'tools', 'tool_choice'] as const;
 
 const SAMPLING_OPTIONS = ['temperature', 'top_p', 'top_k', 'min_p', 'num_predict', 'seed', 'stop', 'repeat_penalty', 'repeat_last_n', 'num_ctx'];
 /** llama.cpp runtime settings that mean nothing to MLX; accepted so existing clients keep working. */
@@ -328,8 +329,7 @@ export function ollamaRoutes(ctx: ServeContext): Route[] {
       // Ollama names a tool result's tool in tool_name; the chat templates read it as name.
       const renamed = messages.map((m) => (typeof m?.tool_name === 'string' && m.name === undefined ? { ...m, name: m.tool_name } : m));
       if (messages.length === 0) return { prompt: null, tools: NO_TOOLS };
-      // Ollama has no tool_choice: offered tools are the model's to call or not.
-      const use = planToolUse(model, Array.isArray(tools) ? tools : undefined, undefined);
+      const use = planToolUse(model, Array.isArray(tools) ? tools : undefined, fields.raw('tool_choice'));
       return { prompt: { kind: 'chat', messages: chatMessages(renamed), ...(use.tools ? { tools: use.tools } : {}), ...templateArgs(fields) }, tools: use };
     }),
   ];

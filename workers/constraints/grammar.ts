@@ -18,6 +18,15 @@ import { xgrammar, type CompiledGrammar, type GrammarCompiler, type GrammarMatch
 const COMPACT = { anyWhitespace: false, indent: -1, separators: [', ', ': '] as [string, string] };
 /** Formats compiled per model; a client usually repeats the same few. */
 const COMPILED_FORMATS = 32;
+const CLOSING_BYTES = new Set([0x22, 0x5d, 0x7d]); // " ] }
+
+/**
+ * The last tokens of a budget (max_tokens, or what the context has left) in which decoding
+ * prefers tokens that close what is open, so the JSON can end before the budget does.
+ */
+export function closingReserve(budget: number): number {
+  return Math.min(256, Math.max(16, Math.floor(budget / 4)));
+}
 
 async function grammarText(schema: JsonSchema, closed: boolean): Promise<string> {
   const grammar = await xgrammar().Grammar.fromJSONSchema(JSON.stringify(schema), COMPACT.anyWhitespace, COMPACT.indent, COMPACT.separators, closed);
@@ -50,6 +59,8 @@ function invalidFormat(error: unknown): ServeError {
 export class GrammarConstraints {
   private compiler: Promise<GrammarCompiler> | null = null;
   private readonly compiled = new Map<string, Promise<CompiledGrammar>>();
+  /** Tokens made only of closing quotes, brackets and braces, and the stop tokens. */
+  private closers: number[] | null = null;
 
   constructor(
     private readonly tokenizer: ModelTokenizer,
@@ -60,7 +71,17 @@ export class GrammarConstraints {
   /** A fresh matcher for one sequence. */
   async constraint(format: OutputFormat): Promise<TokenConstraint> {
     const compiled = await this.compile(format);
-    return new TokenConstraint(await xgrammar().GrammarMatcher.createGrammarMatcher(compiled), this.vocabSize);
+    this.closers ??= this.closingTokens();
+    return new TokenConstraint(await xgrammar().GrammarMatcher.createGrammarMatcher(compiled), this.vocabSize, this.closers);
+  }
+
+  private closingTokens(): number[] {
+    const ids = [...this.stopIds];
+    for (let id = 0; id < this.vocabSize; id++) {
+      const bytes = this.tokenizer.bytesOf(id);
+      if (bytes && bytes.length > 0 && bytes.every((b) => CLOSING_BYTES.has(b))) ids.push(id);
+    }
+    return ids;
   }
 
   private compile(format: OutputFormat): Promise<CompiledGrammar> {
@@ -117,6 +138,7 @@ export class TokenConstraint {
   constructor(
     private readonly matcher: GrammarMatcher,
     private readonly vocabSize: number,
+    private readonly closers: readonly number[],
   ) {
     this.prepare();
   }
@@ -132,11 +154,17 @@ export class TokenConstraint {
     return this.matcher.isTerminated();
   }
 
-  /** This step's logits with every token that would break the format set to -inf. */
-  mask(row: MxArray): MxArray {
+  /**
+   * This step's logits with every token that would break the format set to -inf. `closing`: the
+   * budget is nearly spent, so when any allowed token closes a string, array or object (or ends
+   * a finished answer), only those stay.
+   */
+  mask(row: MxArray, closing = false): MxArray {
     if (this.failure) throw this.failure;
     const words = this.bitmask;
     if (!words) throw new ServeError(500, 'internal_error', 'constrained decoding: the token mask was not ready when the logits were');
+    const closers = closing ? this.closers.filter((id) => (((words[id >>> 5] as number) >>> (id & 31)) & 1) === 1) : [];
+    if (closers.length > 0) return keepOnly(row, closers, this.vocabSize);
     const allowed = countAllowed(words, this.vocabSize);
     if (allowed === this.vocabSize) return row;
     if (allowed === 0) throw new ServeError(500, 'internal_error', 'constrained decoding: the grammar allows no token here');
@@ -144,9 +172,8 @@ export class TokenConstraint {
     // between values only a handful are.
     const listAllowed = allowed <= this.vocabSize / 2;
     const ids = tokensWithBit(words, this.vocabSize, listAllowed ? 1 : 0, listAllowed ? allowed : this.vocabSize - allowed);
-    const keep = listAllowed
-      ? mx.zeros([this.vocabSize], mx.int32).at(mx.array(ids, mx.int32)).add(1)
-      : mx.ones([this.vocabSize], mx.int32).at(mx.array(ids, mx.int32)).subtract(1);
+    if (listAllowed) return keepOnly(row, ids, this.vocabSize);
+    const keep = mx.ones([this.vocabSize], mx.int32).at(mx.array(ids, mx.int32)).subtract(1);
     return mx.where(keep, row, mx.array(-Infinity, mx.float32));
   }
 
@@ -182,4 +209,9 @@ function tokensWithBit(words: Int32Array, vocabSize: number, bit: 0 | 1, count: 
   let n = 0;
   for (let id = 0; id < vocabSize; id++) if ((((words[id >>> 5] as number) >>> (id & 31)) & 1) === bit) ids[n++] = id;
   return ids;
+}
+
+function keepOnly(row: MxArray, ids: number[], vocabSize: number): MxArray {
+  const keep = mx.zeros([vocabSize], mx.int32).at(mx.array(ids, mx.int32)).add(1);
+  return mx.where(keep, row, mx.array(-Infinity, mx.float32));
 }
