@@ -48,6 +48,20 @@ const CASES: Case[] = [
     calls: [],
   },
   {
+    name: 'Qwen (Hermes): arguments written as a JSON string are read as the object',
+    syntax: 'hermes',
+    text: '<tool_call>\n{"name": "get_time", "arguments": "{\\"zone\\": \\"UTC\\"}"}\n</tool_call>',
+    content: '',
+    calls: [{ name: 'get_time', arguments: { zone: 'UTC' } }],
+  },
+  {
+    name: 'Qwen (Hermes): arguments that are not an object make it no call',
+    syntax: 'hermes',
+    text: '<tool_call>{"name": "f", "arguments": "not json"}</tool_call>',
+    content: '<tool_call>{"name": "f", "arguments": "not json"}</tool_call>',
+    calls: [],
+  },
+  {
     name: 'Llama 3: the whole answer is one JSON call',
     syntax: 'llama3',
     text: '{"name": "get_weather", "parameters": {"city": "Oslo"}}',

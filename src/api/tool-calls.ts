@@ -81,9 +81,11 @@ function asCall(value: unknown, argumentsKeys: string[]): ToolCall | null {
   const record = value as Record<string, unknown>;
   if (typeof record.name !== 'string') return null;
   const key = argumentsKeys.find((k) => record[k] !== undefined);
-  const args = key === undefined ? {} : record[key];
-  const text = typeof args === 'string' ? args : JSON.stringify(args);
-  return { id: typeof record.id === 'string' && record.id ? record.id : callId(), name: record.name, arguments: text };
+  const given = key === undefined ? {} : record[key];
+  // Some models write the arguments as a JSON string; either way they must be an object.
+  const args = typeof given === 'string' ? parseJson(given) : given;
+  if (typeof args !== 'object' || args === null || Array.isArray(args)) return null;
+  return { id: typeof record.id === 'string' && record.id ? record.id : callId(), name: record.name, arguments: JSON.stringify(args) };
 }
 
 function parseJson(text: string): unknown {
