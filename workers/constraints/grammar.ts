@@ -25,7 +25,7 @@ const CLOSING_BYTES = new Set([0x22, 0x5d, 0x7d]); // " ] }
  * prefers tokens that close what is open, so the JSON can end before the budget does.
  */
 export function closingReserve(budget: number): number {
-  return Math.min(256, Math.max(16, Math.floor(budget / 4)));
+  return Math.min(256, Math.max(64, Math.floor(budget / 3)));
 }
 
 async function grammarText(schema: JsonSchema, closed: boolean): Promise<string> {
