@@ -18,7 +18,18 @@ import { xgrammar, type CompiledGrammar, type GrammarCompiler, type GrammarMatch
 const COMPACT = { anyWhitespace: false, indent: -1, separators: [', ', ': '] as [string, string] };
 /** Formats compiled per model; a client usually repeats the same few. */
 const COMPILED_FORMATS = 32;
-const CLOSING_BYTES = new Set([0x22, 0x5d, 0x7d]); // " ] }
+const QUOTE = 0x22;
+const CLOSING_BYTES = new Set([QUOTE, 0x5d, 0x7d]); // " ] }
+
+/**
+ * Tokens made only of closing quotes, brackets and braces. Inside a string a quote closes it and
+ * a bracket is only text; outside, a quote would open a new string and a bracket closes.
+ */
+interface Closers {
+  quotes: number[];
+  /** With the stop tokens, which end a finished answer. */
+  brackets: number[];
+}
 
 /**
  * The last tokens of a budget (max_tokens, or what the context has left) in which decoding
@@ -59,8 +70,7 @@ function invalidFormat(error: unknown): ServeError {
 export class GrammarConstraints {
   private compiler: Promise<GrammarCompiler> | null = null;
   private readonly compiled = new Map<string, Promise<CompiledGrammar>>();
-  /** Tokens made only of closing quotes, brackets and braces, and the stop tokens. */
-  private closers: number[] | null = null;
+  private closers: Closers | null = null;
 
   constructor(
     private readonly tokenizer: ModelTokenizer,
@@ -75,13 +85,14 @@ export class GrammarConstraints {
     return new TokenConstraint(await xgrammar().GrammarMatcher.createGrammarMatcher(compiled), this.vocabSize, this.closers);
   }
 
-  private closingTokens(): number[] {
-    const ids = [...this.stopIds];
+  private closingTokens(): Closers {
+    const closers: Closers = { quotes: [], brackets: [...this.stopIds] };
     for (let id = 0; id < this.vocabSize; id++) {
       const bytes = this.tokenizer.bytesOf(id);
-      if (bytes && bytes.length > 0 && bytes.every((b) => CLOSING_BYTES.has(b))) ids.push(id);
+      if (!bytes || bytes.length === 0 || !bytes.every((b) => CLOSING_BYTES.has(b))) continue;
+      (bytes.includes(QUOTE) ? closers.quotes : closers.brackets).push(id);
     }
-    return ids;
+    return closers;
   }
 
   private compile(format: OutputFormat): Promise<CompiledGrammar> {
@@ -138,7 +149,7 @@ export class TokenConstraint {
   constructor(
     private readonly matcher: GrammarMatcher,
     private readonly vocabSize: number,
-    private readonly closers: readonly number[],
+    private readonly closers: Closers,
   ) {
     this.prepare();
   }
@@ -163,9 +174,16 @@ export class TokenConstraint {
     if (this.failure) throw this.failure;
     const words = this.bitmask;
     if (!words) throw new ServeError(500, 'internal_error', 'constrained decoding: the token mask was not ready when the logits were');
-    const closers = closing ? this.closers.filter((id) => (((words[id >>> 5] as number) >>> (id & 31)) & 1) === 1) : [];
-    if (closers.length > 0) return keepOnly(row, closers, this.vocabSize);
     const allowed = countAllowed(words, this.vocabSize);
+    if (closing) {
+      const isAllowed = (id: number): boolean => (((words[id >>> 5] as number) >>> (id & 31)) & 1) === 1;
+      // Nearly every token may follow inside a string; only a few between values.
+      const inString = allowed > this.vocabSize / 2;
+      const [preferred, other] = inString ? [this.closers.quotes, this.closers.brackets] : [this.closers.brackets, this.closers.quotes];
+      const closers = preferred.filter(isAllowed);
+      if (closers.length === 0) closers.push(...other.filter(isAllowed));
+      if (closers.length > 0) return keepOnly(row, closers, this.vocabSize);
+    }
     if (allowed === this.vocabSize) return row;
     if (allowed === 0) throw new ServeError(500, 'internal_error', 'constrained decoding: the grammar allows no token here');
     // Scatter whichever list is shorter: inside a JSON string nearly every token is allowed,
