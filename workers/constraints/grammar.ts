@@ -29,6 +29,8 @@ interface Closers {
   quotes: number[];
   /** With the stop tokens, which end a finished answer. */
   brackets: number[];
+  /** Each token's length in bytes: where the grammar dictates the text, the longest token spells it fastest. */
+  lengths: Uint16Array;
 }
 
 /**
@@ -36,7 +38,7 @@ interface Closers {
  * prefers tokens that close what is open, so the JSON can end before the budget does.
  */
 export function closingReserve(budget: number): number {
-  return Math.min(256, Math.max(64, Math.floor(budget / 3)));
+  return Math.min(256, Math.max(64, Math.floor(budget / 2)));
 }
 
 async function grammarText(schema: JsonSchema, closed: boolean): Promise<string> {
@@ -86,9 +88,10 @@ export class GrammarConstraints {
   }
 
   private closingTokens(): Closers {
-    const closers: Closers = { quotes: [], brackets: [...this.stopIds] };
+    const closers: Closers = { quotes: [], brackets: [...this.stopIds], lengths: new Uint16Array(this.vocabSize) };
     for (let id = 0; id < this.vocabSize; id++) {
       const bytes = this.tokenizer.bytesOf(id);
+      closers.lengths[id] = bytes?.length ?? 0;
       if (!bytes || bytes.length === 0 || !bytes.every((b) => CLOSING_BYTES.has(b))) continue;
       (bytes.includes(QUOTE) ? closers.quotes : closers.brackets).push(id);
     }
@@ -183,6 +186,7 @@ export class TokenConstraint {
       const closers = preferred.filter(isAllowed);
       if (closers.length === 0) closers.push(...other.filter(isAllowed));
       if (closers.length > 0) return keepOnly(row, closers, this.vocabSize);
+      if (!inString) return keepOnly(row, this.longest(tokensWithBit(words, this.vocabSize, 1, allowed)), this.vocabSize);
     }
     if (allowed === this.vocabSize) return row;
     if (allowed === 0) throw new ServeError(500, 'internal_error', 'constrained decoding: the grammar allows no token here');
@@ -193,6 +197,12 @@ export class TokenConstraint {
     if (listAllowed) return keepOnly(row, ids, this.vocabSize);
     const keep = mx.ones([this.vocabSize], mx.int32).at(mx.array(ids, mx.int32)).subtract(1);
     return mx.where(keep, row, mx.array(-Infinity, mx.float32));
+  }
+
+  private longest(ids: number[]): number[] {
+    const { lengths } = this.closers;
+    const most = Math.max(...ids.map((id) => lengths[id] as number));
+    return ids.filter((id) => lengths[id] === most);
   }
 
   advance(token: number): void {
