@@ -195,6 +195,8 @@ t.test('schemas and tool choices the server cannot enforce are refused with a 40
     ['a tool schema with oneOf, when a call is required', '/v1/chat/completions', { model, messages, tools: [{ type: 'function', function: { name: 'f', parameters: { oneOf: [{ type: 'string' }] } } }], tool_choice: 'required' }, /'oneOf' is not supported/],
     ['a named tool that was not offered', '/v1/chat/completions', { model, messages, tools: TOOLS, tool_choice: { type: 'function', function: { name: 'nope' } } }, /not among the tools/],
     ['Ollama format with $ref outside the schema', '/api/chat', { model, messages, format: { $ref: 'https://example.com/schema.json' } }, /\$ref/],
+    ['a $ref to nothing', '/api/chat', { model, messages, format: { type: 'object', properties: { a: { $ref: '#/$defs/missing' } } } }, /points at no schema/],
+    ['minItems above maxItems', '/api/chat', { model, messages, format: { type: 'array', minItems: 5, maxItems: 2 } }, /minItems 5 is greater than maxItems 2/],
   ];
   for (const [name, path, body, message] of cases) {
     const reply = await post(server.url + path, body);
