@@ -207,8 +207,8 @@ t.test("errors come in Ollama's shape", async (t) => {
   t.equal(error.status_code, 404);
   const cases: [string, Record<string, unknown>, RegExp][] = [
     ['missing model', { prompt: 'Hi' }, /model is required/],
-    ['format json', { model, prompt: 'Hi', format: 'json' }, /format/],
-    ['format schema', { model, prompt: 'Hi', format: { type: 'object' } }, /format/],
+    ['format neither json nor a schema', { model, prompt: 'Hi', format: 'yaml' }, /format/],
+    ['format schema with a keyword decoding cannot enforce', { model, prompt: 'Hi', format: { type: 'string', pattern: 'a+' } }, /'pattern' is not supported/],
     ['unknown option', { model, prompt: 'Hi', options: { warp_speed: 9 } }, /options\.warp_speed/],
     ['mirostat on', { model, prompt: 'Hi', options: { mirostat: 2 } }, /mirostat/],
     ['bad temperature', { model, prompt: 'Hi', options: { temperature: 'hot' } }, /temperature/],

@@ -10,6 +10,7 @@ import { ServeError } from '../src/errors.ts';
 import { configureDeviceMemory, publishDeviceMemory, releaseDeviceMemory } from '../src/runtime/device-memory.ts';
 import { collectGarbage } from '../src/runtime/gc.ts';
 import { Telemetry } from '../src/telemetry/layout.ts';
+import { GrammarConstraints } from './constraints/grammar.ts';
 import { materializeDefaultModel } from './default-model.ts';
 import type { LanguageModel } from './models/decoder.ts';
 import { metalMemory } from './metal-memory.ts';
@@ -28,6 +29,7 @@ interface LoadedModel {
   model: LanguageModel;
   tokenizer: ModelTokenizer;
   eosIds: Set<number>;
+  grammars: GrammarConstraints;
   info: LoadResult;
 }
 
@@ -62,7 +64,9 @@ function load(source: LoadSpec, telemetry: Telemetry): LoadedModel {
   const bytes = parameterBytes(model);
   telemetry.write('modelBytes', bytes);
   const info: LoadResult = { name: source.name, placement: source.placement, weights, modelType: model.modelType, bytes, loadMs: performance.now() - started, contextLength: model.contextLength };
-  loaded = { source, promptCache: new PromptCache(settings.promptCacheBytes), model, tokenizer, eosIds: eosIds(source.path, config, tokenizer), info };
+  const stopIds = eosIds(source.path, config, tokenizer);
+  const grammars = new GrammarConstraints(tokenizer, model.vocabSize, stopIds);
+  loaded = { source, promptCache: new PromptCache(settings.promptCacheBytes), model, tokenizer, eosIds: stopIds, grammars, info };
   collectGarbage(true);
   publishDeviceMemory(metalMemory, telemetry);
   return loaded;
@@ -103,8 +107,10 @@ async function generate(task: Extract<WorkerTask, { op: 'generate' }>, telemetry
     const target = load(task.model, telemetry);
     const ids = promptIds(target, request);
     validate(target, request, ids);
+    const constraint = request.format ? await target.grammars.constraint(request.format) : null;
+    await constraint?.ready();
     scheduler ??= new Scheduler(telemetry, settings);
-    const sequence = new Sequence(target.model, target.tokenizer, request, ids, target.eosIds, task.slot, port, telemetry, target.promptCache.lookup(ids));
+    const sequence = new Sequence(target.model, target.tokenizer, request, ids, target.eosIds, task.slot, port, telemetry, target.promptCache.lookup(ids), constraint);
     await scheduler.run(sequence);
     target.promptCache.store(sequence.tokens, sequence.cache);
     publishDeviceMemory(metalMemory, telemetry);

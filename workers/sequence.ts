@@ -5,6 +5,7 @@ import type { Telemetry } from '../src/telemetry/layout.ts';
 import type { LanguageModel } from './models/decoder.ts';
 import type { KVCache } from './models/kv-cache.ts';
 import { mx, type MxArray } from './models/mx.ts';
+import { closingReserve, type TokenConstraint } from './constraints/grammar.ts';
 import type { PromptCacheHit } from './prompt-cache.ts';
 import { Sampler } from './sampling.ts';
 import { StopMatcher } from './stop-matcher.ts';
@@ -35,12 +36,15 @@ export class Sequence {
     private readonly port: MessagePort,
     private readonly telemetry: Telemetry,
     cached: PromptCacheHit | null,
+    /** The output format this sequence's tokens must keep to; null: any text. */
+    private readonly constraint: TokenConstraint | null = null,
   ) {
     this.cache = cached?.caches ?? model.newCache();
     this.cachedTokens = cached?.length ?? 0;
     this.prefilled = this.cachedTokens;
     this.sampler = new Sampler(request.sampling);
-    this.detokenizer = new StreamingDetokenizer(tokenizer);
+    const keptSpecial = (request.keepSpecialTokens ?? []).map((token) => tokenizer.tokenId(token)).filter((id) => id !== null);
+    this.detokenizer = new StreamingDetokenizer(tokenizer, new Set(keptSpecial));
     this.stopMatcher = new StopMatcher(request.stop);
     this.send({ type: 'started', promptTokens: promptIds.length, cachedTokens: this.cachedTokens });
   }
@@ -78,7 +82,12 @@ export class Sequence {
 
   /** Samples from this sequence's row of logits [vocab] and handles the token. */
   acceptLogits(row: MxArray): void {
-    this.accept(this.sampler.next(row, this.history.length > 0 ? this.history : this.promptIds));
+    const constraint = this.constraint;
+    const { maxTokens } = this.request;
+    const room = this.model.contextLength - this.promptIds.length;
+    const budget = typeof maxTokens === 'number' ? Math.min(maxTokens, room) : room;
+    const closing = budget - this.generated <= closingReserve(budget);
+    this.accept(this.sampler.next(row, this.history.length > 0 ? this.history : this.promptIds, constraint ? (logits) => constraint.mask(logits, closing) : undefined));
   }
 
   cancel(): void {
@@ -88,12 +97,14 @@ export class Sequence {
   private accept(token: number): void {
     this.generated++;
     this.telemetry.increment('tokensGenerated');
+    this.constraint?.advance(token);
     if (!this.request.ignoreEos && this.eosIds.has(token)) return this.finish('stop');
     this.history.push(token);
     this.lastToken = token;
     const { emit, stopped } = this.stopMatcher.push(this.detokenizer.push(token));
     if (emit) this.send({ type: 'text', text: emit, tokens: this.generated });
     if (stopped) return this.finish('stop', false);
+    if (this.constraint?.complete) return this.finish('stop');
     const { maxTokens } = this.request;
     const atLimit = typeof maxTokens === 'number' && this.generated >= maxTokens;
     const contextFull = this.promptIds.length + this.generated >= this.model.contextLength;
@@ -103,6 +114,7 @@ export class Sequence {
   private finish(reason: FinishReason, flush = true): void {
     if (this.finished) return;
     this.finished = reason;
+    this.constraint?.dispose();
     if (flush && reason !== 'cancelled') {
       const tail = this.stopMatcher.push(this.detokenizer.flush()).emit + this.stopMatcher.flush();
       if (tail) this.send({ type: 'text', text: tail, tokens: this.generated });

@@ -16,6 +16,8 @@ import { deviceMemory } from '../runtime/device-memory.ts';
 import { runGeneration, type ServeContext } from './context.ts';
 import { Fields } from './fields.ts';
 import { chatMessages } from './openai.ts';
+import { ollamaFormat } from './response-format.ts';
+import { parseToolCalls, planToolUse, ToolCallParser, type ParsedText, type ToolCall, type ToolUse } from './tool-calls.ts';
 
 
 /** Ollama's error shape: one string. */
@@ -23,7 +25,8 @@ export const ollamaError: ErrorWriter = (exchange, error) => exchange.json(error
 
 const COMMON_FIELDS = ['model', 'stream', 'format', 'keep_alive', 'options', 'think', 'logprobs', 'top_logprobs'] as const;
 const GENERATE_FIELDS = [...COMMON_FIELDS, 'prompt', 'suffix', 'system', 'template', 'context', 'raw', 'images'] as const;
-const CHAT_FIELDS = [...COMMON_FIELDS, 'messages', 'tools'] as const;
+/** tool_choice is ours, not Ollama's: OpenAI's meaning, so a client can require a call here too. */
+const CHAT_FIELDS = [...COMMON_FIELDS, 'messages', 'tools', 'tool_choice'] as const;
 
 const SAMPLING_OPTIONS = ['temperature', 'top_p', 'top_k', 'min_p', 'num_predict', 'seed', 'stop', 'repeat_penalty', 'repeat_last_n', 'num_ctx'];
 /** llama.cpp runtime settings that mean nothing to MLX; accepted so existing clients keep working. */
@@ -68,10 +71,6 @@ function requireModel(ctx: ServeContext, fields: Fields): ModelEntry {
 }
 
 function refuseUnsupported(fields: Fields): void {
-  const format = fields.raw('format');
-  if (format !== undefined && format !== null && format !== '') {
-    throw badRequest("'format' (JSON-constrained output) is not supported: this server does not constrain decoding; ask for JSON in the prompt instead", 'format');
-  }
   const think = fields.raw('think');
   if (think !== undefined && think !== null && think !== false) throw badRequest("'think' is not supported: thinking is not separated from the answer; only think: false (thinking turned off) is accepted", 'think');
   if (fields.has('logprobs') && fields.raw('logprobs') !== false) throw badRequest("'logprobs' is not supported by this server", 'logprobs');
@@ -110,11 +109,17 @@ function sampling(options: Record<string, unknown>): Pick<GenerationRequest, 'sa
 }
 
 interface Shape {
-  /** The part of each object that carries text. */
-  text(text: string): Record<string, unknown>;
+  /** The part of each object that carries text (and, in chat, tool calls). */
+  text(text: string, calls?: ToolCall[]): Record<string, unknown>;
 }
+/** Ollama's tool call: the arguments as an object, not as JSON text. */
+const wireCall = (call: ToolCall) => ({ function: { name: call.name, arguments: JSON.parse(call.arguments) as unknown } });
 const generateShape: Shape = { text: (text) => ({ response: text }) };
-const chatShape: Shape = { text: (text) => ({ message: { role: 'assistant', content: text } }) };
+const chatShape: Shape = {
+  text: (text, calls = []) => ({ message: { role: 'assistant', content: text, ...(calls.length > 0 ? { tool_calls: calls.map(wireCall) } : {}) } }),
+};
+
+const NO_TOOLS: ToolUse = { syntax: null };
 
 const ns = (ms: number): number => Math.round(ms * NS_PER_MS);
 
@@ -125,10 +130,11 @@ interface Parsed {
   /** Null: no prompt, so the request only loads (or with keep_alive 0, unloads) the model. */
   prompt: PromptInput | null;
   fields: Fields;
+  tools: ToolUse;
 }
 
 async function respond(ctx: ServeContext, exchange: Exchange, shape: Shape, parsed: Parsed): Promise<void> {
-  const { model, stream, keepAliveMs, prompt, fields } = parsed;
+  const { model, stream, keepAliveMs, prompt, fields, tools } = parsed;
   const started = performance.now();
   const startedAt = Date.now();
   const envelope = (): Record<string, unknown> => ({ model: model.name, created_at: new Date().toISOString() });
@@ -152,17 +158,24 @@ async function respond(ctx: ServeContext, exchange: Exchange, shape: Shape, pars
   }
 
   const request: GenerationRequest = { id: exchange.requestId, model: model.name, prompt, ignoreEos: false, ...sampling(fields.object('options') ?? {}) };
+  const format = tools.format ?? ollamaFormat(fields.raw('format'));
+  if (format) request.format = format;
+  if (tools.keepSpecialTokens) request.keepSpecialTokens = tools.keepSpecialTokens;
   const parts: string[] = [];
+  const parser = stream && tools.syntax ? new ToolCallParser(tools.syntax) : null;
+  const send = ({ content, calls }: ParsedText): void => {
+    if (!content && calls.length === 0) return;
+    exchange.startStream('application/x-ndjson');
+    exchange.write(`${JSON.stringify({ ...envelope(), ...shape.text(content, calls), done: false })}\n`);
+  };
   let stats: GenerationStats;
   try {
     stats = await runGeneration(ctx, exchange, request, model, (event) => {
       if (event.type !== 'text') return;
       if (!stream) parts.push(event.text);
-      else {
-        exchange.startStream('application/x-ndjson');
-        exchange.write(`${JSON.stringify({ ...envelope(), ...shape.text(event.text), done: false })}\n`);
-      }
+      else send(parser ? parser.push(event.text) : { content: event.text, calls: [] });
     });
+    if (parser) send(parser.finish());
     await ctx.engine.keepAlive(keepAlive);
   } catch (error) {
     await ctx.engine.keepAlive(keepAlive);
@@ -172,9 +185,10 @@ async function respond(ctx: ServeContext, exchange: Exchange, shape: Shape, pars
   }
   const loaded = ctx.engine.loadedModel;
   const loadMs = loaded && loaded.loadedAt.getTime() >= startedAt ? loaded.loadMs : 0;
+  const whole = stream ? { content: '', calls: [] } : tools.syntax ? parseToolCalls(tools.syntax, parts.join('')) : { content: parts.join(''), calls: [] };
   finish({
     ...envelope(),
-    ...shape.text(stream ? '' : parts.join('')),
+    ...shape.text(whole.content, whole.calls),
     done: true,
     done_reason: stats.finishReason === 'length' ? 'length' : 'stop',
     total_duration: ns(performance.now() - started),
@@ -270,14 +284,14 @@ export function ollamaRoutes(ctx: ServeContext): Route[] {
     return { model, stream: fields.boolean('stream') ?? true, keepAliveMs: parseKeepAlive(fields.raw('keep_alive')), fields };
   };
   /** A generate or chat route; `prompt` returns null for a load-only request. */
-  const generation = (path: string, known: readonly string[], shape: Shape, prompt: (fields: Fields) => PromptInput | null): Route => ({
+  const generation = (path: string, known: readonly string[], shape: Shape, prompt: (fields: Fields, model: ModelEntry) => { prompt: PromptInput | null; tools: ToolUse }): Route => ({
     method: 'POST',
     path,
     errors: ollamaError,
     handler: async (exchange) => {
       const fields = Fields.strict(await body(exchange), known);
       const parsed = common(fields);
-      await respond(ctx, exchange, shape, { ...parsed, prompt: prompt(fields) });
+      await respond(ctx, exchange, shape, { ...parsed, ...prompt(fields, parsed.model) });
     },
   });
   const templateArgs = (fields: Fields): Record<string, unknown> => (fields.raw('think') === false ? { templateArgs: { enable_thinking: false } } : {});
@@ -317,12 +331,13 @@ export function ollamaRoutes(ctx: ServeContext): Route[] {
       const system = fields.string('system');
       const raw = fields.boolean('raw') ?? false;
       if (raw && system) throw badRequest("'system' has no effect with raw: true (no template is applied)", 'system');
-      if (text.length === 0) return null;
-      return raw
+      if (text.length === 0) return { prompt: null, tools: NO_TOOLS };
+      const prompt: PromptInput = raw
         ? { kind: 'text', text, addSpecialTokens: true }
         : { kind: 'chat', messages: [...(system ? [{ role: 'system' as const, content: system }] : []), { role: 'user', content: text }], ...templateArgs(fields) };
+      return { prompt, tools: NO_TOOLS };
     }),
-    generation('/api/chat', CHAT_FIELDS, chatShape, (fields) => {
+    generation('/api/chat', CHAT_FIELDS, chatShape, (fields, model) => {
       const raw = fields.raw('messages');
       if (raw !== undefined && raw !== null && !Array.isArray(raw)) throw badRequest("'messages' must be a list", 'messages');
       const messages = (raw ?? []) as Record<string, unknown>[];
@@ -333,8 +348,9 @@ export function ollamaRoutes(ctx: ServeContext): Route[] {
       if (tools !== undefined && tools !== null && !Array.isArray(tools)) throw badRequest("'tools' must be a list", 'tools');
       // Ollama names a tool result's tool in tool_name; the chat templates read it as name.
       const renamed = messages.map((m) => (typeof m?.tool_name === 'string' && m.name === undefined ? { ...m, name: m.tool_name } : m));
-      if (messages.length === 0) return null;
-      return { kind: 'chat', messages: chatMessages(renamed), ...(Array.isArray(tools) && tools.length > 0 ? { tools } : {}), ...templateArgs(fields) };
+      if (messages.length === 0) return { prompt: null, tools: NO_TOOLS };
+      const use = planToolUse(model, Array.isArray(tools) ? tools : undefined, fields.raw('tool_choice'));
+      return { prompt: { kind: 'chat', messages: chatMessages(renamed), ...(use.tools ? { tools: use.tools } : {}), ...templateArgs(fields) }, tools: use };
     }),
   ];
 }

@@ -28,6 +28,20 @@ export interface SamplingParams {
   seed: number | null;
 }
 
+/** A JSON Schema, as the API checked it (only the subset the grammar compiler honours). */
+export type JsonSchema = Record<string, unknown>;
+
+/**
+ * What the output must be, enforced token by token (constrained decoding): JSON matching a
+ * schema, fixed text, or a sequence or choice of these (a tool call is its family's fixed markers
+ * around JSON). `closed`: objects may hold only the properties the schema lists.
+ */
+export type OutputFormat =
+  | { type: 'json'; schema: JsonSchema; closed: boolean }
+  | { type: 'text'; value: string }
+  | { type: 'sequence'; elements: OutputFormat[] }
+  | { type: 'or'; elements: OutputFormat[] };
+
 /** The one internal request every API shape is translated into. */
 export interface GenerationRequest {
   id: string;
@@ -43,6 +57,10 @@ export interface GenerationRequest {
   sampling: SamplingParams;
   stop: string[];
   ignoreEos: boolean;
+  /** Absent: any text. */
+  format?: OutputFormat;
+  /** Special tokens that stay in the text (a family's tool-call marker such as `[TOOL_CALLS]`). */
+  keepSpecialTokens?: string[];
 }
 
 /** How quantized matrices are held: as stored, or dequantized once at load to the compute dtype. */
