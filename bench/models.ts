@@ -3,8 +3,10 @@
  * random weights the bench writes itself (bench/make-model.ts, in a child process), so every
  * machine measures the same shapes with no download. Nothing here loads node-mlx.
  */
+import { spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { BUILTIN_MODEL } from '../src/models/registry.ts';
 
 export const FP32_05B = 'qwen2.5-0.5b-shape-fp32';
@@ -62,3 +64,19 @@ export function generatedModel(name: string, cacheDir: string, quick: boolean, s
 }
 
 export const isComplete = (dir: string): boolean => existsSync(join(dir, 'model.safetensors')) && existsSync(join(dir, 'config.json'));
+
+/** The environment the bench's children run with: glibc returns freed weights to the OS, as the launcher arranges for the server. */
+function childEnv(): NodeJS.ProcessEnv {
+  return { ...process.env, MALLOC_MMAP_THRESHOLD_: process.env.MALLOC_MMAP_THRESHOLD_ ?? '131072' };
+}
+
+/** Writes a generated model's random weights (once per cache dir), in a child process. */
+export async function makeModel(model: BenchModel, cacheDir: string, progress: (message: string) => void): Promise<void> {
+  if (!model.path || !model.generated || isComplete(model.path)) return;
+  progress(`${model.name}: generating random weights into ${model.path} (once per cache dir)`);
+  const format = model.generated === FP32_05B ? 'fp32' : '4bit';
+  const script = fileURLToPath(new URL('./make-model.ts', import.meta.url));
+  const child = spawn(process.execPath, ['--import', import.meta.resolve('tsx'), '--expose-gc', script, format, model.path, join(cacheDir, BUILTIN_MODEL)], { env: childEnv(), stdio: ['ignore', 'ignore', 'inherit'] });
+  const code = await new Promise<number | null>((resolve) => child.on('exit', resolve));
+  if (code !== 0) throw new Error(`making ${model.name} failed (exit ${code})`);
+}

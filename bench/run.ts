@@ -3,7 +3,6 @@
  * writes bench/results/<host>-<time>.json and .html, and with --compare judges the run
  * against a baseline. See bench/README.md.
  */
-import { spawn } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -15,7 +14,7 @@ import { compareResults, formatComparison } from './compare.ts';
 import { Recorders } from './histograms.ts';
 import { renderHtml } from './html.ts';
 import { fingerprint, LoadMonitor } from './machine.ts';
-import { benchModelsDir, FP32_05B, generatedModel, isComplete, Q4_05B, workloadFor, type BenchModel } from './models.ts';
+import { benchModelsDir, FP32_05B, generatedModel, makeModel, Q4_05B, workloadFor, type BenchModel } from './models.ts';
 import { efficiencyRows, readResult, RESULT_SCHEMA, writeResult, type BenchResult } from './result.ts';
 import { frontEndCost, runRawEngine, runServerScenarios, sweepScenario, type ModelRunInfo, type ScenarioContext } from './scenarios.ts';
 import { startBenchServer, type BenchServer } from './server-process.ts';
@@ -39,20 +38,6 @@ const progress = (message: string): void => {
   const load = others === null || others === undefined ? '' : ` [others ${others}% CPU]`;
   process.stderr.write(`[${((performance.now() - started) / 1000).toFixed(1).padStart(6)}s]${load} ${message}\n`);
 };
-
-function childEnv(): NodeJS.ProcessEnv {
-  return { ...process.env, MALLOC_MMAP_THRESHOLD_: process.env.MALLOC_MMAP_THRESHOLD_ ?? '131072' };
-}
-
-async function makeModel(model: BenchModel, cacheDir: string): Promise<void> {
-  if (!model.path || !model.generated || isComplete(model.path)) return;
-  progress(`${model.name}: generating random weights into ${model.path} (once per cache dir)`);
-  const format = model.generated === FP32_05B ? 'fp32' : '4bit';
-  const script = fileURLToPath(new URL('./make-model.ts', import.meta.url));
-  const child = spawn(process.execPath, ['--import', import.meta.resolve('tsx'), '--expose-gc', script, format, model.path, join(cacheDir, BUILTIN_MODEL)], { env: childEnv(), stdio: ['ignore', 'ignore', 'inherit'] });
-  const code = await new Promise<number | null>((resolve) => child.on('exit', resolve));
-  if (code !== 0) throw new Error(`making ${model.name} failed (exit ${code})`);
-}
 
 function chooseModels(requested: string | undefined, quick: boolean, cacheDir: string): BenchModel[] {
   if (!requested) {
@@ -96,7 +81,7 @@ async function bench(values: { quick: boolean; url?: string; model?: string; 'ca
   const models = chooseModels(values.model, quick, cacheDir);
   progress(`bench ${quick ? '--quick ' : ''}on ${models.map((m) => m.name).join(', ')}; results to ${out}`);
   monitor = await LoadMonitor.baseline(quick ? 1000 : 3000);
-  for (const model of models) await makeModel(model, cacheDir);
+  for (const model of models) await makeModel(model, cacheDir, progress);
   const startedAt = new Date().toISOString();
   monitor.start();
   let server: BenchServer | null = null;

@@ -7,7 +7,10 @@ const START_TIMEOUT_MS = 60_000;
 
 export interface BenchServer {
   url: string;
+  /** The supervisor `serve` starts. */
   process: ChildProcess;
+  /** The server process the supervisor runs (its memory is the server's). */
+  serverPid: number;
   stop(): Promise<void>;
 }
 
@@ -18,7 +21,7 @@ export async function startBenchServer(args: string[]): Promise<BenchServer> {
     recent.push(line);
     if (recent.length > 40) recent.shift();
   };
-  const port = await new Promise<number>((resolve, reject) => {
+  const listening = await new Promise<{ port: number; pid: number }>((resolve, reject) => {
     let buffered = '';
     const timer = setTimeout(() => reject(new Error(`the server did not start in ${START_TIMEOUT_MS / 1000}s:\n${recent.join('\n')}`)), START_TIMEOUT_MS);
     child.stdout?.on('data', (chunk: Buffer) => {
@@ -29,7 +32,7 @@ export async function startBenchServer(args: string[]): Promise<BenchServer> {
         keep(line);
         if (line.includes('"event":"listening"')) {
           clearTimeout(timer);
-          resolve((JSON.parse(line) as { port: number }).port);
+          resolve(JSON.parse(line) as { port: number; pid: number });
         }
       }
     });
@@ -40,8 +43,9 @@ export async function startBenchServer(args: string[]): Promise<BenchServer> {
     });
   });
   return {
-    url: `http://127.0.0.1:${port}`,
+    url: `http://127.0.0.1:${listening.port}`,
     process: child,
+    serverPid: listening.pid,
     stop: () =>
       new Promise((resolve) => {
         if (child.exitCode !== null) return resolve();

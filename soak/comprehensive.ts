@@ -1,8 +1,9 @@
 /**
- * The comprehensive soak test: the seed's eleven checks in its order and output format
- * (../shared/seeds/mlx-inference-server-soak-suite.md), plus request tracking, which the seed
- * lists as a feature but never printed. Where the seed only counted answers, checks here also
- * compare them: concurrent greedy outputs must equal the same requests run one at a time.
+ * The comprehensive soak test: eleven checks of a model's life on one server (health, baseline
+ * memory, on-demand loading, reuse, concurrency, unload, memory recovery, reload, idle unload,
+ * leaks, status fields) in that order, printed as [TEST]/[PASS]/[FAIL]/[INFO] lines, plus request
+ * tracking. Concurrent answers are compared, not only counted: concurrent greedy outputs must
+ * equal the same requests run one at a time.
  */
 import { SoakClient, sleep, type Generation, type ServerStatus } from './client.ts';
 import { Reporter, clock, finishSuite, gb, type SuiteResult } from './report.ts';
@@ -10,7 +11,7 @@ import { Reporter, clock, finishSuite, gb, type SuiteResult } from './report.ts'
 export interface ComprehensiveOptions {
   /** Seconds the idle check expects; default: the server's idle_timeout_seconds. */
   idleWaitSeconds: number | null;
-  /** The seed's longer wait variation: keep waiting up to 390/180 of the timeout. */
+  /** Keep waiting up to 390/180 of the timeout, for servers whose idle check runs late. */
   extended: boolean;
   minRecoveryPercent: number;
   maxLeakGb: number;
@@ -47,7 +48,7 @@ export interface ComprehensiveResult extends SuiteResult {
 }
 
 const TOKENS = 12;
-/** The seed's tolerance was +/-30 s on a 180 s timeout; here it scales with the timeout. */
+/** +/-30 s on the default 180 s timeout, scaled with the timeout. */
 export const idleTolerance = (timeoutSeconds: number): number => Math.max(2, (timeoutSeconds * 30) / 180);
 const show = (text: string): string => JSON.stringify(text.length > 60 ? `${text.slice(0, 60)}...` : text);
 const errorText = (error: unknown): string => (error instanceof Error ? error.message : String(error));

@@ -1,4 +1,4 @@
-/** The seed's output format ([TEST], [PASS], [FAIL], [INFO]) and the results every suite returns. */
+/** The suites' output format ([TEST], [PASS], [FAIL], [INFO]) and the results every suite returns. */
 
 export type Write = (line: string) => void;
 
@@ -93,7 +93,7 @@ export class Reporter {
   }
 }
 
-/** Renders rows as a Markdown table, the seed report's format. */
+/** Renders rows as a Markdown table. */
 export function markdownTable(header: string[], rows: string[][]): string[] {
   const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? '').length)));
   const row = (cells: string[]): string => `| ${cells.map((c, i) => c.padEnd(widths[i] ?? 0)).join(' | ')} |`;

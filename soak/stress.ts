@@ -1,8 +1,8 @@
 /**
- * The stress scenarios of ../shared/seeds/ollmlx-stress-test-report.md against our server:
- * concurrent requests, one long streamed generation, parallel sessions, memory under load, and
- * errors mixed into valid load, ending with the seed's metrics table. Generation goes through
- * Ollama's /api/generate where the server has it (as the seed did), else /v1/completions.
+ * Stress scenarios against a running server: concurrent requests, one long streamed generation,
+ * parallel sessions, memory under load, and errors mixed into valid load, ending with a metrics
+ * table. Generation goes through Ollama's /api/generate where the server has it, so the same
+ * suite measures Ollama-compatible servers alike, else /v1/completions.
  * Requests are greedy, so repeated prompts must give repeated answers: sessions that disturb each
  * other show up as different text, not only as errors.
  */

@@ -9,7 +9,9 @@ export type ErrorCode =
   | 'body_timeout'
   | 'invalid_api_key'
   | 'context_length_exceeded'
+  | 'kv_budget_exceeded'
   | 'unsupported_model'
+  | 'unsupported'
   | 'model_load_failed'
   | 'nothing_loaded'
   | 'queue_full'
@@ -60,6 +62,9 @@ export class ServeError extends Error implements ServeErrorShape {
     return new ServeError(500, 'internal_error', message);
   }
 }
+
+/** A client refused for being one too many may come back shortly: every API shape says so in Retry-After. */
+export const errorHeaders = (error: ServeError): Record<string, string> => (error.code === 'queue_full' ? { 'retry-after': '1' } : {});
 
 export const badRequest = (message: string, param?: string): ServeError =>
   new ServeError(400, 'invalid_request', message, param);

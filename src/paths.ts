@@ -2,7 +2,7 @@
  * Files the package ships, found from its root: the same whether this code runs from src/
  * through tsx or bundled into dist/ (see src/cli/bundle.ts).
  */
-import { existsSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -22,3 +22,5 @@ export function packagePath(...parts: string[]): string {
 /** The server and its worker bundled into plain JS (src/cli/bundle.ts builds them). */
 export const SERVER_BUNDLE = packagePath('dist', 'server.js');
 export const WORKER_BUNDLE = packagePath('dist', 'mlx-worker.js');
+
+export const PACKAGE_VERSION = (JSON.parse(readFileSync(packagePath('package.json'), 'utf8')) as { version: string }).version;

@@ -1,22 +1,26 @@
-/** The server process: telemetry, registry, engine and routes, on one uWebSockets.js port. */
+/**
+ * The server process: telemetry, registry, engine and routes. The admin port (--port) serves
+ * every route; the main port (--main-port), when there is one, serves the client APIs and the
+ * probes, so fleets can point clients at one port and operators at the other.
+ */
 import type { Logger } from 'pino';
-import { adminRoutes, sampleMemory } from './api/admin.ts';
+import { adminRoutes, probeRoutes, sampleMemory } from './api/admin.ts';
 import { dashboardRoutes } from './api/dashboard.ts';
 import { metricsRoutes } from './api/metrics.ts';
-import type { ServeContext } from './api/context.ts';
+import type { ListeningPorts, ServeContext } from './api/context.ts';
 import { ollamaRoutes } from './api/ollama.ts';
 import { pullRoutes } from './api/pull.ts';
 import { openAiRoutes } from './api/openai.ts';
 import type { ServerConfig } from './config.ts';
 import { Engine } from './engine/engine.ts';
-import { startHttpServer } from './http/server.ts';
+import { startHttpServer, type HttpServer } from './http/server.ts';
 import { ModelPuller } from './hub/puller.ts';
 import { ModelRegistry } from './models/registry.ts';
 import { LatencyRecorder } from './telemetry/latency.ts';
 import { createTelemetryBuffers, Telemetry } from './telemetry/layout.ts';
 
 export interface RunningServer {
-  readonly port: number;
+  readonly ports: ListeningPorts;
   readonly context: ServeContext;
   close(): Promise<void>;
 }
@@ -33,24 +37,43 @@ export async function startServer(config: ServerConfig, logger: Logger): Promise
     maxQueue: config.maxQueue,
     requestTimeoutSeconds: config.requestTimeoutSeconds,
     maxBatch: config.maxBatch,
-    prefillChunk: config.prefillChunk,
-    promptCacheBytes: config.promptCacheBytes,
+    defaultMaxTokens: config.defaultMaxTokens,
     weights: config.weights,
-    memory: { reserveBytes: config.memoryReserveBytes, limitBytes: config.memoryLimitBytes },
+    memory: { reserveBytes: config.memoryReserveBytes, limitBytes: config.memoryLimitBytes, promptCacheBytes: config.promptCacheBytes, prefillChunk: config.prefillChunk },
+    mlxCacheLimitBytes: config.mlxCacheLimitBytes,
   });
   await engine.start();
   sampleMemory(telemetry);
-  const context: ServeContext = { config, engine, registry, telemetry, latency: new LatencyRecorder(), logger };
-  const http = await startHttpServer([...adminRoutes(context), ...openAiRoutes(context), ...ollamaRoutes(context), ...pullRoutes(context, puller), ...metricsRoutes(context), ...dashboardRoutes(context)], { ...config, logger });
+  const ports: ListeningPorts = { admin: config.port, main: config.mainPort };
+  const context: ServeContext = { config, ports, engine, registry, telemetry, latency: new LatencyRecorder(), logger };
+  const clientRoutes = [...probeRoutes(context), ...openAiRoutes(context), ...ollamaRoutes(context), ...pullRoutes(context, puller)];
+  const listeners: HttpServer[] = [];
+  const closeListeners = (): void => {
+    for (const listener of listeners.splice(0)) listener.close();
+  };
+  try {
+    const admin = await startHttpServer([...adminRoutes(context), ...metricsRoutes(context), ...dashboardRoutes(context), ...clientRoutes], { ...config, port: config.port, logger });
+    listeners.push(admin);
+    ports.admin = admin.port;
+    if (config.mainPort !== null) {
+      const main = await startHttpServer(clientRoutes, { ...config, port: config.mainPort, logger });
+      listeners.push(main);
+      ports.main = main.port;
+    }
+  } catch (error) {
+    closeListeners();
+    await engine.close();
+    throw error;
+  }
   const sampler = setInterval(() => sampleMemory(telemetry), 1000);
   sampler.unref();
-  logger.info({ event: 'listening', host: config.host, port: http.port, defaultModel: registry.defaultName, idleTimeoutSeconds: config.idleTimeoutSeconds }, 'listening');
+  logger.info({ event: 'listening', host: config.host, port: ports.admin, mainPort: ports.main, defaultModel: registry.defaultName, idleTimeoutSeconds: config.idleTimeoutSeconds }, 'listening');
   return {
-    port: http.port,
+    ports,
     context,
     close: async () => {
       clearInterval(sampler);
-      http.close();
+      closeListeners();
       await engine.close(config.shutdownTimeoutSeconds * 1000);
     },
   };

@@ -1,4 +1,7 @@
-/** Continuous batching: a request's output is the same alone or inside a batch, and rows leave independently. */
+/**
+ * Continuous batching: concurrent requests share decode passes, a request's output is the same
+ * alone or inside a batch, and rows leave independently.
+ */
 import t from 'tap';
 import { post, startServer } from './helpers/server.ts';
 
@@ -16,10 +19,25 @@ const requests = [
 ];
 const complete = (body: Record<string, unknown>) => post(`${url}/v1/completions`, { ...body, ignore_eos: true });
 
+/** Batched decode passes so far, and the sequence rows they advanced (from GET /metrics). */
+async function decodeCounters(): Promise<{ steps: number; rows: number }> {
+  const text = await (await fetch(`${url}/metrics`)).text();
+  const read = (name: string): number => Number(new RegExp(`^${name} (\\S+)$`, 'm').exec(text)?.[1] ?? Number.NaN);
+  return { steps: read('mlx:decode_steps_total'), rows: read('mlx:decode_rows_total') };
+}
+
 t.test('each request gives the same text alone and in a batch larger than --max-batch', async (t) => {
   const alone: string[] = [];
+  const beforeAlone = await decodeCounters();
   for (const request of requests) alone.push((await complete(request)).body.choices[0].text);
+  const beforeTogether = await decodeCounters();
+  t.equal(beforeTogether.rows - beforeAlone.rows, beforeTogether.steps - beforeAlone.steps, 'one at a time, each pass advances one row');
   const together = await Promise.all(requests.map((request) => complete(request)));
+  const after = await decodeCounters();
+  const steps = after.steps - beforeTogether.steps;
+  const rows = after.rows - beforeTogether.rows;
+  t.equal(rows, beforeTogether.rows - beforeAlone.rows, 'together, the same rows are decoded');
+  t.ok(rows >= 1.5 * steps, `together, ${rows} rows shared ${steps} passes (${(rows / steps).toFixed(2)} a pass, at least 1.5)`);
   together.forEach((response, i) => {
     t.equal(response.status, 200);
     t.equal(response.body.usage.completion_tokens, requests[i]?.max_tokens);

@@ -4,10 +4,11 @@
  * served as safetensors through MLX, stopping at stop strings, cancelled when its client
  * leaves, and unloaded and loaded again like any model.
  */
-import { rmSync } from 'node:fs';
+import { readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import t from 'tap';
 import { convertToGguf } from '../src/gguf/convert.ts';
+import { kvBudget } from '../src/models/footprint.ts';
 import { materializeDefaultModel } from '../workers/default-model.ts';
 import { json, post, startServer, tempDir, TEST_CACHE_DIR, type TestServer } from './helpers/server.ts';
 
@@ -47,7 +48,7 @@ async function streamed(path: string, body: Record<string, unknown>, pick: (chun
 t.test('listings show a GGUF file by its stem, with format, quantization, architecture and context length', async (t) => {
   const tags = await json<{ models: { name: string; details: Record<string, unknown> }[] }>(`${url}/api/tags`);
   const gguf = tags.body.models.find((m) => m.name === GGUF);
-  t.match(gguf?.details, { format: 'gguf', family: 'qwen3', quantization_level: 'F32' });
+  t.match(gguf?.details, { format: 'gguf', family: 'qwen3', quantization_level: 'F32', parameter_size: /^\d+(\.\d+)?[KMBT]?$/ });
   t.match(tags.body.models.find((m) => m.name === BUILTIN)?.details, { format: 'safetensors' });
   const show = await post(`${url}/api/show`, { model: GGUF });
   t.equal(show.status, 200);
@@ -125,8 +126,28 @@ t.test('a client that disconnects mid-stream is cancelled', async (t) => {
 t.test('unload frees the model; the next request loads it again', async (t) => {
   const unloaded = await post(`${url}/admin/unload`, {});
   t.equal(unloaded.status, 200);
-  t.equal(unloaded.body.status, 'unloaded');
+  t.equal(unloaded.body.status, 'success');
   t.ok(unloaded.body.memory_freed_gb > 0, `freed ${unloaded.body.memory_freed_gb} GB`);
   const again = await complete(GGUF);
   t.equal(again.body.choices[0].text, ggufText);
+});
+
+t.test('the KV budget of a GGUF model is sized from its header: fp16 keys and values per layer and KV head', async (t) => {
+  const config = JSON.parse(readFileSync(join(TEST_CACHE_DIR, BUILTIN, 'config.json'), 'utf8')) as Record<string, number>;
+  const headDim = config.head_dim ?? config.hidden_size / config.num_attention_heads;
+  const memory = { reserveBytes: 0, limitBytes: 0, promptCacheBytes: 0, prefillChunk: 256 };
+  const budget = kvBudget(join(modelsDir, `${GGUF}.gguf`), 'native', 8 * 2 ** 30, memory);
+  t.equal(budget.bytesPerToken, config.num_hidden_layers * 2 * config.num_key_value_heads * headDim * 2);
+  t.ok(budget.modelBytes > 0 && budget.budgetBytes < 8 * 2 ** 30, 'the weights and activations come out of the budget');
+});
+
+t.test('structured output is refused for a GGUF model with a clear 400, in both APIs', async (t) => {
+  const format = await post(`${url}/v1/chat/completions`, { model: GGUF, messages: [{ role: 'user', content: 'hi' }], response_format: { type: 'json_object' }, max_tokens: 4 });
+  t.equal(format.status, 400);
+  t.equal(format.body.error.code, 'unsupported');
+  const ollama = await post(`${url}/api/generate`, { model: GGUF, prompt: 'hi', format: 'json', stream: false, options: { num_predict: 4 } });
+  t.equal(ollama.status, 400);
+  t.match(ollama.body.error, /not supported for GGUF/);
+  const plain = await complete(GGUF);
+  t.equal(plain.status, 200, 'the same model still answers without a format');
 });

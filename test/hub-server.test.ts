@@ -127,3 +127,19 @@ t.test('mlx-server pull downloads into the cache with no server', async (t) => {
   t.equal(await new Promise<number | null>((resolve) => failed.on('exit', resolve)), 1);
   t.match(failure, /mlx-server pull: 'test\/private' does not exist or is private or gated/);
 });
+
+t.test('offline, mlx-server pull and the server name the same models available here', async (t) => {
+  const offline = { ...hubEnv, HF_ENDPOINT: 'http://127.0.0.1:9', HF_HOME: tempDir('hf-home-') };
+  const cut = await startServer(['--idle-timeout', '0'], offline);
+  t.teardown(() => cut.stop());
+  const served = await post(`${cut.url}/api/pull`, { model: 'test/served', stream: false });
+  t.equal(served.status, 503);
+  const bin = fileURLToPath(new URL('../bin/mlx-server.js', import.meta.url));
+  const child = spawn(process.execPath, [bin, 'pull', 'test/served'], { env: { ...process.env, ...offline }, stdio: ['ignore', 'pipe', 'pipe'] });
+  let stderr = '';
+  child.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
+  t.equal(await new Promise<number | null>((resolve) => child.on('exit', resolve)), 1);
+  const available = (text: string): string | undefined => /Models available here: (.*)/.exec(text)?.[1]?.trim();
+  t.equal(available(served.body.error), 'tiny-qwen3', 'the server offers the built-in model');
+  t.equal(available(stderr), available(served.body.error), 'the command line says the same');
+});

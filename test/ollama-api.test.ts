@@ -2,10 +2,11 @@
 import { Ollama, type ChatResponse, type GenerateResponse } from 'ollama';
 import OpenAI from 'openai';
 import t from 'tap';
-import { parseKeepAlive } from '../src/api/ollama.ts';
+import { humanParameterCount, parseKeepAlive } from '../src/api/ollama.ts';
 import { json, post, startServer } from './helpers/server.ts';
 
-const server = await startServer(['--idle-timeout', '0']);
+const DEFAULT_MAX_TOKENS = 9;
+const server = await startServer(['--idle-timeout', '0', '--default-max-tokens', String(DEFAULT_MAX_TOKENS)]);
 t.teardown(() => server.stop());
 const ollama = new Ollama({ host: server.url });
 const model = 'tiny-qwen3';
@@ -68,6 +69,30 @@ t.test('generate: whole and streamed answers agree; durations in nanoseconds', a
   t.equal(last.done_reason, 'length');
   t.equal(last.eval_count, 12);
   t.equal(chunks.map((c) => c.response).join(''), whole.response);
+});
+
+t.test('a request that sets no limit stops at the server default; an explicit one overrides it', async (t) => {
+  const unset = await ollama.generate({ model, prompt: 'Why is the sky blue?', options: { temperature: 0 } });
+  t.equal(unset.eval_count, DEFAULT_MAX_TOKENS, 'no num_predict: --default-max-tokens');
+  t.equal(unset.done_reason, 'length');
+  const zero = await ollama.generate({ model, prompt: 'Hi', options: { temperature: 0, num_predict: 0 } });
+  t.equal(zero.eval_count, DEFAULT_MAX_TOKENS, 'num_predict 0 is unset, as in Ollama');
+  const more = await ollama.generate({ model, prompt: 'Hi', options: greedy });
+  t.equal(more.eval_count, 12, 'a limit above the default is honoured');
+  const openai = await post(`${server.url}/v1/chat/completions`, { model, messages: [{ role: 'user', content: 'Hi' }], temperature: 0 });
+  t.equal(openai.body.usage.completion_tokens, DEFAULT_MAX_TOKENS, 'no max_tokens: the same default');
+  t.equal(openai.body.choices[0].finish_reason, 'length');
+
+  // A prompt a few tokens short of the 4096-token context, so "until the context is full" is quick.
+  const prompt = 'hello '.repeat(4070);
+  const probe = await ollama.generate({ model, prompt, raw: true, options: { temperature: 0, num_predict: 1 } });
+  const room = 4096 - probe.prompt_eval_count;
+  t.ok(room > DEFAULT_MAX_TOKENS, `${room} tokens of room, more than the default`);
+  for (const numPredict of [-1, -2]) {
+    const full = await ollama.generate({ model, prompt, raw: true, options: { temperature: 0, num_predict: numPredict } });
+    t.equal(full.eval_count, room, `num_predict ${numPredict}: until the context is full`);
+    t.equal(full.done_reason, 'length');
+  }
 });
 
 t.test('generate: system, raw, seed, stop and sampling options', async (t) => {
@@ -154,6 +179,16 @@ t.test('show describes the model', async (t) => {
   const info = shown.model_info as unknown as Record<string, unknown>;
   t.equal(info['general.architecture'], 'qwen3');
   t.equal(info['qwen3.context_length'], 4096);
+  // Every tensor of the built-in Qwen3 (vocabulary 151,936, hidden 128, 4 layers, 4 query and 2 key/value heads of 32, MLP 384, untied output head).
+  const [vocab, hidden, layers, heads, kvHeads, headDim, mlp] = [151936, 128, 4, 4, 2, 32, 384];
+  const perLayer = 2 * hidden + (heads + 2 * kvHeads) * headDim * hidden + hidden * heads * headDim + 2 * headDim + 3 * mlp * hidden;
+  const expected = 2 * vocab * hidden + hidden + layers * perLayer;
+  t.equal(info['general.parameter_count'], expected, 'parameters counted from the tensor shapes');
+  t.equal(shown.details.parameter_size, '39.7M', "shown as Ollama shows a parameter count");
+  const { models } = await ollama.list();
+  t.equal(models.find((m) => m.name === model)?.details.parameter_size, '39.7M', 'the listing carries it too');
+  const shapes: [number, string][] = [[950, '950'], [1000, '1.00K'], [12_345, '12.3K'], [494_032_768, '494M'], [8_030_261_248, '8.03B'], [70_553_706_496, '70.6B']];
+  for (const [count, text] of shapes) t.equal(humanParameterCount(count), text, `${count} parameters read ${text}`);
   t.ok(shown.capabilities.includes('completion'));
   t.ok(shown.capabilities.includes('tools'), "Qwen3's template takes tools");
   t.match(shown.template, /im_start/, 'the chat template');
@@ -172,8 +207,8 @@ t.test("errors come in Ollama's shape", async (t) => {
   t.equal(error.status_code, 404);
   const cases: [string, Record<string, unknown>, RegExp][] = [
     ['missing model', { prompt: 'Hi' }, /model is required/],
-    ['format json', { model, prompt: 'Hi', format: 'json' }, /format/],
-    ['format schema', { model, prompt: 'Hi', format: { type: 'object' } }, /format/],
+    ['format neither json nor a schema', { model, prompt: 'Hi', format: 'yaml' }, /format/],
+    ['format schema with a keyword decoding cannot enforce', { model, prompt: 'Hi', format: { type: 'string', pattern: 'a+' } }, /'pattern' is not supported/],
     ['unknown option', { model, prompt: 'Hi', options: { warp_speed: 9 } }, /options\.warp_speed/],
     ['mirostat on', { model, prompt: 'Hi', options: { mirostat: 2 } }, /mirostat/],
     ['bad temperature', { model, prompt: 'Hi', options: { temperature: 'hot' } }, /temperature/],

@@ -1,6 +1,6 @@
 /**
- * The five stress scenarios of the ollmlx report (../shared/seeds/ollmlx-stress-test-report.md),
- * run against our server with the built-in model: concurrent `run` commands, one long streamed
+ * Five stress scenarios that Ollama-compatible servers are commonly put through, run against our
+ * server with the built-in model and the `ollama` CLI: concurrent `run` commands, one long streamed
  * generation, three sessions at once, memory under 4 concurrent requests, and invalid models
  * mixed into valid load. Numbers are printed as comments; nothing here asserts on time.
  */

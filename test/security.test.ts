@@ -55,6 +55,20 @@ t.test('keys, CORS and logs', async (t) => {
     t.equal((await json(`${url}/v1/models`, { headers: bearer(API_KEY.slice(0, -1)) })).status, 401, 'a prefix of the key is refused');
   });
 
+  t.test('the probes are open on both ports; the other admin reads need the key; the main port has no admin routes', async (t) => {
+    for (const base of [url, server.mainUrl]) {
+      for (const path of ['/health', '/ready']) t.equal((await json(`${base}${path}`)).status, 200, `${base}${path} without a key`);
+      t.equal((await json(`${base}/v1/models`)).status, 401, `${base}/v1/models needs the key`);
+    }
+    for (const path of ['/admin/queue', '/admin/metrics', '/admin/capabilities']) {
+      t.equal((await json(`${url}${path}`)).status, 401, `${path} without a key`);
+      t.equal((await json(`${url}${path}`, { headers: bearer(API_KEY) })).status, 200, `${path} with the API key`);
+    }
+    const viaQuery = await json<{ error: { message: string } }>(`${url}/admin/load?model_path=tiny-qwen3`, { method: 'POST', headers: bearer(API_KEY) });
+    t.equal(viaQuery.status, 401, 'loading by ?model_path needs the admin key too');
+    t.equal((await json(`${server.mainUrl}/admin/unload`, { method: 'POST', headers: bearer(ADMIN_KEY) })).status, 404, 'the main port serves no admin mutation, whatever the key');
+  });
+
   t.test('admin mutations need the admin key', async (t) => {
     for (const path of ['/admin/load', '/admin/unload']) {
       const r = await json<{ error: { message: string } }>(`${url}${path}`, { method: 'POST', headers: bearer(API_KEY), body: '{"model":"no-such"}' });

@@ -151,7 +151,10 @@ t.test('slow requests against the real server', async (t) => {
     t.same(others.map((r) => r.status), [200, 200, 200], 'other requests complete while it is stuck');
     t.equal(await active(), 1, 'the stuck generation is still running (its output sits in socket buffers)');
     socket.destroy();
-    await until('the generation to be cancelled', async () => (await active()) === 0, 30_000);
-    t.pass('active is back to 0');
+    const cancelled = (): { tokensAfterCancel: number }[] =>
+      server.logs.filter((line) => line.includes('"event":"cancelled"') && line.includes('"reason":"client"')).map((line) => JSON.parse(line) as { tokensAfterCancel: number });
+    await until('the generation to be cancelled', () => cancelled().length > 0, 60_000);
+    t.ok((cancelled()[0] as { tokensAfterCancel: number }).tokensAfterCancel <= 2, `cancelled because its client left, ${cancelled()[0]?.tokensAfterCancel} tokens after it went`);
+    await until('its slot to be freed', async () => (await active()) === 0, 30_000);
   });
 });

@@ -2,7 +2,7 @@
  * The comprehensive soak test (soak/) run as operators run it, against a real server with a short
  * idle timeout, plus the suite's pure helpers. The memory-recovery threshold is lowered to 50%
  * here: this test is about the suite working end to end; the server's recovery is its own topic
- * (the seed's 95% stays the suite's default).
+ * (95% stays the suite's default).
  */
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -32,7 +32,7 @@ t.test('durations, host files and the memory trend', async (t) => {
   t.equal(trend([{ t: 0, rssGb: 1, loaded: true }]).fittedGrowthGb, null, 'one point fits no line');
 });
 
-t.test('comprehensive test passes against a healthy server, in the seed order and format', async (t) => {
+t.test('comprehensive test passes against a healthy server, with its eleven checks in order and [TEST]/[PASS] lines', async (t) => {
   const server = await startServer(['--idle-timeout', '6']);
   t.teardown(() => server.stop());
   const json = join(tempDir('soak-'), 'result.json');

@@ -14,6 +14,7 @@ import { Template } from '@huggingface/jinja';
 import { getLlama, LlamaLogLevel, type Llama, type LlamaContext, type LlamaContextSequence, type LlamaModel, type SequenceEvaluateOptions, type Token } from 'node-llama-cpp';
 import type { ChatMessage, GenerationRequest, LoadResult, LoadSpec, WorkerSettings } from '../src/engine/protocol.ts';
 import { ServeError } from '../src/errors.ts';
+import { describeGguf } from '../src/gguf/describe.ts';
 import { readGgufHeader, type GgufHeader } from '../src/gguf/format.ts';
 import type { Telemetry } from '../src/telemetry/layout.ts';
 import { promptIds, validatePrompt, type PromptTokenizer } from './prompt.ts';
@@ -107,6 +108,8 @@ export class LlamaEngine implements PromptTokenizer {
   private readonly pool: SequencePool;
   private readonly template: Template | null;
   private readonly specials: { bosToken: string | null; eosToken: string | null };
+  /** Control tokens by their text, for the ones a request keeps in its output (keepSpecialTokens). */
+  private readonly controlIds = new Map<string, number>();
 
   private constructor(
     readonly path: string,
@@ -125,6 +128,10 @@ export class LlamaEngine implements PromptTokenizer {
       return typeof id === 'number' ? (tokens[id] ?? null) : null;
     };
     this.specials = { bosToken: tokenAt('tokenizer.ggml.bos_token_id'), eosToken: tokenAt('tokenizer.ggml.eos_token_id') };
+    const types = (header.metadata.get('tokenizer.ggml.token_type') as number[] | undefined) ?? [];
+    tokens.forEach((token, id) => {
+      if (types[id] === CONTROL_TOKEN) this.controlIds.set(token, id);
+    });
   }
 
   static async load(spec: LoadSpec, settings: WorkerSettings, telemetry: Telemetry): Promise<LlamaEngine> {
@@ -147,6 +154,8 @@ export class LlamaEngine implements PromptTokenizer {
     const info: LoadResult = {
       name: spec.name,
       placement: 'native',
+      // llama.cpp computes with the weights as the file stores them.
+      weights: { placement: 'native', dtype: describeGguf(spec.path).quantization, converted: [] },
       modelType: String(header.metadata.get('general.architecture') ?? 'unknown'),
       bytes: model.size,
       loadMs: performance.now() - started,
@@ -184,6 +193,7 @@ export class LlamaEngine implements PromptTokenizer {
         isEos: (token) => this.model.isEogToken(token as Token),
         contextLength: this.context.contextSize,
         tokenText: this.text,
+        keptSpecial: new Set((request.keepSpecialTokens ?? []).flatMap((token) => this.controlIds.get(token) ?? [])),
         port,
         telemetry,
       });

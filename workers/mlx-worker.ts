@@ -7,10 +7,13 @@ import { join } from 'node:path';
 import { workerData } from 'node:worker_threads';
 import type { LoadResult, LoadSpec, WorkerReply, WorkerSettings, WorkerTask } from '../src/engine/protocol.ts';
 import { ServeError } from '../src/errors.ts';
+import { configureDeviceMemory, publishDeviceMemory, releaseDeviceMemory } from '../src/runtime/device-memory.ts';
 import { collectGarbage } from '../src/runtime/gc.ts';
 import { Telemetry } from '../src/telemetry/layout.ts';
+import { GrammarConstraints } from './constraints/grammar.ts';
 import { materializeDefaultModel } from './default-model.ts';
 import type { LanguageModel } from './models/decoder.ts';
+import { metalMemory } from './metal-memory.ts';
 import { loadModel, parameterBytes, readJson, type ModelConfig } from './models/loader.ts';
 import { promptIds, validatePrompt } from './prompt.ts';
 import { PromptCache } from './prompt-cache.ts';
@@ -29,6 +32,7 @@ interface LoadedModel {
   model: LanguageModel;
   tokenizer: ModelTokenizer;
   eosIds: Set<number>;
+  grammars: GrammarConstraints;
   info: LoadResult;
 }
 
@@ -54,6 +58,9 @@ async function loadGguf(source: LoadSpec, telemetry: Telemetry): Promise<LlamaEn
   return gguf;
 }
 
+/** How often MLX's counters are copied to telemetry on a GPU, between the copies after each load and generation. */
+const DEVICE_SAMPLE_MS = 1000;
+
 function eosIds(dir: string, config: ModelConfig, tokenizer: ModelTokenizer): Set<number> {
   const ids = new Set<number>();
   const add = (value: unknown): void => {
@@ -72,16 +79,19 @@ function load(source: LoadSpec, telemetry: Telemetry): LoadedModel {
   loaded = null;
   const started = performance.now();
   if (source.builtin) materializeDefaultModel(source.path);
-  const { model, config } = loadModel(source.path, source.placement);
+  const { model, config, weights } = loadModel(source.path, source.placement);
   const tokenizer = new ModelTokenizer(source.path);
   if (tokenizer.vocabSize > model.vocabSize) {
     throw new ServeError(422, 'model_load_failed', `tokenizer has ${tokenizer.vocabSize} tokens but the embedding only ${model.vocabSize} rows`);
   }
   const bytes = parameterBytes(model);
   telemetry.write('modelBytes', bytes);
-  const info: LoadResult = { name: source.name, placement: source.placement, modelType: model.modelType, bytes, loadMs: performance.now() - started, contextLength: model.contextLength };
-  loaded = { source, promptCache: new PromptCache(settings.promptCacheBytes), model, tokenizer, eosIds: eosIds(source.path, config, tokenizer), info };
+  const info: LoadResult = { name: source.name, placement: source.placement, weights, modelType: model.modelType, bytes, loadMs: performance.now() - started, contextLength: model.contextLength };
+  const stopIds = eosIds(source.path, config, tokenizer);
+  const grammars = new GrammarConstraints(tokenizer, model.vocabSize, stopIds);
+  loaded = { source, promptCache: new PromptCache(settings.promptCacheBytes), model, tokenizer, eosIds: stopIds, grammars, info };
   collectGarbage(true);
+  publishDeviceMemory(metalMemory, telemetry);
   return loaded;
 }
 
@@ -96,10 +106,13 @@ async function generate(task: Extract<WorkerTask, { op: 'generate' }>, telemetry
     const target = load(task.model, telemetry);
     const ids = promptIds(target.tokenizer, request);
     validatePrompt(ids, request, target.model);
+    const constraint = request.format ? await target.grammars.constraint(request.format) : null;
+    await constraint?.ready();
     scheduler ??= new Scheduler(telemetry, settings);
-    const sequence = new Sequence(target.model, target.tokenizer, request, ids, target.eosIds, task.slot, port, telemetry, target.promptCache.lookup(ids));
+    const sequence = new Sequence(target.model, target.tokenizer, request, ids, target.eosIds, task.slot, port, telemetry, target.promptCache.lookup(ids), constraint);
     await scheduler.run(sequence);
     target.promptCache.store(sequence.tokens, sequence.cache);
+    publishDeviceMemory(metalMemory, telemetry);
     return { ok: true };
   } catch (error) {
     const shape = ServeError.from(error).toShape();
@@ -121,8 +134,11 @@ export default async function handle(task: WorkerTask): Promise<WorkerReply> {
   switch (task.op) {
     case 'check':
       return reply(() => {
+        const telemetry = new Telemetry(task.telemetry);
+        configureDeviceMemory(metalMemory, settings, telemetry);
         checkRuntime();
         collectGarbage(true);
+        if (metalMemory.gpu) setInterval(() => publishDeviceMemory(metalMemory, telemetry), DEVICE_SAMPLE_MS).unref();
         return { ok: true };
       });
     case 'load': {
@@ -139,5 +155,10 @@ export default async function handle(task: WorkerTask): Promise<WorkerReply> {
     }
     case 'generate':
       return generate(task, new Telemetry(task.telemetry));
+    case 'release':
+      await dropGguf();
+      loaded = null;
+      scheduler = null;
+      return { ok: true, release: await releaseDeviceMemory(metalMemory, new Telemetry(task.telemetry), () => collectGarbage(true)) };
   }
 }

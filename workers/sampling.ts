@@ -37,6 +37,8 @@ function drawFromCandidates(ids: number[], logits: number[], params: SamplingPar
   let kept = 0;
   let mass = 0;
   for (const w of weights) {
+    // A token masked to -inf (constrained decoding) has weight 0 and must never be drawn.
+    if (w === 0) break;
     if (kept > 0 && mass >= params.topP * total) break;
     if (kept > 0 && w < params.minP * (weights[0] as number)) break;
     mass += w;
@@ -60,10 +62,14 @@ export class Sampler {
     this.random = seededRandom(seed);
   }
 
-  /** `logits` is one row [vocab] in float32; returns the chosen token id. */
-  next(logits: MxArray, history: number[]): number {
+  /**
+   * `logits` is one row [vocab] in float32; returns the chosen token id. `constrain` masks the
+   * tokens an output format refuses (to -inf), after the penalty so that no -inf is scaled.
+   */
+  next(logits: MxArray, history: number[], constrain?: (row: MxArray) => MxArray): number {
     const { temperature, topK, topP, minP } = this.params;
-    const row = applyRepetitionPenalty(logits, history, this.params);
+    const penalised = applyRepetitionPenalty(logits, history, this.params);
+    const row = constrain ? constrain(penalised) : penalised;
     if (temperature === 0) return mx.argmax(row).item() as number;
     const vocab = row.shape[0] ?? 0;
     if (topK > 0 && topK < vocab) {

@@ -79,6 +79,7 @@ export class Scheduler {
         decoding.map((entry) => entry.sequence.cache),
       );
       decoding.forEach((entry, row) => entry.sequence.acceptLogits(logits.index(row, -1)));
+      this.telemetry.recordDecodeStep(decoding.length);
     });
     // Past maxBatch, this round's rows go to the back so that every sequence gets its turn.
     if (this.sequences.length > this.limits.maxBatch) {

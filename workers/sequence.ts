@@ -5,6 +5,7 @@ import type { Telemetry } from '../src/telemetry/layout.ts';
 import type { LanguageModel } from './models/decoder.ts';
 import type { KVCache } from './models/kv-cache.ts';
 import { mx, type MxArray } from './models/mx.ts';
+import type { TokenConstraint } from './constraints/grammar.ts';
 import type { PromptCacheHit } from './prompt-cache.ts';
 import { Sampler } from './sampling.ts';
 import { TokenStream } from './token-stream.ts';
@@ -27,11 +28,14 @@ export class Sequence {
     port: MessagePort,
     telemetry: Telemetry,
     cached: PromptCacheHit | null,
+    /** The output format this sequence's tokens must keep to; null: any text. */
+    private readonly constraint: TokenConstraint | null = null,
   ) {
     this.cache = cached?.caches ?? model.newCache();
     const cachedTokens = cached?.length ?? 0;
     this.prefilled = cachedTokens;
     this.sampler = new Sampler(request.sampling);
+    const keptSpecial = (request.keepSpecialTokens ?? []).map((token) => tokenizer.tokenId(token)).filter((id) => id !== null);
     this.output = new TokenStream({
       request,
       promptLength: promptIds.length,
@@ -39,6 +43,8 @@ export class Sequence {
       isEos: (token) => eosIds.has(token),
       contextLength: model.contextLength,
       tokenText: tokenizer,
+      keptSpecial: new Set(keptSpecial),
+      constraint,
       port,
       telemetry,
     });
@@ -80,8 +86,9 @@ export class Sequence {
 
   /** Samples from this sequence's row of logits [vocab] and handles the token. */
   acceptLogits(row: MxArray): void {
-    const { history } = this.output;
-    const token = this.sampler.next(row, history.length > 0 ? history : this.promptIds);
+    const { history, closing } = this.output;
+    const constraint = this.constraint;
+    const token = this.sampler.next(row, history.length > 0 ? history : this.promptIds, constraint ? (logits) => constraint.mask(logits, closing) : undefined);
     this.lastToken = token;
     this.output.accept(token);
   }

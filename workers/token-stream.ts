@@ -7,6 +7,7 @@
 import type { MessagePort } from 'node:worker_threads';
 import type { FinishReason, GenerationRequest, StreamEvent } from '../src/engine/protocol.ts';
 import type { Telemetry } from '../src/telemetry/layout.ts';
+import { closingReserve, type TokenConstraint } from './constraints/grammar.ts';
 import { StopMatcher } from './stop-matcher.ts';
 import { StreamingDetokenizer, type TokenText } from './tokenizer.ts';
 
@@ -18,6 +19,10 @@ export interface TokenStreamOptions {
   isEos: (token: number) => boolean;
   contextLength: number;
   tokenText: TokenText;
+  /** Special tokens the request keeps in its text (request.keepSpecialTokens, as ids). */
+  keptSpecial?: ReadonlySet<number>;
+  /** The output format the tokens must keep to; the stream ends when it is complete. */
+  constraint?: TokenConstraint | null;
   port: MessagePort;
   telemetry: Telemetry;
 }
@@ -33,7 +38,7 @@ export class TokenStream {
   finished: FinishReason | null = null;
 
   constructor(private readonly options: TokenStreamOptions) {
-    this.detokenizer = new StreamingDetokenizer(options.tokenText);
+    this.detokenizer = new StreamingDetokenizer(options.tokenText, options.keptSpecial);
     this.stopMatcher = new StopMatcher(options.request.stop);
     this.send({ type: 'started', promptTokens: options.promptLength, cachedTokens: options.cachedTokens });
   }
@@ -44,22 +49,33 @@ export class TokenStream {
     this.options.telemetry.increment('promptTokens', this.options.promptLength - this.options.cachedTokens);
   }
 
+  /** Whether the tokens left are few enough that a constraint should steer toward closing its output. */
+  get closing(): boolean {
+    const { request, promptLength, contextLength } = this.options;
+    const room = contextLength - promptLength;
+    const budget = typeof request.maxTokens === 'number' ? Math.min(request.maxTokens, room) : room;
+    return budget - this.generated <= closingReserve(budget);
+  }
+
   accept(token: number): void {
-    const { request, telemetry, promptLength, contextLength } = this.options;
+    const { request, telemetry, promptLength, contextLength, constraint } = this.options;
     this.generated++;
     telemetry.increment('tokensGenerated');
+    constraint?.advance(token);
     if (!request.ignoreEos && this.options.isEos(token)) return this.finish('stop');
     this.history.push(token);
     const { emit, stopped } = this.stopMatcher.push(this.detokenizer.push(token));
     if (emit) this.send({ type: 'text', text: emit, tokens: this.generated });
     if (stopped) return this.finish('stop', false);
-    const atLimit = request.maxTokens !== null && this.generated >= request.maxTokens;
+    if (constraint?.complete) return this.finish('stop');
+    const atLimit = typeof request.maxTokens === 'number' && this.generated >= request.maxTokens;
     if (atLimit || promptLength + this.generated >= contextLength) this.finish('length');
   }
 
   finish(reason: FinishReason, flush = true): void {
     if (this.finished) return;
     this.finished = reason;
+    this.options.constraint?.dispose();
     if (flush && reason !== 'cancelled') {
       const tail = this.stopMatcher.push(this.detokenizer.flush()).emit + this.stopMatcher.flush();
       if (tail) this.send({ type: 'text', text: tail, tokens: this.generated });

@@ -53,6 +53,16 @@ function flattenDecoders(decoder: DecoderJson | null | undefined): DecoderJson[]
   return decoder.type === 'Sequence' ? (decoder.decoders ?? []).flatMap(flattenDecoders) : [decoder];
 }
 
+/** How xgrammar reads a vocabulary's stored token strings as bytes. */
+export type VocabularyKind = 'RAW' | 'BYTE_LEVEL' | 'BYTE_FALLBACK';
+
+export interface GrammarVocabulary {
+  /** Indexed by token id; special tokens are '' (never part of constrained text). */
+  tokens: string[];
+  kind: VocabularyKind;
+  prependSpace: boolean;
+}
+
 const encoder = new TextEncoder();
 const BYTE_FALLBACK = /^<0x([0-9A-Fa-f]{2})>$/;
 
@@ -132,6 +142,8 @@ function tokenContent(token: TokenizerConfig['bos_token']): string | null {
 export interface TokenText {
   /** Undefined for special tokens, which never appear in generated text. */
   bytesOf(id: number): Uint8Array | undefined;
+  /** A special token's text, for the ones a request keeps; undefined for ordinary tokens. */
+  specialBytesOf(id: number): Uint8Array | undefined;
   readonly stripsLeadingSpace: boolean;
 }
 
@@ -151,6 +163,11 @@ export class TokenBytesTable implements TokenText {
     const { data, offsets, special } = this.table;
     if (special.has(id) || id < 0 || id >= offsets.length - 1) return undefined;
     return data.subarray(offsets[id], offsets[id + 1]);
+  }
+
+  specialBytesOf(id: number): Uint8Array | undefined {
+    const { data, offsets, special } = this.table;
+    return special.has(id) ? data.subarray(offsets[id], offsets[id + 1]) : undefined;
   }
 }
 
@@ -182,7 +199,6 @@ export function renderChatTemplate(
 
 export class ModelTokenizer implements TokenText {
   private readonly encoder: JsTokenizer;
-  private readonly tokenBytes: TokenBytes;
   private readonly tokenText: TokenBytesTable;
   private readonly template: Template | null;
   readonly stripsLeadingSpace: boolean;
@@ -190,14 +206,13 @@ export class ModelTokenizer implements TokenText {
   readonly eosToken: string | null;
   readonly vocabSize: number;
 
-  constructor(dir: string) {
+  constructor(private readonly dir: string) {
     const path = join(dir, 'tokenizer.json');
     if (!existsSync(path)) throw new ServeError(422, 'model_load_failed', `no tokenizer.json in ${dir}`);
     const json = readJson<TokenizerJson>(path, 'tokenizer.json');
-    this.tokenBytes = tokenBytesTable(json);
-    this.tokenText = new TokenBytesTable(this.tokenBytes);
-    this.stripsLeadingSpace = this.tokenBytes.stripsLeadingSpace;
-    this.vocabSize = this.tokenBytes.offsets.length - 1;
+    this.tokenText = new TokenBytesTable(tokenBytesTable(json));
+    this.stripsLeadingSpace = this.tokenText.stripsLeadingSpace;
+    this.vocabSize = this.tokenText.size;
     const configPath = join(dir, 'tokenizer_config.json');
     const config = existsSync(configPath) ? readJson<TokenizerConfig>(configPath, 'tokenizer_config.json') : {};
     this.bosToken = tokenContent(config.bos_token);
@@ -221,13 +236,31 @@ export class ModelTokenizer implements TokenText {
     return this.encoder.token_to_id(token) ?? null;
   }
 
-  private specialBytesOf(id: number): Uint8Array | undefined {
-    const { data, offsets, special } = this.tokenBytes;
-    return special.has(id) ? data.subarray(offsets[id], offsets[id + 1]) : undefined;
+  specialBytesOf(id: number): Uint8Array | undefined {
+    return this.tokenText.specialBytesOf(id);
   }
 
   bytesOf(id: number): Uint8Array | undefined {
     return this.tokenText.bytesOf(id);
+  }
+
+  /**
+   * The vocabulary as a grammar engine reads it, padded to `size` (the embedding's rows). Read
+   * again from tokenizer.json when first needed, so the strings are not kept for every model.
+   */
+  grammarVocabulary(size: number): GrammarVocabulary {
+    const json = readJson<TokenizerJson>(join(this.dir, 'tokenizer.json'), 'tokenizer.json');
+    const decoders = flattenDecoders(json.decoder);
+    const kind: VocabularyKind = decoders.some((d) => d.type === 'ByteLevel')
+      ? 'BYTE_LEVEL'
+      : decoders.some((d) => d.type === 'ByteFallback' || d.type === 'Metaspace' || (d.type === 'Replace' && d.pattern?.String === '▁'))
+        ? 'BYTE_FALLBACK'
+        : 'RAW';
+    const tokens = new Array<string>(size).fill('');
+    if (Array.isArray(json.model.vocab)) json.model.vocab.forEach(([token], id) => (tokens[id] = token));
+    else for (const [token, id] of Object.entries(json.model.vocab)) tokens[id] = token;
+    for (const added of json.added_tokens ?? []) tokens[added.id] = added.special ? '' : added.content;
+    return { tokens: tokens.slice(0, size), kind, prependSpace: this.stripsLeadingSpace };
   }
 
   /** Special tokens are left out unless `skipSpecialTokens` is false (then they read as their text). */
@@ -248,10 +281,14 @@ export class StreamingDetokenizer {
   private readonly decoder = new TextDecoder();
   private first = true;
 
-  constructor(private readonly tokenizer: TokenText) {}
+  /** `keptSpecial`: special tokens that read as their text instead of being left out. */
+  constructor(
+    private readonly tokenizer: TokenText,
+    private readonly keptSpecial: ReadonlySet<number> = new Set(),
+  ) {}
 
   push(id: number): string {
-    const bytes = this.tokenizer.bytesOf(id);
+    const bytes = this.tokenizer.bytesOf(id) ?? (this.keptSpecial.has(id) ? this.tokenizer.specialBytesOf(id) : undefined);
     if (!bytes) return '';
     let text = this.decoder.decode(bytes, { stream: true });
     if (this.first && text.length > 0) {

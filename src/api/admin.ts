@@ -1,6 +1,13 @@
-/** Admin routes: health and status are answered from shared memory alone; load and unload drive the engine. */
+/**
+ * Admin routes: health, status, queue, metrics and capabilities are answered from shared memory
+ * alone; load and unload drive the engine. The probes (/health, /ready) are served on both ports.
+ * Field names follow our API and, alongside, the names fleets' scripts read (docs/compatibility.md).
+ */
+import { badRequest } from '../errors.ts';
 import type { Exchange } from '../http/exchange.ts';
 import { openAiError, parseJsonObject, type Route } from '../http/server.ts';
+import { PACKAGE_VERSION } from '../paths.ts';
+import { deviceMemory } from '../runtime/device-memory.ts';
 import type { Telemetry } from '../telemetry/layout.ts';
 import type { ServeContext } from './context.ts';
 import { Fields } from './fields.ts';
@@ -27,39 +34,67 @@ export function sampleMemory(telemetry: Telemetry): { rss: number; active: numbe
   return { rss, active, peak: telemetry.read('peakRssBytes') };
 }
 
+const uptimeSeconds = (telemetry: Telemetry): number => Math.round((Date.now() - telemetry.read('startedAtMs')) / 1000);
+
+/**
+ * The status's memory figures. On a GPU (Metal) active and peak are MLX's own counters, as mlx-lm
+ * reports them, with its buffer cache and the process figure beside them; on a CPU, where MLX
+ * counts nothing, they are the process's resident memory above the pre-load baseline.
+ */
+export function memoryStatus(telemetry: Telemetry): Record<string, unknown> {
+  const memory = sampleMemory(telemetry);
+  const device = deviceMemory(telemetry);
+  return {
+    active_memory_gb: gb(device ? device.activeBytes : memory.active),
+    peak_memory_gb: gb(device ? device.peakBytes : memory.peak),
+    cache_memory_gb: gb(device?.cacheBytes ?? 0),
+    process_active_memory_gb: gb(memory.active),
+    rss_gb: gb(memory.rss),
+    baseline_rss_gb: gb(telemetry.read('baselineRssBytes')),
+    model_loaded: telemetry.modelState === 'loaded',
+    model_memory_gb: gb(telemetry.read('modelBytes')),
+    device: device ? 'gpu' : 'cpu',
+    working_set_gb: gb(device?.workingSetBytes ?? 0),
+    source: device ? 'MLX Metal allocator (active, peak, cache); process_active_memory_gb is the resident set above the baseline' : 'process resident set (MLX reports no memory on a CPU device)',
+  };
+}
+
+/** The loaded model's KV budget and what running requests hold of it; null when none is loaded. */
+function kvCacheBody(ctx: ServeContext): Record<string, number> | null {
+  const kv = ctx.engine.kvUsage;
+  return kv && { budget_bytes: kv.budgetBytes, reserved_bytes: kv.reservedBytes, bytes_per_token: kv.bytesPerToken, max_running: ctx.config.maxBatch, max_waiting: ctx.config.maxQueue };
+}
+
 export function statusBody(ctx: ServeContext): Record<string, unknown> {
   const { telemetry, engine } = ctx;
-  const memory = sampleMemory(telemetry);
   const loaded = engine.loadedModel;
   const state = telemetry.modelState;
   const lastActivity = telemetry.read('lastActivityMs');
+  const uptime = uptimeSeconds(telemetry);
+  const worker = engine.workerStatus;
   return {
     status: 'healthy',
-    memory: {
-      active_memory_gb: gb(memory.active),
-      peak_memory_gb: gb(memory.peak),
-      rss_gb: gb(memory.rss),
-      baseline_rss_gb: gb(telemetry.read('baselineRssBytes')),
-      model_loaded: state === 'loaded',
-      model_memory_gb: gb(telemetry.read('modelBytes')),
-      source: 'process resident set (MLX reports no memory on a CPU device)',
-    },
+    memory: memoryStatus(telemetry),
     requests: {
       total: telemetry.read('requestsTotal'),
       active: telemetry.active,
+      active_requests: telemetry.active,
       queued: telemetry.queued,
       failed: telemetry.read('requestsFailed'),
       rejected: telemetry.read('requestsRejected'),
-      uptime_seconds: Math.round((Date.now() - telemetry.read('startedAtMs')) / 1000),
+      uptime: uptime,
+      uptime_seconds: uptime,
       last_activity: new Date(lastActivity).toISOString(),
       idle_seconds: Math.round((Date.now() - lastActivity) / 1000),
     },
     model: {
+      loaded: state === 'loaded',
       name: loaded?.name ?? null,
+      memory_gb: gb(telemetry.read('modelBytes')),
       default: ctx.registry.defaultName,
       state,
       type: loaded?.modelType ?? null,
-      weights: loaded ? { placement: loaded.placement, policy: ctx.config.weights } : null,
+      weights: loaded ? { ...loaded.weights, policy: ctx.config.weights } : null,
       context_length: loaded?.contextLength ?? null,
       loaded_at: loaded ? loaded.loadedAt.toISOString() : null,
       load_seconds: loaded ? telemetry.read('loadSeconds') : null,
@@ -67,8 +102,54 @@ export function statusBody(ctx: ServeContext): Record<string, unknown> {
       unloads: telemetry.read('modelUnloads'),
     },
     tokens: { generated: telemetry.read('tokensGenerated'), prompt: telemetry.read('promptTokens') },
+    worker: { healthy: worker !== 'failed', status: worker },
+    ports: ctx.ports,
+    config: {
+      idle_timeout_seconds: engine.idleTimeoutSeconds,
+      max_queue: engine.maxQueue,
+      max_batch: ctx.config.maxBatch,
+      weights: ctx.config.weights,
+      request_timeout_seconds: ctx.config.requestTimeoutSeconds,
+    },
+    version: PACKAGE_VERSION,
+    kv_cache: kvCacheBody(ctx),
     idle_timeout_seconds: engine.idleTimeoutSeconds,
   };
+}
+
+const health = (ctx: ServeContext): Record<string, unknown> => ({
+  status: 'healthy',
+  model_loaded: ctx.telemetry.modelState === 'loaded',
+  model_state: ctx.telemetry.modelState,
+  active_requests: ctx.telemetry.active,
+  queued_requests: ctx.telemetry.queued,
+  uptime_seconds: uptimeSeconds(ctx.telemetry),
+  version: PACKAGE_VERSION,
+});
+
+/** A polled read answered from shared memory: logged at debug, always 200. */
+const readRoute = (path: string, answer: () => Record<string, unknown>): Route => ({ method: 'GET', path, errors: openAiError, quiet: true, handler: (exchange) => exchange.json(200, answer()) });
+
+/**
+ * Load balancers' probes, on both ports and open without a key. Ready means a request sent now
+ * would be admitted: a model that is not loaded yet still counts, since the first request loads it.
+ */
+export function probeRoutes(ctx: ServeContext): Route[] {
+  return [
+    readRoute('/health', () => health(ctx)),
+    {
+      method: 'GET',
+      path: '/ready',
+      errors: openAiError,
+      quiet: true,
+      handler: (exchange) => {
+        const { engine, telemetry } = ctx;
+        const ready = engine.accepting;
+        const reason = ready ? null : engine.shuttingDown ? 'shutting_down' : 'queue_full';
+        exchange.json(ready ? 200 : 503, { ready, reason, model_loaded: telemetry.modelState === 'loaded', queued_requests: telemetry.queued, max_queue: engine.maxQueue });
+      },
+    },
+  ];
 }
 
 export function adminRoutes(ctx: ServeContext): Route[] {
@@ -76,39 +157,60 @@ export function adminRoutes(ctx: ServeContext): Route[] {
     const raw = await exchange.readBody(ctx.config.maxBodyBytes);
     return Fields.strict(raw.length === 0 ? {} : parseJsonObject(raw), ['model']);
   };
+  /** The model to load: {"model"} in the body, or ?model_path= as other MLX servers take it. */
+  const modelToLoad = (fields: Fields, exchange: Exchange): string | undefined => {
+    const fromBody = fields.string('model');
+    const fromQuery = exchange.query.get('model_path') ?? undefined;
+    if (fromBody !== undefined && fromQuery !== undefined && fromBody !== fromQuery) throw badRequest(`the body names model '${fromBody}' and the query model_path '${fromQuery}'; give one`, 'model');
+    return fromBody ?? fromQuery;
+  };
   return [
-    {
-      method: 'GET',
-      path: '/admin/health',
-      errors: openAiError,
-      quiet: true,
-      handler: (exchange) => {
-        const { telemetry } = ctx;
-        exchange.json(200, {
-          status: 'healthy',
-          model_state: telemetry.modelState,
-          active_requests: telemetry.active,
-          queued_requests: telemetry.queued,
-          uptime_seconds: Math.round((Date.now() - telemetry.read('startedAtMs')) / 1000),
-        });
-      },
-    },
-    { method: 'GET', path: '/admin/status', errors: openAiError, quiet: true, handler: (exchange) => exchange.json(200, statusBody(ctx)) },
+    readRoute('/admin/health', () => ({ ...health(ctx), worker_status: ctx.engine.workerStatus })),
+    readRoute('/admin/status', () => statusBody(ctx)),
+    readRoute('/admin/queue', () => {
+      const { telemetry, engine } = ctx;
+      return { active: telemetry.active, queued: telemetry.queued, max_queue: engine.maxQueue, max_batch: ctx.config.maxBatch, accepting: engine.accepting, rejected_total: telemetry.read('requestsRejected') };
+    }),
+    readRoute('/admin/metrics', () => {
+      const { telemetry } = ctx;
+      const memory = sampleMemory(telemetry);
+      return {
+        requests: { total: telemetry.read('requestsTotal'), active: telemetry.active, queued: telemetry.queued, failed: telemetry.read('requestsFailed'), rejected: telemetry.read('requestsRejected') },
+        tokens: { generated: telemetry.read('tokensGenerated'), prompt: telemetry.read('promptTokens') },
+        model: { state: telemetry.modelState, loads: telemetry.read('modelLoads'), unloads: telemetry.read('modelUnloads'), load_seconds: telemetry.read('loadSeconds') },
+        memory: { rss_gb: gb(memory.rss), active_memory_gb: gb(memory.active), peak_memory_gb: gb(memory.peak) },
+        ...ctx.latency.summary(),
+        uptime_seconds: uptimeSeconds(telemetry),
+      };
+    }),
+    readRoute('/admin/capabilities', () => {
+      const loaded = ctx.engine.loadedModel;
+      return {
+        model: loaded?.name ?? null,
+        model_type: loaded?.modelType ?? null,
+        capabilities: { text: true, vision: false, chat: true, streaming: true, embeddings: false },
+        apis: ['openai', 'ollama'],
+      };
+    }),
     {
       method: 'POST',
       path: '/admin/load',
       errors: openAiError,
       handler: async (exchange) => {
         const fields = await optionalBody(exchange);
-        const model = ctx.registry.resolve(fields.string('model'));
+        const model = ctx.registry.resolve(modelToLoad(fields, exchange));
         const started = performance.now();
         const loaded = await ctx.engine.load(model);
+        const seconds = Math.round(performance.now() - started) / 1000;
         exchange.json(200, {
-          status: 'loaded',
+          status: 'success',
+          model_name: loaded.name,
+          memory_gb: gb(loaded.bytes),
+          load_time: seconds,
           model: loaded.name,
           model_type: loaded.modelType,
           model_memory_gb: gb(loaded.bytes),
-          load_seconds: Math.round(performance.now() - started) / 1000,
+          load_seconds: seconds,
         });
       },
     },
@@ -119,12 +221,15 @@ export function adminRoutes(ctx: ServeContext): Route[] {
       handler: async (exchange) => {
         await optionalBody(exchange);
         const result = await ctx.engine.unload();
+        const seconds = Math.round(result.unloadMs) / 1000;
         exchange.json(200, {
-          status: 'unloaded',
-          model: result.name,
+          status: 'success',
+          model_name: result.name,
           memory_freed_gb: gb(result.freedBytes),
+          unload_time: seconds,
+          model: result.name,
           model_memory_gb: gb(result.modelBytes),
-          unload_seconds: Math.round(result.unloadMs) / 1000,
+          unload_seconds: seconds,
         });
       },
     },

@@ -1,15 +1,24 @@
 import type { Logger } from 'pino';
 import type { ServerConfig } from '../config.ts';
-import type { Engine } from '../engine/engine.ts';
-import type { GenerationRequest, GenerationStats, StreamEvent } from '../engine/protocol.ts';
+import type { Engine, EngineEvent } from '../engine/engine.ts';
+import type { GenerationRequest, GenerationStats } from '../engine/protocol.ts';
+import { ServeError } from '../errors.ts';
+import { isGgufPath } from '../gguf/format.ts';
 import type { Exchange } from '../http/exchange.ts';
 import type { ModelEntry, ModelRegistry } from '../models/registry.ts';
 import type { LatencyRecorder } from '../telemetry/latency.ts';
 import type { Telemetry } from '../telemetry/layout.ts';
 
+/** The ports this server listens on (known once it listens); main is null in single-port mode. */
+export interface ListeningPorts {
+  admin: number;
+  main: number | null;
+}
+
 /** What every route family is built from. */
 export interface ServeContext {
   config: ServerConfig;
+  ports: ListeningPorts;
   engine: Engine;
   registry: ModelRegistry;
   telemetry: Telemetry;
@@ -23,8 +32,11 @@ export async function runGeneration(
   exchange: Exchange,
   request: GenerationRequest,
   model: ModelEntry,
-  onEvent: (event: StreamEvent) => void,
+  onEvent: (event: EngineEvent) => void,
 ): Promise<GenerationStats> {
+  if (request.format && isGgufPath(model.path)) {
+    throw new ServeError(400, 'unsupported', `structured output (a response format, or a required tool call) is not supported for GGUF models such as '${model.name}'; use an MLX model, or ask without it`);
+  }
   const timing = ctx.latency.track();
   const handle = ctx.engine.generate(request, model, (event) => {
     timing.event(event);

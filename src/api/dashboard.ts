@@ -12,18 +12,7 @@ import type { ServeContext } from './context.ts';
 const PAGE = packagePath('src', 'dashboard', 'index.html');
 
 export function dashboardData(ctx: ServeContext): Record<string, unknown> {
-  const { latency } = ctx;
-  return {
-    ...statusBody(ctx),
-    sampled_at_ms: Date.now(),
-    latency_seconds: {
-      time_to_first_token: latency.timeToFirstToken.percentiles(),
-      time_per_output_token: latency.timePerOutputToken.percentiles(),
-      e2e_request: latency.endToEnd.percentiles(),
-      queue: latency.queueTime.percentiles(),
-    },
-    finished: Object.fromEntries(latency.finished),
-  };
+  return { ...statusBody(ctx), sampled_at_ms: Date.now(), ...ctx.latency.summary() };
 }
 
 export function dashboardRoutes(ctx: ServeContext): Route[] {

@@ -70,11 +70,13 @@ export function createMetricsRegistry(ctx: ServeContext): Registry {
     new Counter({ name, help, registers, collect() { this.reset(); this.inc(read()); } });
   };
 
-  gauge('mlx:num_requests_running', 'Requests generating now.', () => telemetry.active);
-  gauge('mlx:num_requests_waiting', 'Requests admitted and waiting for the model.', () => telemetry.queued);
+  gauge('mlx:num_requests_running', 'Requests handed to the worker and not finished (at most --max-batch).', () => telemetry.active);
+  gauge('mlx:num_requests_waiting', 'Requests waiting in the engine for a running place, KV cache room or a model load (at most --max-queue).', () => telemetry.queued);
+  gauge('mlx:kv_cache_budget_bytes', 'Bytes the running requests\' KV caches may hold together (0 when no model is loaded).', () => engine.kvUsage?.budgetBytes ?? 0);
+  gauge('mlx:kv_cache_reserved_bytes', 'Bytes of the KV budget the running requests hold.', () => engine.kvUsage?.reservedBytes ?? 0);
   counter('mlx:requests_total', 'Requests admitted to the engine.', () => telemetry.read('requestsTotal'));
   counter('mlx:request_failure_total', 'Admitted requests that ended in an error.', () => telemetry.read('requestsFailed'));
-  counter('mlx:request_rejected_total', 'Requests refused because the queue was full.', () => telemetry.read('requestsRejected'));
+  counter('mlx:request_rejected_total', 'Requests refused because --max-queue requests were already waiting.', () => telemetry.read('requestsRejected'));
   new Counter({
     name: 'mlx:request_success_total',
     help: 'Requests that finished generating, by finish reason.',
@@ -87,11 +89,13 @@ export function createMetricsRegistry(ctx: ServeContext): Registry {
   });
   counter('mlx:prompt_tokens_total', 'Prompt tokens prefilled.', () => telemetry.read('promptTokens'));
   counter('mlx:generation_tokens_total', 'Tokens generated.', () => telemetry.read('tokensGenerated'));
+  counter('mlx:decode_steps_total', 'Batched decode forward passes.', () => telemetry.read('decodeSteps'));
+  counter('mlx:decode_rows_total', 'Sequences advanced by those passes, a token each; rows per step is the batch size.', () => telemetry.read('decodeRows'));
 
   new HdrHistogramMetric('mlx:time_to_first_token_seconds', 'Time from arrival to the first streamed token.', latency.timeToFirstToken, BUCKETS.timeToFirstToken, registry);
   new HdrHistogramMetric('mlx:time_per_output_token_seconds', 'Time between streamed tokens, per token.', latency.timePerOutputToken, BUCKETS.timePerOutputToken, registry);
   new HdrHistogramMetric('mlx:e2e_request_latency_seconds', 'Time from arrival to the last token of a finished request.', latency.endToEnd, BUCKETS.requestSeconds, registry);
-  new HdrHistogramMetric('mlx:request_queue_time_seconds', 'Time from arrival until the worker admits the request (model loads included).', latency.queueTime, BUCKETS.requestSeconds, registry);
+  new HdrHistogramMetric('mlx:request_queue_time_seconds', 'Time from arrival until the request is handed to the worker: waiting for a running place, KV cache room or a model load.', latency.queueTime, BUCKETS.requestSeconds, registry);
 
   new Gauge({
     name: 'mlx:model_state',

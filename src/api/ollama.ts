@@ -6,25 +6,29 @@ import { createHash } from 'node:crypto';
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { GenerationRequest, GenerationStats, PromptInput } from '../engine/protocol.ts';
-import { badRequest } from '../errors.ts';
+import { badRequest, errorHeaders } from '../errors.ts';
 import type { Exchange } from '../http/exchange.ts';
 import { parseJsonObject, type ErrorWriter, type Route } from '../http/server.ts';
 import { describeGguf, type GgufDescription } from '../gguf/describe.ts';
 import { isGgufPath } from '../gguf/format.ts';
+import { parameterCount } from '../models/footprint.ts';
 import type { ModelEntry } from '../models/registry.ts';
-import { packagePath } from '../paths.ts';
+import { PACKAGE_VERSION } from '../paths.ts';
+import { deviceMemory } from '../runtime/device-memory.ts';
 import { runGeneration, type ServeContext } from './context.ts';
 import { Fields } from './fields.ts';
 import { chatMessages } from './openai.ts';
+import { ollamaFormat } from './response-format.ts';
+import { parseToolCalls, planToolUse, ToolCallParser, type ParsedText, type ToolCall, type ToolUse } from './tool-calls.ts';
 
-const VERSION = (JSON.parse(readFileSync(packagePath('package.json'), 'utf8')) as { version: string }).version;
 
 /** Ollama's error shape: one string. */
-export const ollamaError: ErrorWriter = (exchange, error) => exchange.json(error.status, { error: error.message });
+export const ollamaError: ErrorWriter = (exchange, error) => exchange.json(error.status, { error: error.message }, errorHeaders(error));
 
 const COMMON_FIELDS = ['model', 'stream', 'format', 'keep_alive', 'options', 'think', 'logprobs', 'top_logprobs'] as const;
 const GENERATE_FIELDS = [...COMMON_FIELDS, 'prompt', 'suffix', 'system', 'template', 'context', 'raw', 'images'] as const;
-const CHAT_FIELDS = [...COMMON_FIELDS, 'messages', 'tools'] as const;
+/** tool_choice is ours, not Ollama's: OpenAI's meaning, so a client can require a call here too. */
+const CHAT_FIELDS = [...COMMON_FIELDS, 'messages', 'tools', 'tool_choice'] as const;
 
 const SAMPLING_OPTIONS = ['temperature', 'top_p', 'top_k', 'min_p', 'num_predict', 'seed', 'stop', 'repeat_penalty', 'repeat_last_n', 'num_ctx'];
 /** llama.cpp runtime settings that mean nothing to MLX; accepted so existing clients keep working. */
@@ -69,10 +73,6 @@ function requireModel(ctx: ServeContext, fields: Fields): ModelEntry {
 }
 
 function refuseUnsupported(fields: Fields): void {
-  const format = fields.raw('format');
-  if (format !== undefined && format !== null && format !== '') {
-    throw badRequest("'format' (JSON-constrained output) is not supported: this server does not constrain decoding; ask for JSON in the prompt instead", 'format');
-  }
   const think = fields.raw('think');
   if (think !== undefined && think !== null && think !== false) throw badRequest("'think' is not supported: thinking is not separated from the answer; only think: false (thinking turned off) is accepted", 'think');
   if (fields.has('logprobs') && fields.raw('logprobs') !== false) throw badRequest("'logprobs' is not supported by this server", 'logprobs');
@@ -90,13 +90,13 @@ function sampling(options: Record<string, unknown>): Pick<GenerationRequest, 'sa
     if (value !== undefined && value !== off) throw badRequest(`'options.${name}' is not supported by this server (only ${off}, which turns it off)`, `options.${name}`);
   }
   o.number('num_ctx', { integer: true, min: 1 });
-  const numPredict = o.number('num_predict', { integer: true }) ?? -1;
+  const numPredict = o.number('num_predict', { integer: true });
   const seed = o.number('seed', { integer: true }) ?? -1;
   const repeatLastN = o.number('repeat_last_n', { integer: true, min: -1 }) ?? DEFAULTS.repeatLastN;
   const repeatPenalty = o.number('repeat_penalty', { above: 0, max: 10 }) ?? DEFAULTS.repeatPenalty;
   return {
-    // As in Ollama's runner, only a positive num_predict limits the answer.
-    maxTokens: numPredict > 0 ? numPredict : null,
+    // Ollama's -1 (infinite) and -2 (fill the context) both run until the context is full; unset or 0 is the server's default.
+    maxTokens: numPredict === undefined || numPredict === 0 ? null : numPredict < 0 ? 'context' : numPredict,
     stop: o.stringList('stop', 16),
     sampling: {
       temperature: o.number('temperature', { min: 0, max: 100 }) ?? DEFAULTS.temperature,
@@ -111,11 +111,17 @@ function sampling(options: Record<string, unknown>): Pick<GenerationRequest, 'sa
 }
 
 interface Shape {
-  /** The part of each object that carries text. */
-  text(text: string): Record<string, unknown>;
+  /** The part of each object that carries text (and, in chat, tool calls). */
+  text(text: string, calls?: ToolCall[]): Record<string, unknown>;
 }
+/** Ollama's tool call: the arguments as an object, not as JSON text. */
+const wireCall = (call: ToolCall) => ({ function: { name: call.name, arguments: JSON.parse(call.arguments) as unknown } });
 const generateShape: Shape = { text: (text) => ({ response: text }) };
-const chatShape: Shape = { text: (text) => ({ message: { role: 'assistant', content: text } }) };
+const chatShape: Shape = {
+  text: (text, calls = []) => ({ message: { role: 'assistant', content: text, ...(calls.length > 0 ? { tool_calls: calls.map(wireCall) } : {}) } }),
+};
+
+const NO_TOOLS: ToolUse = { syntax: null };
 
 const ns = (ms: number): number => Math.round(ms * NS_PER_MS);
 
@@ -126,10 +132,11 @@ interface Parsed {
   /** Null: no prompt, so the request only loads (or with keep_alive 0, unloads) the model. */
   prompt: PromptInput | null;
   fields: Fields;
+  tools: ToolUse;
 }
 
 async function respond(ctx: ServeContext, exchange: Exchange, shape: Shape, parsed: Parsed): Promise<void> {
-  const { model, stream, keepAliveMs, prompt, fields } = parsed;
+  const { model, stream, keepAliveMs, prompt, fields, tools } = parsed;
   const started = performance.now();
   const startedAt = Date.now();
   const envelope = (): Record<string, unknown> => ({ model: model.name, created_at: new Date().toISOString() });
@@ -153,17 +160,24 @@ async function respond(ctx: ServeContext, exchange: Exchange, shape: Shape, pars
   }
 
   const request: GenerationRequest = { id: exchange.requestId, model: model.name, prompt, ignoreEos: false, ...sampling(fields.object('options') ?? {}) };
+  const format = tools.format ?? ollamaFormat(fields.raw('format'));
+  if (format) request.format = format;
+  if (tools.keepSpecialTokens) request.keepSpecialTokens = tools.keepSpecialTokens;
   const parts: string[] = [];
+  const parser = stream && tools.syntax ? new ToolCallParser(tools.syntax) : null;
+  const send = ({ content, calls }: ParsedText): void => {
+    if (!content && calls.length === 0) return;
+    exchange.startStream('application/x-ndjson');
+    exchange.write(`${JSON.stringify({ ...envelope(), ...shape.text(content, calls), done: false })}\n`);
+  };
   let stats: GenerationStats;
   try {
     stats = await runGeneration(ctx, exchange, request, model, (event) => {
       if (event.type !== 'text') return;
       if (!stream) parts.push(event.text);
-      else {
-        exchange.startStream('application/x-ndjson');
-        exchange.write(`${JSON.stringify({ ...envelope(), ...shape.text(event.text), done: false })}\n`);
-      }
+      else send(parser ? parser.push(event.text) : { content: event.text, calls: [] });
     });
+    if (parser) send(parser.finish());
     await ctx.engine.keepAlive(keepAlive);
   } catch (error) {
     await ctx.engine.keepAlive(keepAlive);
@@ -173,9 +187,10 @@ async function respond(ctx: ServeContext, exchange: Exchange, shape: Shape, pars
   }
   const loaded = ctx.engine.loadedModel;
   const loadMs = loaded && loaded.loadedAt.getTime() >= startedAt ? loaded.loadMs : 0;
+  const whole = stream ? { content: '', calls: [] } : tools.syntax ? parseToolCalls(tools.syntax, parts.join('')) : { content: parts.join(''), calls: [] };
   finish({
     ...envelope(),
-    ...shape.text(stream ? '' : parts.join('')),
+    ...shape.text(whole.content, whole.calls),
     done: true,
     done_reason: stats.finishReason === 'length' ? 'length' : 'stop',
     total_duration: ns(performance.now() - started),
@@ -191,16 +206,33 @@ function readJson(path: string): Record<string, unknown> {
   return existsSync(path) ? (JSON.parse(readFileSync(path, 'utf8')) as Record<string, unknown>) : {};
 }
 
+/** A parameter count as Ollama shows it: three significant figures with K, M, B or T (39.7M, 494M, 8.03B). */
+export function humanParameterCount(count: number): string {
+  const scale = ([[1e12, 'T'], [1e9, 'B'], [1e6, 'M'], [1e3, 'K']] as const).find(([size]) => count >= size);
+  if (!scale) return String(count);
+  const value = count / scale[0];
+  return `${value.toFixed(value >= 100 ? 0 : value >= 10 ? 1 : 2)}${scale[1]}`;
+}
+
+/** Parameters counted from the safetensors headers' shapes; null when the weights are not on disk or cannot be read (loading the model says why). */
+function modelParameters(model: ModelEntry): number | null {
+  try {
+    return parameterCount(model.path) || null;
+  } catch {
+    return null;
+  }
+}
+
 const ggufDetails = (gguf: GgufDescription): Record<string, unknown> => ({
   parent_model: '',
   format: 'gguf',
   family: gguf.architecture,
   families: [gguf.architecture],
-  parameter_size: '',
+  parameter_size: humanParameterCount(gguf.parameters),
   quantization_level: gguf.quantization,
 });
 
-/** What Ollama calls a model's details, read from the folder's config.json or the GGUF header. */
+/** What Ollama calls a model's details, read from the folder's config.json and weight headers, or the GGUF header. */
 function details(model: ModelEntry): Record<string, unknown> {
   if (isGgufPath(model.path)) return ggufDetails(describeGguf(model.path));
   const config = readJson(join(model.path, 'config.json'));
@@ -208,7 +240,8 @@ function details(model: ModelEntry): Record<string, unknown> {
   const quantization = config.quantization as { bits?: number } | undefined;
   const dtype = typeof config.torch_dtype === 'string' ? config.torch_dtype : '';
   const level = quantization?.bits ? `Q${quantization.bits}` : ({ float32: 'F32', float16: 'F16', bfloat16: 'BF16' } as Record<string, string>)[dtype] ?? 'unknown';
-  return { parent_model: '', format: 'safetensors', family, families: [family], parameter_size: '', quantization_level: level };
+  const count = modelParameters(model);
+  return { parent_model: '', format: 'safetensors', family, families: [family], parameter_size: count === null ? '' : humanParameterCount(count), quantization_level: level };
 }
 
 /** Not a content hash (that would read every weight): it changes when the folder's files change. */
@@ -239,7 +272,8 @@ function show(model: ModelEntry): Record<string, unknown> {
   const tokenizerConfig = readJson(join(model.path, 'tokenizer_config.json'));
   const generation = readJson(join(model.path, 'generation_config.json'));
   const arch = typeof config.model_type === 'string' ? config.model_type : 'unknown';
-  const info: Record<string, unknown> = { 'general.architecture': arch };
+  const count = modelParameters(model);
+  const info: Record<string, unknown> = { 'general.architecture': arch, ...(count === null ? {} : { 'general.parameter_count': count }) };
   const keys: [string, string][] = [
     ['max_position_embeddings', 'context_length'],
     ['hidden_size', 'embedding_length'],
@@ -278,14 +312,14 @@ export function ollamaRoutes(ctx: ServeContext): Route[] {
     return { model, stream: fields.boolean('stream') ?? true, keepAliveMs: parseKeepAlive(fields.raw('keep_alive')), fields };
   };
   /** A generate or chat route; `prompt` returns null for a load-only request. */
-  const generation = (path: string, known: readonly string[], shape: Shape, prompt: (fields: Fields) => PromptInput | null): Route => ({
+  const generation = (path: string, known: readonly string[], shape: Shape, prompt: (fields: Fields, model: ModelEntry) => { prompt: PromptInput | null; tools: ToolUse }): Route => ({
     method: 'POST',
     path,
     errors: ollamaError,
     handler: async (exchange) => {
       const fields = Fields.strict(await body(exchange), known);
       const parsed = common(fields);
-      await respond(ctx, exchange, shape, { ...parsed, prompt: prompt(fields) });
+      await respond(ctx, exchange, shape, { ...parsed, ...prompt(fields, parsed.model) });
     },
   });
   const templateArgs = (fields: Fields): Record<string, unknown> => (fields.raw('think') === false ? { templateArgs: { enable_thinking: false } } : {});
@@ -297,8 +331,8 @@ export function ollamaRoutes(ctx: ServeContext): Route[] {
     return [{
       ...(entry ? listEntry(entry) : { name: loaded.name, model: loaded.name }),
       size: loaded.bytes,
-      // Unified memory on Apple silicon is what Ollama counts as VRAM; elsewhere MLX runs on the CPU.
-      size_vram: process.platform === 'darwin' ? loaded.bytes : 0,
+      // Ollama counts what sits on the GPU as VRAM: all of it when MLX runs on Metal (unified memory), none on the CPU build.
+      size_vram: deviceMemory(ctx.telemetry) ? loaded.bytes : 0,
       context_length: loaded.contextLength,
       expires_at: expiresAt.toISOString(),
     }];
@@ -306,7 +340,7 @@ export function ollamaRoutes(ctx: ServeContext): Route[] {
   return [
     { method: 'GET', path: '/', errors: ollamaError, quiet: true, handler: (exchange) => exchange.send(200, 'Ollama is running', 'text/plain; charset=utf-8') },
     { method: 'HEAD', path: '/', errors: ollamaError, quiet: true, handler: (exchange) => exchange.send(200, 'Ollama is running', 'text/plain; charset=utf-8') },
-    { method: 'GET', path: '/api/version', errors: ollamaError, quiet: true, handler: (exchange) => exchange.json(200, { version: VERSION }) },
+    { method: 'GET', path: '/api/version', errors: ollamaError, quiet: true, handler: (exchange) => exchange.json(200, { version: PACKAGE_VERSION }) },
     { method: 'GET', path: '/api/tags', errors: ollamaError, handler: (exchange) => exchange.json(200, { models: ctx.registry.list().map(listEntry) }) },
     { method: 'GET', path: '/api/ps', errors: ollamaError, quiet: true, handler: (exchange) => exchange.json(200, { models: running() }) },
     {
@@ -325,12 +359,13 @@ export function ollamaRoutes(ctx: ServeContext): Route[] {
       const system = fields.string('system');
       const raw = fields.boolean('raw') ?? false;
       if (raw && system) throw badRequest("'system' has no effect with raw: true (no template is applied)", 'system');
-      if (text.length === 0) return null;
-      return raw
+      if (text.length === 0) return { prompt: null, tools: NO_TOOLS };
+      const prompt: PromptInput = raw
         ? { kind: 'text', text, addSpecialTokens: true }
         : { kind: 'chat', messages: [...(system ? [{ role: 'system' as const, content: system }] : []), { role: 'user', content: text }], ...templateArgs(fields) };
+      return { prompt, tools: NO_TOOLS };
     }),
-    generation('/api/chat', CHAT_FIELDS, chatShape, (fields) => {
+    generation('/api/chat', CHAT_FIELDS, chatShape, (fields, model) => {
       const raw = fields.raw('messages');
       if (raw !== undefined && raw !== null && !Array.isArray(raw)) throw badRequest("'messages' must be a list", 'messages');
       const messages = (raw ?? []) as Record<string, unknown>[];
@@ -341,8 +376,9 @@ export function ollamaRoutes(ctx: ServeContext): Route[] {
       if (tools !== undefined && tools !== null && !Array.isArray(tools)) throw badRequest("'tools' must be a list", 'tools');
       // Ollama names a tool result's tool in tool_name; the chat templates read it as name.
       const renamed = messages.map((m) => (typeof m?.tool_name === 'string' && m.name === undefined ? { ...m, name: m.tool_name } : m));
-      if (messages.length === 0) return null;
-      return { kind: 'chat', messages: chatMessages(renamed), ...(Array.isArray(tools) && tools.length > 0 ? { tools } : {}), ...templateArgs(fields) };
+      if (messages.length === 0) return { prompt: null, tools: NO_TOOLS };
+      const use = planToolUse(model, Array.isArray(tools) ? tools : undefined, fields.raw('tool_choice'));
+      return { prompt: { kind: 'chat', messages: chatMessages(renamed), ...(use.tools ? { tools: use.tools } : {}), ...templateArgs(fields) }, tools: use };
     }),
   ];
 }

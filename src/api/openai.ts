@@ -8,6 +8,8 @@ import type { Exchange } from '../http/exchange.ts';
 import { openAiError, parseJsonObject, type Route } from '../http/server.ts';
 import { Fields } from './fields.ts';
 import { generateText, runGeneration, type ServeContext } from './context.ts';
+import { openAiResponseFormat } from './response-format.ts';
+import { parseToolCalls, planToolUse, ToolCallParser, type ParsedText, type ToolCall, type ToolCallSyntax } from './tool-calls.ts';
 
 const SAMPLING_FIELDS = ['model', 'max_tokens', 'max_completion_tokens', 'temperature', 'top_p', 'top_k', 'min_p', 'seed', 'stop', 'repetition_penalty', 'stream', 'stream_options', 'ignore_eos', 'n', 'user', 'presence_penalty', 'frequency_penalty', 'logprobs', 'top_logprobs', 'logit_bias', 'response_format', 'metadata', 'store', 'service_tier'] as const;
 const COMPLETION_FIELDS = [...SAMPLING_FIELDS, 'prompt', 'echo', 'suffix', 'best_of'] as const;
@@ -30,8 +32,6 @@ function rejectUnsupported(fields: Fields): void {
   }
   const n = fields.number('n', { integer: true, min: 1 });
   if (n !== undefined && n !== 1) throw badRequest(`'n' must be 1 (one choice per request), got ${n}`, 'n');
-  const format = fields.object('response_format');
-  if (format && format.type !== 'text') throw badRequest("only response_format {type: 'text'} is supported", 'response_format');
 }
 
 interface TranslatedRequest {
@@ -39,6 +39,8 @@ interface TranslatedRequest {
   model: ModelEntry;
   stream: boolean;
   includeUsage: boolean;
+  /** Non-null: tool calls in this syntax are read out of the answer. */
+  toolSyntax: ToolCallSyntax | null;
 }
 
 function commonRequest(ctx: ServeContext, exchange: Exchange, fields: Fields, prompt: PromptInput): TranslatedRequest {
@@ -65,8 +67,10 @@ function commonRequest(ctx: ServeContext, exchange: Exchange, fields: Fields, pr
     stop: fields.stringList('stop', 16),
     ignoreEos: fields.boolean('ignore_eos') ?? false,
   };
+  const format = openAiResponseFormat(fields.object('response_format'));
+  if (format) request.format = format;
   if (request.sampling.topK < 0) request.sampling.topK = 0;
-  return { request, model, stream, includeUsage };
+  return { request, model, stream, includeUsage, toolSyntax: null };
 }
 
 function completionPrompt(fields: Fields): PromptInput {
@@ -113,25 +117,31 @@ const usage = (stats: GenerationStats) => ({
   total_tokens: stats.promptTokens + stats.completionTokens,
   prompt_tokens_details: { cached_tokens: stats.cachedTokens },
 });
-const finishReason = (stats: GenerationStats): string => (stats.finishReason === 'length' ? 'length' : 'stop');
+const finishReason = (stats: GenerationStats, called = false): string => (stats.finishReason === 'length' ? 'length' : called ? 'tool_calls' : 'stop');
+const wireCall = (call: ToolCall, index: number) => ({ index, id: call.id, type: 'function', function: { name: call.name, arguments: call.arguments } });
 const sse = (data: unknown): string => `data: ${JSON.stringify(data)}\n\n`;
 
 interface Shape {
   object: string;
   chunkObject: string;
   idPrefix: string;
-  choice(text: string, stats: GenerationStats): Record<string, unknown>;
+  choice(answer: ParsedText, stats: GenerationStats): Record<string, unknown>;
   delta(text: string): Record<string, unknown>;
+  /** Calls completed in this chunk, numbered from `first` across the stream. */
+  callsDelta(calls: ToolCall[], first: number): Record<string, unknown>;
   opening: Record<string, unknown> | null;
-  closing(stats: GenerationStats): Record<string, unknown>;
+  closing(stats: GenerationStats, called: boolean): Record<string, unknown>;
 }
 
 const completionShape: Shape = {
   object: 'text_completion',
   chunkObject: 'text_completion',
   idPrefix: 'cmpl-',
-  choice: (text, stats) => ({ index: 0, text, logprobs: null, finish_reason: finishReason(stats) }),
+  choice: ({ content }, stats) => ({ index: 0, text: content, logprobs: null, finish_reason: finishReason(stats) }),
   delta: (text) => ({ index: 0, text, logprobs: null, finish_reason: null }),
+  callsDelta: () => {
+    throw new Error('completions carry no tool calls');
+  },
   opening: null,
   closing: (stats) => ({ index: 0, text: '', logprobs: null, finish_reason: finishReason(stats) }),
 };
@@ -140,30 +150,45 @@ const chatShape: Shape = {
   object: 'chat.completion',
   chunkObject: 'chat.completion.chunk',
   idPrefix: 'chatcmpl-',
-  choice: (text, stats) => ({ index: 0, message: { role: 'assistant', content: text }, logprobs: null, finish_reason: finishReason(stats) }),
+  choice: ({ content, calls }, stats) => ({
+    index: 0,
+    message: calls.length > 0 ? { role: 'assistant', content: content || null, tool_calls: calls.map(wireCall) } : { role: 'assistant', content },
+    logprobs: null,
+    finish_reason: finishReason(stats, calls.length > 0),
+  }),
   delta: (text) => ({ index: 0, delta: { content: text }, logprobs: null, finish_reason: null }),
+  callsDelta: (calls, first) => ({ index: 0, delta: { tool_calls: calls.map((call, i) => wireCall(call, first + i)) }, logprobs: null, finish_reason: null }),
   opening: { index: 0, delta: { role: 'assistant', content: '' }, logprobs: null, finish_reason: null },
-  closing: (stats) => ({ index: 0, delta: {}, logprobs: null, finish_reason: finishReason(stats) }),
+  closing: (stats, called) => ({ index: 0, delta: {}, logprobs: null, finish_reason: finishReason(stats, called) }),
 };
 
 async function respond(ctx: ServeContext, exchange: Exchange, shape: Shape, parsed: TranslatedRequest): Promise<void> {
-  const { request, model, stream, includeUsage } = parsed;
+  const { request, model, stream, includeUsage, toolSyntax } = parsed;
   const id = shape.idPrefix + request.id;
   const created = Math.floor(Date.now() / 1000);
   const envelope = { id, object: shape.chunkObject, created, model: request.model };
   if (!stream) {
     const { text, stats } = await generateText(ctx, exchange, request, model);
-    exchange.json(200, { id, object: shape.object, created, model: request.model, choices: [shape.choice(text, stats)], usage: usage(stats) });
+    const answer = toolSyntax ? parseToolCalls(toolSyntax, text) : { content: text, calls: [] };
+    exchange.json(200, { id, object: shape.object, created, model: request.model, choices: [shape.choice(answer, stats)], usage: usage(stats) });
     return;
   }
+  const parser = toolSyntax ? new ToolCallParser(toolSyntax) : null;
+  let calls = 0;
+  const send = ({ content, calls: completed }: ParsedText): void => {
+    if (content) exchange.write(sse({ ...envelope, choices: [shape.delta(content)] }));
+    if (completed.length > 0) exchange.write(sse({ ...envelope, choices: [shape.callsDelta(completed, calls)] }));
+    calls += completed.length;
+  };
   try {
     const stats = await runGeneration(ctx, exchange, request, model, (event) => {
       if (event.type === 'started') {
         exchange.startStream('text/event-stream; charset=utf-8');
         if (shape.opening) exchange.write(sse({ ...envelope, choices: [shape.opening] }));
-      } else if (event.type === 'text') exchange.write(sse({ ...envelope, choices: [shape.delta(event.text)] }));
+      } else if (event.type === 'text') send(parser ? parser.push(event.text) : { content: event.text, calls: [] });
     });
-    exchange.write(sse({ ...envelope, choices: [shape.closing(stats)] }));
+    if (parser) send(parser.finish());
+    exchange.write(sse({ ...envelope, choices: [shape.closing(stats, calls > 0)] }));
     if (includeUsage) exchange.write(sse({ ...envelope, choices: [], usage: usage(stats) }));
     exchange.end('data: [DONE]\n\n');
   } catch (error) {
@@ -210,8 +235,14 @@ export function openAiRoutes(ctx: ServeContext): Route[] {
         const fields = Fields.strict(await body(exchange), CHAT_FIELDS);
         const tools = fields.raw('tools');
         if (tools !== undefined && tools !== null && !Array.isArray(tools)) throw badRequest("'tools' must be a list", 'tools');
-        const prompt: PromptInput = { kind: 'chat', messages: chatMessages(fields.raw('messages')), ...(Array.isArray(tools) ? { tools } : {}) };
-        await respond(ctx, exchange, chatShape, commonRequest(ctx, exchange, fields, prompt));
+        const messages = chatMessages(fields.raw('messages'));
+        const translated = commonRequest(ctx, exchange, fields, { kind: 'chat', messages });
+        const use = planToolUse(translated.model, Array.isArray(tools) ? tools : undefined, fields.raw('tool_choice'));
+        const { request } = translated;
+        if (use.tools) request.prompt = { kind: 'chat', messages, tools: use.tools };
+        if (use.format) request.format = use.format;
+        if (use.keepSpecialTokens) request.keepSpecialTokens = use.keepSpecialTokens;
+        await respond(ctx, exchange, chatShape, { ...translated, toolSyntax: use.syntax });
       },
     },
   ];

@@ -4,8 +4,13 @@
  */
 import { createInterface } from 'node:readline';
 import { parseArgs } from 'node:util';
+import { DEFAULT_MAX_TOKENS } from '../config.ts';
+import { BUILTIN_MODEL } from '../models/registry.ts';
 
 export const DEFAULT_HOST = 'http://127.0.0.1:11437';
+/** The server's URL for client commands. */
+export const URL_ENV = 'MLX_SERVER_URL';
+/** `serve`'s bind address; client commands still read it when MLX_SERVER_URL is unset, as they did before it existed. */
 export const HOST_ENV = 'MLX_SERVER_HOST';
 
 export class ClientError extends Error {}
@@ -14,8 +19,8 @@ type Json = Record<string, unknown>;
 
 /**
  * Where the server is, read as Ollama reads OLLAMA_HOST: a URL, "host:port", "host" or ":port".
- * MLX_SERVER_HOST is also `serve`'s bind address, so a host without a port takes `serve`'s
- * port (MLX_SERVER_PORT, default 11437); https without a port means 443.
+ * A host without a port takes `serve`'s port (MLX_SERVER_PORT, default 11437), so a bind
+ * address in MLX_SERVER_HOST finds the server it started; https without a port means 443.
  */
 export function serverUrl(host: string | undefined, env: NodeJS.ProcessEnv = process.env): string {
   const value = (host ?? '').trim() || DEFAULT_HOST;
@@ -26,8 +31,14 @@ export function serverUrl(host: string | undefined, env: NodeJS.ProcessEnv = pro
   return url.toString().replace(/\/+$/, '');
 }
 
+/** The server's URL and what it was read from: --host, MLX_SERVER_URL, MLX_SERVER_HOST, or the default. */
+export function serverLocation(flag: string | undefined, env: NodeJS.ProcessEnv = process.env): { url: string; source: string } {
+  const [source, value] = ([['--host', flag], [URL_ENV, env[URL_ENV]], [HOST_ENV, env[HOST_ENV]]] as const).find(([, v]) => v?.trim()) ?? ['the default', undefined];
+  return { url: serverUrl(value, env), source };
+}
+
 class Client {
-  constructor(readonly base: string) {}
+  constructor(readonly base: string, private readonly source: string) {}
 
   async request(path: string, init: RequestInit = {}): Promise<Response> {
     let response: Response;
@@ -37,7 +48,7 @@ class Client {
       if ((error as Error).name === 'AbortError') throw error;
       const cause = (error as { cause?: { code?: string; message?: string } }).cause;
       throw new ClientError(
-        `no mlx-server is running at ${this.base} (${cause?.code ?? cause?.message ?? (error as Error).message}); start one with 'mlx-server serve', or point --host / ${HOST_ENV} at one`,
+        `no mlx-server is running at ${this.base} (from ${this.source}; ${cause?.code ?? cause?.message ?? (error as Error).message}); start one with 'mlx-server serve', or point --host / ${URL_ENV} at one`,
       );
     }
     if (!response.ok) {
@@ -191,12 +202,16 @@ function number(flag: string, value: string | undefined): number | undefined {
 
 export const CLIENT_USAGE = `  mlx-server run MODEL [PROMPT]  answer PROMPT (or what is piped in); a chat when stdin is a terminal
       --num-predict N  --temperature T  --seed N  --keepalive DURATION  --verbose
-  mlx-server ps                  the loaded model, its size and when it will be unloaded
-  mlx-server list                the models the server can load
+      an answer stops at N tokens, else at the server's --default-max-tokens (${DEFAULT_MAX_TOKENS})
+      the built-in ${BUILTIN_MODEL} has random weights: it writes meaningless text until that limit
+      (try --num-predict 32); serve a real model to get real answers
+  mlx-server ps                  the loaded model, its weights' size in memory and when it will be unloaded
+  mlx-server list                the models the server can load and their size on disk
   mlx-server show MODEL          a model's architecture, parameters and capabilities
   mlx-server stop MODEL          unload MODEL now
 
-  client commands take --host URL (env ${HOST_ENV}, default ${DEFAULT_HOST})`;
+  sizes are decimal, as Ollama prints them: 1 MB = 10^6 bytes
+  client commands take --host URL (env ${URL_ENV}, else ${HOST_ENV}; default ${DEFAULT_HOST})`;
 
 export const CLIENT_COMMANDS = ['run', 'ps', 'list', 'ls', 'show', 'stop'];
 
@@ -215,7 +230,8 @@ export async function runClientCommand(command: string, argv: string[]): Promise
       verbose: { type: 'boolean' },
     },
   });
-  const client = new Client(serverUrl(values.host ?? process.env[HOST_ENV]));
+  const location = serverLocation(values.host);
+  const client = new Client(location.url, location.source);
   const [model, ...rest] = positionals;
   const needModel = (): string => {
     if (!model) throw new ClientError(`'${command}' needs a model name (see 'mlx-server list')`);

@@ -9,6 +9,7 @@ import { packagePath, SERVER_BUNDLE } from '../paths.ts';
 import { buildServerBundle } from './bundle.ts';
 import { checkNativeRuntime } from './native.ts';
 
+/** Set in the server child's environment to the supervisor's pid. */
 export const CHILD_MARKER = 'MLX_SERVER_CHILD';
 export const CONFIG_ERROR_EXIT = 2;
 const RESTART_DELAY_MS = 500;
@@ -41,7 +42,7 @@ export async function superviseServer(args: string[]): Promise<void> {
   const start = (): void => {
     child = spawn(process.execPath, command, {
       stdio: 'inherit',
-      env: { ...process.env, [CHILD_MARKER]: '1', MALLOC_MMAP_THRESHOLD_: process.env.MALLOC_MMAP_THRESHOLD_ ?? '131072' },
+      env: { ...process.env, [CHILD_MARKER]: String(process.pid), MALLOC_MMAP_THRESHOLD_: process.env.MALLOC_MMAP_THRESHOLD_ ?? '131072' },
     });
     const startedAt = Date.now();
     child.on('exit', (code, signal) => {

@@ -1,8 +1,10 @@
 /** The `mlx-server` command line. */
-import { ConfigError, flagsHelp, parseServerConfig } from '../config.ts';
+import { ConfigError, flagsHelp, parseServerConfig, type ServerConfig } from '../config.ts';
+import { ListenError } from '../http/server.ts';
 import { createLogger } from '../log.ts';
-import { startServer } from '../server.ts';
+import { startServer, type RunningServer } from '../server.ts';
 import { CLIENT_COMMANDS, CLIENT_USAGE, ClientError, runClientCommand } from './client.ts';
+import { doctorCommand } from './doctor.ts';
 import { CHILD_MARKER, CONFIG_ERROR_EXIT, superviseServer } from './launcher.ts';
 import { pullCommand } from './pull.ts';
 
@@ -11,6 +13,8 @@ const USAGE = `mlx-server: serve local LLMs with MLX over OpenAI- and Ollama-com
 usage:
   mlx-server serve [flags]     start the server (under a supervisor that restarts it on a crash)
   mlx-server pull ORG/NAME     download a model from the Hugging Face Hub into its cache (no server needed)
+  mlx-server doctor [flags]    print the platform and MLX device, then load and unload a model and
+                               show how much memory came back (docs/platforms.md)
   mlx-server help              this text
 
 client commands (they talk to a running server):
@@ -20,12 +24,25 @@ flags (each has an environment twin):
 ${flagsHelp()}
 `;
 
-/** Exit when the supervisor is gone, so a killed launcher never leaves an orphan holding the port. */
+/**
+ * Exit when the supervisor is gone, so a killed launcher never leaves an orphan holding the port.
+ * The supervisor's pid comes from the environment: one killed while this process was still
+ * starting has already handed it to another parent, so the first ppid seen can be the wrong one.
+ */
 function exitWithParent(): void {
-  const parent = process.ppid;
+  const parent = Number(process.env[CHILD_MARKER]) || process.ppid;
   setInterval(() => {
     if (process.ppid !== parent) process.exit(0);
   }, 1000).unref();
+}
+
+/** What a person at a terminal needs from the start-up; the JSON log says it for machines. */
+function servingLine(config: ServerConfig, server: RunningServer): string {
+  const { ports } = server;
+  const host = config.host.includes(':') ? `[${config.host}]` : config.host;
+  const where = ports.main === null ? `http://${host}:${ports.admin}` : `http://${host}:${ports.main} (admin on :${ports.admin})`;
+  const model = server.context.engine.loadedModel?.name ?? server.context.registry.defaultName;
+  return `serving on ${where} — model ${model} loads on first request\n`;
 }
 
 async function serveInProcess(args: string[]): Promise<void> {
@@ -44,9 +61,11 @@ async function serveInProcess(args: string[]): Promise<void> {
   } catch (error) {
     logger.fatal({ err: error }, 'cannot start');
     logger.flush();
+    if (error instanceof ListenError) process.stderr.write(`mlx-server: ${error.message}\n`);
     setTimeout(() => process.exit(CONFIG_ERROR_EXIT), 100);
     return;
   }
+  if (process.stdout.isTTY) process.stdout.write(servingLine(config, server));
   let closing = false;
   const shutdown = (signal: string): void => {
     if (closing) return;
@@ -69,7 +88,8 @@ export async function main(argv: string[]): Promise<void> {
       if (process.env[CHILD_MARKER]) await serveInProcess(args);
       else {
         try {
-          parseServerConfig(args);
+          const { hostNotice } = parseServerConfig(args);
+          if (hostNotice) process.stderr.write(`mlx-server: ${hostNotice}\n`);
         } catch (error) {
           if (!(error instanceof ConfigError) && !(error instanceof TypeError)) throw error;
           process.stderr.write(`mlx-server: ${error.message}\n(mlx-server --help lists the flags)\n`);
@@ -80,6 +100,9 @@ export async function main(argv: string[]): Promise<void> {
       return;
     case 'pull':
       await pullCommand(args);
+      return;
+    case 'doctor':
+      await doctorCommand(args);
       return;
     case undefined:
     case 'help':

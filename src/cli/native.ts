@@ -1,10 +1,12 @@
 /**
  * node-mlx's native binary: the registry tarball holds the Linux x86-64 CPU build, and its
  * install script (skipped here by .npmrc, since it downloads from GitHub) fetches the Metal
- * build on a Mac. Before serving, make sure the binary loads, and say plainly what is missing.
+ * build on a Mac: mlx-mac-arm64.node and mlx-mac-arm64.metallib from the release matching the
+ * package version. Before serving, make sure both are there and the binary loads, and say
+ * plainly what is missing.
  */
 import { spawnSync } from 'node:child_process';
-import { closeSync, openSync, readSync } from 'node:fs';
+import { closeSync, existsSync, openSync, readSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
 
@@ -33,10 +35,14 @@ const SYSTEM_PACKAGES: Record<string, string> = {
   'libgfortran.so.5': 'libgfortran5',
 };
 
+/** On Apple silicon the Metal build is two files: the addon and its GPU kernels, which MLX loads from beside it. */
+const metalLibrary = join(packageDir, 'build', 'Release', 'mlx.metallib');
+const needsMetalLibrary = process.platform === 'darwin' && process.arch === 'arm64';
+
 /** Returns null when node-mlx loads, else one line saying what to do. */
 export function checkNativeRuntime(): string | null {
   const wanted = process.platform === 'darwin' ? 'mach-o' : 'elf';
-  if (binaryFormat() !== wanted) {
+  if (binaryFormat() !== wanted || (needsMetalLibrary && !existsSync(metalLibrary))) {
     const fetched = spawnSync(process.execPath, [join(packageDir, 'install.js')], { stdio: 'inherit' });
     if (fetched.status !== 0) return `node-mlx has no ${process.platform} binary and fetching it failed; run: npm rebuild @frost-beta/mlx --ignore-scripts=false`;
   }

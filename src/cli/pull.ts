@@ -7,7 +7,7 @@ import { parseArgs } from 'node:util';
 import { ServeError } from '../errors.ts';
 import { pullModel, type PulledModel, type PullEvent } from '../hub/download.ts';
 import { hubSettings, parseRepoId } from '../hub/settings.ts';
-import { huggingFaceModels } from '../models/registry.ts';
+import { BUILTIN_MODEL, huggingFaceModels } from '../models/registry.ts';
 
 const USAGE = `usage: mlx-server pull ORG/NAME
 
@@ -92,7 +92,8 @@ export function pullWithProgress(model: string, out: NodeJS.WriteStream = proces
   return pullModel(parseRepoId(model), {
     settings,
     onEvent: new PullProgress(out).onEvent,
-    cachedModels: () => huggingFaceModels(settings.cacheDir).map((m) => m.name),
+    // What a server started here would serve by default, so this answer and the server's agree.
+    cachedModels: () => [...huggingFaceModels(settings.cacheDir).map((m) => m.name), BUILTIN_MODEL],
   });
 }
 

@@ -1,19 +1,23 @@
 /**
  * The main thread's side of the MLX worker. It owns the model's lifecycle (load on demand,
- * unload on request or when idle, switch models), admits generation requests, gives each a
- * cancellation slot in shared memory and turns the worker's port messages into events.
- * Lifecycle changes run one at a time; a change waits until no generation holds the model.
+ * unload on request or when idle, switch models), admits generation requests (at most
+ * --max-batch at a time reach the worker, each once its KV cache fits the model's KV budget;
+ * up to --max-queue wait here), gives each a cancellation slot in shared memory and turns the
+ * worker's port messages into events. Lifecycle changes run one at a time; a change waits
+ * until no generation holds the model.
  */
 import { MessageChannel } from 'node:worker_threads';
 import { Piscina } from 'piscina';
 import type { Logger } from 'pino';
 import { ServeError } from '../errors.ts';
 import { collectGarbage } from '../runtime/gc.ts';
+import type { DeviceRelease } from '../runtime/device-memory.ts';
 import { releaseFreeMemory } from '../runtime/malloc-trim.ts';
-import { planLoad, type MemoryBudget, type WeightsPolicy } from '../models/footprint.ts';
+import { kvBudget, planLoad, type KvBudget, type MemoryBudget, type WeightsPolicy } from '../models/footprint.ts';
 import { packagePath, WORKER_BUNDLE } from '../paths.ts';
 import type { ModelEntry, ModelRegistry } from '../models/registry.ts';
 import { CANCEL_SLOTS, Telemetry } from '../telemetry/layout.ts';
+import { Admission, KvNeed, promptTokenBound, type Ticket } from './admission.ts';
 import type { GenerationRequest, GenerationStats, LoadResult, StreamEvent, WorkerReply, WorkerSettings, WorkerTask } from './protocol.ts';
 
 /** Bundled, this file is dist/server.js and the worker is bundled beside it; through tsx, both are TypeScript. */
@@ -22,6 +26,17 @@ const WORKER = import.meta.url.endsWith('.ts') ? packagePath('workers', 'mlx-wor
 export interface LoadedInfo extends LoadResult {
   path: string;
   loadedAt: Date;
+  kv: KvBudget;
+}
+
+/** The worker's events for a request, and the moment it left the engine's queue for the worker. */
+export type EngineEvent = StreamEvent | { type: 'admitted' };
+
+/** The KV budget now: what running requests hold of it. */
+export interface KvUsage {
+  bytesPerToken: number;
+  budgetBytes: number;
+  reservedBytes: number;
 }
 
 export interface UnloadResult {
@@ -45,21 +60,25 @@ export interface EngineOptions {
   maxQueue: number;
   /** 0: no limit. */
   requestTimeoutSeconds: number;
-  /** Handed to the worker (see WorkerSettings). */
+  /** Requests running in the worker at once; also handed to it (see WorkerSettings). */
   maxBatch: number;
-  prefillChunk: number;
-  promptCacheBytes: number;
+  defaultMaxTokens: number;
   memory: MemoryBudget;
+  /** Bytes of freed buffers MLX's Metal allocator keeps for reuse (--mlx-cache-limit). */
+  mlxCacheLimitBytes: number;
   weights: WeightsPolicy;
 }
 
 /** Why a generation was cancelled; a client that left gets nothing, the others get an error. */
-type CancelReason = 'client' | 'timeout' | 'shutdown';
+type CancelReason = 'client' | 'timeout' | 'shutdown' | 'kv_budget';
 
-const cancellationError: Record<Exclude<CancelReason, 'client'>, () => ServeError> = {
+const cancellationError: Record<Exclude<CancelReason, 'client' | 'kv_budget'>, () => ServeError> = {
   timeout: () => new ServeError(504, 'request_timeout', 'the request took longer than --request-timeout and was cancelled'),
   shutdown: () => new ServeError(503, 'shutting_down', 'the server is shutting down; the generation was cancelled'),
 };
+
+/** What MLX holds on the GPU: in use, and freed but cached for reuse. */
+const held = (counters: DeviceRelease['before']): number => counters.activeBytes + counters.cacheBytes;
 
 /** One lifecycle change at a time, in arrival order. */
 class SerialQueue {
@@ -86,11 +105,15 @@ export class Engine {
   private closed = false;
   /** The worker died under us: its replacement holds no model, so the next acquire reloads. */
   private workerLost = false;
-  /** Generations admitted and not yet finished, by slot, so shutdown can cancel them. */
-  private readonly running = new Map<number, (reason: CancelReason) => void>();
+  /** Generations accepted and not yet finished (waiting or running), so shutdown can cancel them. */
+  private readonly inFlight = new Set<(reason: CancelReason) => void>();
+  private readonly admission: Admission;
+  /** The loaded model's KV arithmetic; null while none is loaded. */
+  private kvNeed: KvNeed | null = null;
 
   constructor(private readonly options: EngineOptions) {
     const { telemetry } = options;
+    this.admission = new Admission(Math.min(options.maxBatch, CANCEL_SLOTS));
     telemetry.write('startedAtMs', Date.now());
     telemetry.write('lastActivityMs', Date.now());
     this.keepAliveMs = this.defaultKeepAliveMs;
@@ -128,52 +151,94 @@ export class Engine {
     return this.loaded;
   }
 
-  /** Starts a generation; the model is loaded (or switched) first if needed. */
-  generate(request: GenerationRequest, model: ModelEntry, onEvent: (event: StreamEvent) => void): GenerationHandle {
+  /** Whether a new request would be admitted now: not shutting down and the queue has room. */
+  get accepting(): boolean {
+    return !this.closed && this.options.telemetry.queued < this.options.maxQueue;
+  }
+
+  get shuttingDown(): boolean {
+    return this.closed;
+  }
+
+  get maxQueue(): number {
+    return this.options.maxQueue;
+  }
+
+  /** The MLX worker thread: it exists only while a model is loaded (or loading). */
+  get workerStatus(): 'healthy' | 'starting' | 'no_worker' | 'failed' {
+    if (this.workerLost) return 'failed';
+    if (this.loaded) return 'healthy';
+    return this.workerReady ? 'starting' : 'no_worker';
+  }
+
+  get kvUsage(): KvUsage | null {
+    if (!this.loaded) return null;
+    return { bytesPerToken: this.loaded.kv.bytesPerToken, budgetBytes: this.loaded.kv.budgetBytes, reservedBytes: this.admission.reservedBytes };
+  }
+
+  /**
+   * Starts a generation; the model is loaded (or switched) first if needed. The request waits
+   * (counted as queued) until a running place is free and its KV cache fits the budget.
+   */
+  generate(asked: GenerationRequest, model: ModelEntry, onEvent: (event: EngineEvent) => void): GenerationHandle {
     const { telemetry, logger } = this.options;
+    const request = this.withTokenLimit(asked);
+    const newTokens = typeof request.maxTokens === 'number' ? request.maxTokens : null;
     if (this.closed) throw cancellationError.shutdown();
     if (telemetry.queued >= this.options.maxQueue) {
       telemetry.increment('requestsRejected');
-      throw new ServeError(503, 'queue_full', `the server is at capacity (${this.options.maxQueue} requests waiting); retry shortly`);
+      throw new ServeError(503, 'queue_full', `the server is at capacity (${this.options.maxQueue} requests waiting, --max-queue); retry shortly`);
     }
-    const slot = this.freeSlots.pop();
-    if (slot === undefined) throw new ServeError(503, 'queue_full', 'the server is at capacity; retry shortly');
-    telemetry.clearCancel(slot);
     telemetry.increment('requestsTotal');
     telemetry.addQueued(1);
     this.touch();
-    let started = false;
+    const arrivedAt = performance.now();
+    const leaveQueue = new AbortController();
+    let slot: number | null = null;
     let tokensSeen = 0;
-    const cancellation: { reason: CancelReason | null; tokensSeen: number } = { reason: null, tokensSeen: 0 };
-    const cancel = (reason: CancelReason): void => {
+    const cancellation: { reason: CancelReason | null; error: ServeError | null; tokensSeen: number } = { reason: null, error: null, tokensSeen: 0 };
+    const cancel = (reason: CancelReason, error: ServeError | null = null): void => {
       if (cancellation.reason) return;
-      cancellation.reason = reason;
-      cancellation.tokensSeen = tokensSeen;
-      telemetry.requestCancel(slot);
+      Object.assign(cancellation, { reason, error, tokensSeen });
+      if (slot !== null) telemetry.requestCancel(slot);
+      leaveQueue.abort();
     };
-    this.running.set(slot, cancel);
+    this.inFlight.add(cancel);
     const timeout = this.options.requestTimeoutSeconds > 0 ? setTimeout(() => cancel('timeout'), this.options.requestTimeoutSeconds * 1000) : null;
     const done = (async (): Promise<GenerationStats> => {
       let leased = false;
+      let ticket: Ticket | null = null;
       try {
         if (model.fetch) model = await model.fetch();
         await this.acquire(model);
         leased = true;
-        const stats = cancellation.reason
-          ? { finishReason: 'cancelled' as const, promptTokens: 0, cachedTokens: 0, completionTokens: 0, promptMs: 0, decodeMs: 0 }
-          : await this.run(request, model, slot, (event) => {
-              if (event.type === 'started' && !started) {
-                started = true;
-                telemetry.addQueued(-1);
-                telemetry.addActive(1);
-              }
-              if (event.type === 'text') tokensSeen = event.tokens;
-              onEvent(event);
-            });
+        const kv = this.kvNeed as KvNeed;
+        ticket = await this.admit(request, newTokens, kv, leaveQueue.signal);
+        let stats: GenerationStats = { finishReason: 'cancelled', promptTokens: 0, cachedTokens: 0, completionTokens: 0, promptMs: 0, decodeMs: 0 };
+        if (ticket) {
+          const admitted = ticket;
+          slot = this.freeSlots.pop() as number;
+          telemetry.clearCancel(slot);
+          telemetry.addQueued(-1);
+          telemetry.addActive(1);
+          logger.debug({ event: 'admitted', reqId: request.id, waitedMs: Math.round(performance.now() - arrivedAt), kvBytes: admitted.bytes }, 'request admitted to the worker');
+          onEvent({ type: 'admitted' });
+          stats = await this.run(request, model, slot, (event) => {
+            if (cancellation.reason === 'kv_budget') return;
+            if (event.type === 'started') {
+              logger.debug({ event: 'generation_start', reqId: request.id, promptTokens: event.promptTokens, cachedTokens: event.cachedTokens }, 'the worker took the request');
+              const refusal = kv.refusal(event.promptTokens, newTokens);
+              if (refusal) return cancel('kv_budget', refusal);
+              admitted.resize(kv.bytes(kv.tokens(event.promptTokens, newTokens)));
+            }
+            if (event.type === 'text') tokensSeen = event.tokens;
+            onEvent(event);
+          });
+        }
         const { reason } = cancellation;
         if (reason) {
-          logger.info({ event: 'cancelled', reqId: request.id, reason, tokensAfterCancel: Math.max(0, stats.completionTokens - cancellation.tokensSeen) }, 'generation cancelled');
-          if (reason !== 'client') throw cancellationError[reason]();
+          logger.info({ event: 'cancelled', reqId: request.id, reason, whileWaiting: ticket === null, tokensAfterCancel: Math.max(0, stats.completionTokens - cancellation.tokensSeen) }, 'generation cancelled');
+          if (reason !== 'client') throw cancellation.error ?? cancellationError[reason as Exclude<CancelReason, 'client' | 'kv_budget'>]();
         }
         return stats;
       } catch (error) {
@@ -181,15 +246,38 @@ export class Engine {
         throw ServeError.from(error);
       } finally {
         if (timeout) clearTimeout(timeout);
-        this.running.delete(slot);
-        if (started) telemetry.addActive(-1);
-        else telemetry.addQueued(-1);
-        this.freeSlots.push(slot);
+        this.inFlight.delete(cancel);
+        if (ticket) {
+          telemetry.addActive(-1);
+          this.freeSlots.push(slot as number);
+          ticket.release();
+        } else telemetry.addQueued(-1);
         if (leased) this.release();
         this.touch();
       }
     })();
     return { done, cancel: () => cancel('client') };
+  }
+
+  /**
+   * Waits for a running place and room for the request's KV cache; null when the wait was
+   * abandoned. Before the worker has counted the prompt, text is reserved at an upper estimate
+   * (corrected when the worker reports the exact count, before any of its KV is allocated); a
+   * request whose exact need could never fit is refused here, without waiting.
+   */
+  private admit(request: GenerationRequest, newTokens: number | null, kv: KvNeed, signal: AbortSignal): Promise<Ticket | null> {
+    const prompt = promptTokenBound(request);
+    if (prompt.exact || newTokens === null) {
+      const refusal = kv.refusal(prompt.exact ? prompt.tokens : null, newTokens);
+      if (refusal) throw refusal;
+    }
+    return this.admission.enter(kv.bytes(kv.tokens(prompt.tokens, newTokens)), signal);
+  }
+
+  /** A request that set no limit gets --default-max-tokens (0: until the context is full). */
+  private withTokenLimit(request: GenerationRequest): GenerationRequest {
+    if (request.maxTokens !== null) return request;
+    return { ...request, maxTokens: this.options.defaultMaxTokens > 0 ? this.options.defaultMaxTokens : 'context' };
   }
 
   /**
@@ -211,6 +299,8 @@ export class Engine {
     if (model.fetch) model = await model.fetch();
     await this.acquire(model);
     this.release();
+    // The idle time counts from when the model is ready, or a load slower than --idle-timeout would be undone at once.
+    this.touch();
     return this.loaded as LoadedInfo;
   }
 
@@ -232,8 +322,8 @@ export class Engine {
     const drained = this.leases === 0 ? Promise.resolve() : new Promise<void>((resolve) => this.drained.push(resolve));
     const grace = new Promise<'timeout'>((resolve) => setTimeout(() => resolve('timeout'), graceMs).unref());
     if ((await Promise.race([drained, grace])) === 'timeout') {
-      this.options.logger.warn({ event: 'shutdown_cancel', running: this.running.size }, 'cancelling generations still running at shutdown');
-      for (const cancel of this.running.values()) cancel('shutdown');
+      this.options.logger.warn({ event: 'shutdown_cancel', running: this.inFlight.size }, 'cancelling generations still running at shutdown');
+      for (const cancel of this.inFlight) cancel('shutdown');
     }
     await this.lifecycle.run(async () => {
       if (this.loaded) await this.unloadNow();
@@ -294,7 +384,13 @@ export class Engine {
       concurrentTasksPerWorker: CANCEL_SLOTS,
       atomics: 'async',
       idleTimeout: Number.POSITIVE_INFINITY,
-      workerData: { maxBatch: this.options.maxBatch, prefillChunk: this.options.prefillChunk, promptCacheBytes: this.options.promptCacheBytes } satisfies WorkerSettings,
+      workerData: {
+        maxBatch: this.options.maxBatch,
+        prefillChunk: this.options.memory.prefillChunk,
+        promptCacheBytes: this.options.memory.promptCacheBytes,
+        cacheLimitBytes: this.options.mlxCacheLimitBytes,
+        memoryLimitBytes: this.options.memory.limitBytes,
+      } satisfies WorkerSettings,
     });
   }
 
@@ -310,7 +406,7 @@ export class Engine {
   private async startWorker(): Promise<Piscina> {
     const started = performance.now();
     const pool = this.createPool();
-    const reply = (await pool.run({ op: 'check' } satisfies WorkerTask)) as WorkerReply;
+    const reply = (await pool.run({ op: 'check', telemetry: this.options.telemetry.buffers } satisfies WorkerTask)) as WorkerReply;
     if (!reply.ok) {
       await pool.destroy();
       this.options.logger.error({ event: 'runtime_check_failed', err: reply.error.message }, 'the MLX worker failed its runtime check');
@@ -333,7 +429,7 @@ export class Engine {
 
   private async loadNow(model: ModelEntry): Promise<void> {
     const { telemetry, logger } = this.options;
-    const plan = planLoad(model.name, model.path, this.options.weights, this.options.memory);
+    const plan = planLoad(model.name, model.path, this.options.weights, this.options.memory, telemetry.read('deviceWorkingSetBytes'));
     telemetry.modelState = 'loading';
     logger.info({ event: 'load_start', model: model.name, path: model.path }, 'loading model');
     const started = performance.now();
@@ -351,12 +447,15 @@ export class Engine {
       throw error;
     }
     const seconds = (performance.now() - started) / 1000;
-    this.loaded = { ...reply.load, path: model.path, loadedAt: new Date() };
+    const kv = kvBudget(model.path, plan.placement, plan.availableBytes, this.options.memory);
+    this.loaded = { ...reply.load, path: model.path, loadedAt: new Date(), kv };
+    this.kvNeed = new KvNeed(kv, reply.load.contextLength);
+    this.admission.setBudget(kv.budgetBytes);
     telemetry.modelState = 'loaded';
     telemetry.write('loadedAtMs', Date.now());
     telemetry.write('loadSeconds', seconds);
     telemetry.increment('modelLoads');
-    logger.info({ event: 'loaded', model: model.name, bytes: reply.load.bytes, seconds, rssMb: process.memoryUsage.rss() / 2 ** 20 }, 'model loaded');
+    logger.info({ event: 'loaded', model: model.name, bytes: reply.load.bytes, seconds, rssMb: process.memoryUsage.rss() / 2 ** 20, kvBudgetBytes: kv.budgetBytes, kvBytesPerToken: kv.bytesPerToken }, 'model loaded');
   }
 
   /** Caller holds the lifecycle queue. Terminating the worker frees every array it held. */
@@ -367,8 +466,9 @@ export class Engine {
     telemetry.modelState = 'unloading';
     const started = performance.now();
     const rssBefore = process.memoryUsage.rss();
-    await this.discardWorker();
+    const device = await this.discardWorker();
     this.loaded = null;
+    this.kvNeed = null;
     this.keepAliveMs = this.defaultKeepAliveMs;
     telemetry.write('modelBytes', 0);
     telemetry.write('loadedAtMs', 0);
@@ -376,26 +476,36 @@ export class Engine {
     const result: UnloadResult = {
       name: loaded.name,
       modelBytes: loaded.bytes,
-      freedBytes: Math.max(0, rssBefore - process.memoryUsage.rss()),
+      freedBytes: Math.max(0, device ? held(device.before) - held(device.after) : rssBefore - process.memoryUsage.rss()),
       unloadMs: performance.now() - started,
     };
-    logger.info({ event: 'unloaded', ...result }, 'model unloaded');
+    logger.info({ event: 'unloaded', ...result, ...(device ? { mlxMemory: device } : {}) }, 'model unloaded');
     return result;
   }
 
   /**
-   * Ends the worker, if there is one, then collects the main thread's share of its traffic and
-   * returns the allocator's free pages, so the memory measured next is what the process still holds.
+   * Ends the worker, if there is one: first its release step (the model dropped and collected,
+   * MLX's Metal buffer cache emptied, which the thread's exit alone does not do), then it is
+   * terminated, the main thread's share of its traffic collected and the allocator's free pages
+   * returned, so the memory measured next is what the process still holds. Returns MLX's GPU
+   * counters around the release; null on the CPU, where the process figures tell.
    */
-  private async discardWorker(): Promise<void> {
+  private async discardWorker(): Promise<DeviceRelease | null> {
     const ready = this.workerReady;
     this.workerReady = null;
+    let device: DeviceRelease | null = null;
     if (ready) {
-      await (await ready.catch(() => null))?.destroy();
+      const pool = await ready.catch(() => null);
+      if (pool) {
+        const reply = (await pool.run({ op: 'release', telemetry: this.options.telemetry.buffers } satisfies WorkerTask).catch(() => null)) as WorkerReply | null;
+        if (reply?.ok && reply.release && this.options.telemetry.read('deviceWorkingSetBytes') > 0) device = reply.release;
+        await pool.destroy();
+      }
       collectGarbage(true);
       releaseFreeMemory();
     }
     this.options.telemetry.modelState = 'unloaded';
+    return device;
   }
 
   private async run(request: GenerationRequest, model: ModelEntry, slot: number, onEvent: (event: StreamEvent) => void): Promise<GenerationStats> {

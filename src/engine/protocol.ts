@@ -1,6 +1,7 @@
 /** What crosses the thread boundary between the engine (main thread) and the MLX worker. */
 import type { MessagePort } from 'node:worker_threads';
 import type { ServeErrorShape } from '../errors.ts';
+import type { DeviceMemorySettings, DeviceRelease } from '../runtime/device-memory.ts';
 import type { TelemetryBuffers } from '../telemetry/layout.ts';
 
 export interface ChatMessage {
@@ -27,15 +28,39 @@ export interface SamplingParams {
   seed: number | null;
 }
 
+/** A JSON Schema, as the API checked it (only the subset the grammar compiler honours). */
+export type JsonSchema = Record<string, unknown>;
+
+/**
+ * What the output must be, enforced token by token (constrained decoding): JSON matching a
+ * schema, fixed text, or a sequence or choice of these (a tool call is its family's fixed markers
+ * around JSON). `closed`: objects may hold only the properties the schema lists.
+ */
+export type OutputFormat =
+  | { type: 'json'; schema: JsonSchema; closed: boolean }
+  | { type: 'text'; value: string }
+  | { type: 'sequence'; elements: OutputFormat[] }
+  | { type: 'or'; elements: OutputFormat[] };
+
 /** The one internal request every API shape is translated into. */
 export interface GenerationRequest {
   id: string;
   model: string;
   prompt: PromptInput;
-  maxTokens: number | null;
+  /**
+   * Tokens to generate at most: a number the client asked for; 'context' until the context is
+   * full (Ollama's negative num_predict); null when the client set no limit, which the engine
+   * turns into the server's --default-max-tokens before the worker sees it. The context length
+   * bounds every one of them.
+   */
+  maxTokens: number | 'context' | null;
   sampling: SamplingParams;
   stop: string[];
   ignoreEos: boolean;
+  /** Absent: any text. */
+  format?: OutputFormat;
+  /** Special tokens that stay in the text (a family's tool-call marker such as `[TOOL_CALLS]`). */
+  keepSpecialTokens?: string[];
 }
 
 /** How quantized matrices are held: as stored, or dequantized once at load to the compute dtype. */
@@ -45,6 +70,16 @@ export interface ModelSource {
   name: string;
   path: string;
   builtin: boolean;
+}
+
+/** The weights as the loaded model holds them: what the status reports, whatever --weights asked for. */
+export interface HeldWeights {
+  /** 'dequantized' when quantized matrices were expanded at load; 'native' when they (or a model with none) are held as stored. */
+  placement: WeightPlacement;
+  /** The dtype float weights are held and computed in. */
+  dtype: string;
+  /** Each conversion made at load, e.g. "8-bit to float32" or "bfloat16 to float32"; empty when every tensor is held as stored. */
+  converted: string[];
 }
 
 /** A model as the worker is to load it. */
@@ -73,7 +108,9 @@ export type StreamEvent =
 
 export interface LoadResult {
   name: string;
+  /** What the load was asked for (the worker keeps the model while later tasks ask the same). */
   placement: WeightPlacement;
+  weights: HeldWeights;
   modelType: string;
   bytes: number;
   loadMs: number;
@@ -82,14 +119,16 @@ export interface LoadResult {
 
 export type WorkerTask =
   /** Run once by each fresh worker before any model (workers/runtime-check.ts). */
-  | { op: 'check' }
+  | { op: 'check'; telemetry: TelemetryBuffers }
   | { op: 'load'; model: LoadSpec; telemetry: TelemetryBuffers }
+  /** Run before the worker ends: drops the model, collects, and empties MLX's buffer cache. */
+  | { op: 'release'; telemetry: TelemetryBuffers }
   | { op: 'generate'; model: LoadSpec; request: GenerationRequest; slot: number; port: MessagePort; telemetry: TelemetryBuffers };
 
-export type WorkerReply = { ok: true; load?: LoadResult } | { ok: false; error: ServeErrorShape };
+export type WorkerReply = { ok: true; load?: LoadResult; release?: DeviceRelease } | { ok: false; error: ServeErrorShape };
 
 /** Fixed for the worker's life; handed over as Piscina's workerData. */
-export interface WorkerSettings {
+export interface WorkerSettings extends DeviceMemorySettings {
   /** Sequences decoded together in one forward pass; the rest wait their turn. */
   maxBatch: number;
   /** Prompt tokens prefilled per round, so a long prompt does not stall running streams. */

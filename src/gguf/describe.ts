@@ -6,6 +6,8 @@ export interface GgufDescription {
   quantization: string;
   contextLength: number | null;
   chatTemplate: string;
+  /** Elements of every tensor, as its dimensions give them. */
+  parameters: number;
   /** The header's scalar metadata (the vocabulary and other arrays left out), as Ollama's model_info. */
   info: Record<string, MetadataValue>;
 }
@@ -28,6 +30,7 @@ export function describeGguf(path: string): GgufDescription {
     quantization,
     contextLength: typeof context === 'number' ? context : typeof context === 'bigint' ? Number(context) : null,
     chatTemplate: typeof template === 'string' ? template : '',
+    parameters: tensors.reduce((sum, tensor) => sum + tensor.dims.reduce((a, b) => a * b, 1), 0),
     info,
   };
 }

@@ -1,5 +1,5 @@
 /**
- * Who may call which route. `--api-key` guards every route but health and the status page; `--admin-key`, when set,
+ * Who may call which route. `--api-key` guards every route but the probes and the status page; `--admin-key`, when set,
  * guards admin mutations instead (and also opens every other route). Keys are compared through
  * their SHA-256 digests so the comparison takes the same time whatever the key's length or
  * how many leading bytes a guess gets right.
@@ -9,8 +9,12 @@ import { ServeError } from '../errors.ts';
 
 export type Access = 'public' | 'client' | 'admin';
 
-/** Health, and the status page itself: a browser cannot send a bearer key when opening a page; the page holds no data and sends the key it is given with its /dashboard/data polls. */
-const PUBLIC_PATHS = new Set(['/admin/health', '/dashboard']);
+/**
+ * Health and readiness (load balancers' probes send no key), and the status page itself: a
+ * browser cannot send a bearer key when opening a page; the page holds no data and sends the key
+ * it is given with its /dashboard/data polls.
+ */
+const PUBLIC_PATHS = new Set(['/admin/health', '/health', '/ready', '/dashboard']);
 const READ_METHODS = new Set(['GET', 'HEAD']);
 
 /**

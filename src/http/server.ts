@@ -4,10 +4,11 @@
  * 10 s after it opened, and a body that arrives slower than 16 KB/s over 10 s; neither is
  * configurable from JavaScript.
  */
+import { createServer } from 'node:net';
 import uWS from 'uWebSockets.js';
 import type { Logger } from 'pino';
 import type { ServerConfig } from '../config.ts';
-import { ServeError } from '../errors.ts';
+import { errorHeaders, ServeError } from '../errors.ts';
 import { Authenticator, routeAccess } from './auth.ts';
 import { CorsPolicy } from './cors.ts';
 import { Exchange } from './exchange.ts';
@@ -24,7 +25,7 @@ export interface Route {
   quiet?: boolean;
 }
 
-export type HttpOptions = Pick<ServerConfig, 'host' | 'port' | 'apiKey' | 'adminKey' | 'corsOrigins' | 'bodyTimeoutSeconds' | 'maxStreamBufferBytes'> & { logger: Logger };
+export type HttpOptions = Pick<ServerConfig, 'host' | 'apiKey' | 'adminKey' | 'corsOrigins' | 'bodyTimeoutSeconds' | 'maxStreamBufferBytes'> & { port: number; logger: Logger };
 
 export interface HttpServer {
   readonly port: number;
@@ -34,9 +35,42 @@ export interface HttpServer {
 /** OpenAI's error shape; the admin routes use it too. */
 export const openAiError: ErrorWriter = (exchange, error) => {
   const type = error.status >= 500 ? 'server_error' : error.status === 404 && error.code !== 'model_not_found' ? 'not_found_error' : error.status === 401 ? 'authentication_error' : 'invalid_request_error';
-  const headers: Record<string, string> = error.code === 'queue_full' ? { 'retry-after': '1' } : {};
-  exchange.json(error.status, { error: { message: error.message, type, param: error.param ?? null, code: error.code } }, headers);
+  exchange.json(error.status, { error: { message: error.message, type, param: error.param ?? null, code: error.code } }, errorHeaders(error));
 };
+
+declare module 'uWebSockets.js' {
+  interface TemplatedApp {
+    /** Present in uWS, missing from its typings: `options` 1 is LIBUS_LISTEN_EXCLUSIVE_PORT. */
+    listen(host: RecognizedString, port: number, options: number, cb: (listenSocket: us_listen_socket | false) => void | Promise<void>): TemplatedApp;
+  }
+}
+
+/** Without it uWS sets SO_REUSEPORT, and a second server on a busy port would quietly share its traffic. */
+const LISTEN_EXCLUSIVE_PORT = 1;
+
+/** A port the server cannot listen on; the message is the one line the command line prints. */
+export class ListenError extends Error {
+  constructor(readonly port: number, message: string) {
+    super(message);
+    this.name = 'ListenError';
+  }
+}
+
+/** uWS says only that listening failed; binding the same address with Node gives the reason. */
+function listenFailure(host: string, port: number): Promise<ListenError> {
+  return new Promise((resolve) => {
+    const probe = createServer();
+    probe.once('error', (error: NodeJS.ErrnoException) => {
+      const reason: Record<string, string> = {
+        EADDRINUSE: `port ${port} is in use`,
+        EACCES: `port ${port} needs privileges this user does not have (ports below 1024)`,
+        EADDRNOTAVAIL: `address ${host} is not one of this machine's (cannot listen on port ${port})`,
+      };
+      resolve(new ListenError(port, reason[error.code ?? ''] ?? `cannot listen on ${host}:${port} (${error.code ?? error.message})`));
+    });
+    probe.listen({ host, port, exclusive: true }, () => probe.close(() => resolve(new ListenError(port, `cannot listen on ${host}:${port}`))));
+  });
+}
 
 export function parseJsonObject(body: Buffer): Record<string, unknown> {
   let parsed: unknown;
@@ -117,9 +151,9 @@ export function startHttpServer(routes: Route[], options: HttpOptions): Promise<
   app.any('/*', serve({ method: 'GET', path: '/*', errors: openAiError, handler: (exchange) => { throw new ServeError(404, 'not_found', `no route for ${exchange.method} ${exchange.path}`); } }));
 
   return new Promise((resolve, reject) => {
-    app.listen(options.host, options.port, (socket) => {
+    app.listen(options.host, options.port, LISTEN_EXCLUSIVE_PORT, (socket) => {
       if (!socket) {
-        reject(new Error(`cannot listen on ${options.host}:${options.port} (address in use or not permitted)`));
+        void listenFailure(options.host, options.port).then(reject);
         return;
       }
       resolve({ port: uWS.us_socket_local_port(socket as unknown as uWS.us_socket), close: () => uWS.us_listen_socket_close(socket) });

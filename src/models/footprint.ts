@@ -7,14 +7,18 @@ import { freemem } from 'node:os';
 import { join } from 'node:path';
 import type { WeightPlacement } from '../engine/protocol.ts';
 import { ServeError } from '../errors.ts';
-import { isGgufPath } from '../gguf/format.ts';
+import { isGgufPath, readGgufHeader } from '../gguf/format.ts';
 
 const DTYPE_BYTES: Record<string, number> = { F64: 8, F32: 4, F16: 2, BF16: 2, I64: 8, I32: 4, U32: 4, I16: 2, U16: 2, I8: 1, U8: 1, BOOL: 1 };
 /** fp16/bf16 tensors are computed in fp32 on a CPU device (node-mlx 0.0.7 has no fp16 matmul there). */
 const CPU_UPCAST = new Set(['F16', 'BF16']);
 /** Tokenizer tables, the worker's heap and MLX's temporaries, measured on the built-in model. */
 const RUNTIME_BYTES = 160 * 1024 * 1024;
-const KV_CACHE_TOKENS = 4096;
+/**
+ * The worker's KV cache grows its buffers by this many positions at a time (workers/models/
+ * kv-cache.ts), so a sequence holds its length rounded up to it; the smallest KV budget a load accepts.
+ */
+export const KV_ALLOCATION_TOKENS = 256;
 
 interface TensorHeader {
   dtype: string;
@@ -54,19 +58,61 @@ export function weightFiles(dir: string): string[] {
 }
 
 /** config.json's numbers that size a model; empty for a model not yet on disk. */
-type SizingConfig = Record<string, number | undefined> & { quantization?: { bits?: number } };
+type SizingConfig = Record<string, number | undefined> & { quantization?: { bits?: number }; torch_dtype?: string; text_config?: SizingConfig };
 
-function sizingConfig(dir: string): SizingConfig {
-  const path = join(dir, 'config.json');
-  return existsSync(path) ? (JSON.parse(readFileSync(path, 'utf8')) as SizingConfig) : {};
+/**
+ * A GGUF file's header holds the same numbers under its architecture's keys. llama.cpp keeps
+ * its KV cache in fp16 on every device, hence kv_value_bytes.
+ */
+function ggufSizingConfig(file: string): SizingConfig {
+  if (!existsSync(file)) return {};
+  const { metadata } = readGgufHeader(file);
+  const arch = String(metadata.get('general.architecture') ?? '');
+  const number = (key: string): number | undefined => {
+    const value = metadata.get(`${arch}.${key}`);
+    return typeof value === 'number' ? value : typeof value === 'bigint' ? Number(value) : undefined;
+  };
+  return {
+    num_hidden_layers: number('block_count'),
+    num_attention_heads: number('attention.head_count'),
+    num_key_value_heads: number('attention.head_count_kv'),
+    head_dim: number('attention.key_length'),
+    hidden_size: number('embedding_length'),
+    intermediate_size: number('feed_forward_length'),
+    kv_value_bytes: 2,
+  };
 }
 
-function kvCacheBytes(config: SizingConfig): number {
+/** A multimodal checkpoint (Gemma 3) keeps its language model's numbers under text_config. */
+function sizingConfig(dir: string): SizingConfig {
+  if (isGgufPath(dir)) return ggufSizingConfig(dir);
+  const path = join(dir, 'config.json');
+  const config = existsSync(path) ? (JSON.parse(readFileSync(path, 'utf8')) as SizingConfig) : {};
+  return { ...config, ...config.text_config };
+}
+
+/**
+ * Bytes of keys and values one token adds to a sequence's cache: every layer keeps a key and a
+ * value per KV head (sliding-window layers too: the worker's cache keeps every position and
+ * masks the window). On a CPU they are fp32 (node-mlx 0.0.7 computes fp16/bf16 in fp32 there).
+ */
+function kvBytesPerToken(config: SizingConfig, onCpu: boolean): number {
   const heads = config.num_attention_heads ?? 1;
   const kvHeads = config.num_key_value_heads ?? heads;
   const headDim = config.head_dim ?? (config.hidden_size ?? 0) / heads;
-  const tokens = Math.min(config.max_position_embeddings ?? KV_CACHE_TOKENS, KV_CACHE_TOKENS);
-  return (config.num_hidden_layers ?? 0) * 2 * kvHeads * headDim * 4 * tokens;
+  const dtypeBytes = config.kv_value_bytes ?? (onCpu || config.torch_dtype === 'float32' ? 4 : 2);
+  return (config.num_hidden_layers ?? 0) * 2 * kvHeads * headDim * dtypeBytes;
+}
+
+/**
+ * What one prefill step's activations hold: every layer's projections, MLP products and
+ * residuals for `chunk` tokens. node-mlx frees an array only when V8 collects its wrapper, so
+ * they stay allocated until the worker's next collection, after the step.
+ */
+function activationBytes(config: SizingConfig, chunk: number): number {
+  const hidden = config.hidden_size ?? 0;
+  const intermediate = config.intermediate_size ?? 4 * hidden;
+  return (config.num_hidden_layers ?? 0) * chunk * (3 * intermediate + 8 * hidden) * 4;
 }
 
 interface TensorCounts {
@@ -106,15 +152,14 @@ export const parameterCount = (dir: string): number => countTensors(dir, sizingC
 
 /** Bytes the loaded model will hold: as stored, and with its quantized matrices dequantized to fp32. */
 export function estimateLoadBytes(dir: string, onCpu: boolean): Record<WeightPlacement, number> {
-  // A GGUF file is held as stored (llama.cpp maps it); its KV cache is small next to the weights.
+  // A GGUF file is held as stored (llama.cpp maps it); its KV cache is counted by kvBudget.
   if (isGgufPath(dir)) {
     const bytes = (existsSync(dir) ? statSync(dir).size : 0) + RUNTIME_BYTES;
     return { native: bytes, dequantized: bytes };
   }
   const config = sizingConfig(dir);
   const counts = countTensors(dir, config, onCpu);
-  const fixed = kvCacheBytes(config) + RUNTIME_BYTES;
-  return { native: counts.nativeBytes + fixed, dequantized: counts.dequantizedBytes + fixed };
+  return { native: counts.nativeBytes + RUNTIME_BYTES, dequantized: counts.dequantizedBytes + RUNTIME_BYTES };
 }
 
 export function availableMemoryBytes(): number {
@@ -127,42 +172,101 @@ export function availableMemoryBytes(): number {
   return freemem();
 }
 
-/** `--weights`: auto picks dequantized fp32 matrices on a CPU when they fit (BLAS runs them far faster than node-mlx's CPU quantized kernel), native otherwise. */
+/**
+ * `--weights`: auto picks dequantized fp32 matrices on a CPU when they fit (BLAS runs them far
+ * faster than node-mlx's CPU quantized kernel), native otherwise; on a GPU it keeps them as stored,
+ * as mlx-lm does (Metal's quantized kernels are fast and the weights stay small).
+ */
 export type WeightsPolicy = 'auto' | 'native' | 'fp32';
 
 export interface MemoryBudget {
   /** Kept free for everything else on the machine (--memory-reserve). */
   reserveBytes: number;
-  /** At most this much is assumed available, e.g. a container's limit (--memory-limit; 0: none). */
+  /** At most this much is assumed available to the whole process, e.g. a container's limit (--memory-limit; 0: none). */
   limitBytes: number;
+  /** Held by finished sequences' KV state kept for reuse (--prompt-cache-bytes). */
+  promptCacheBytes: number;
+  /** Prompt tokens one prefill step runs at once (--prefill-chunk); see activationBytes. */
+  prefillChunk: number;
+}
+
+/** What running sequences' KV caches may hold together, and how it was derived (for the messages that quote it). */
+export interface KvBudget {
+  bytesPerToken: number;
+  budgetBytes: number;
+  /** Memory the load could count on: the machine's available memory, or --memory-limit less what the process already holds. */
+  availableBytes: number;
+  /** Weights, runtime and one prefill step's activations, as estimated before the load. */
+  modelBytes: number;
+  reserveBytes: number;
+  promptCacheBytes: number;
+}
+
+/**
+ * What a load may use: on a GPU, the device's recommended working set (what Metal can keep
+ * resident; the OS's free memory says little on macOS, which keeps most memory busy as cache);
+ * on a CPU, the OS's available memory. --memory-limit, which counts what the process already
+ * holds, caps either.
+ */
+function memoryForLoad(memory: MemoryBudget, gpuWorkingSetBytes: number): { available: number; what: string } {
+  const [device, what] = gpuWorkingSetBytes > 0 ? [gpuWorkingSetBytes, "the GPU's recommended working set"] : [availableMemoryBytes(), 'available'];
+  if (memory.limitBytes <= 0) return { available: device, what };
+  const underLimit = memory.limitBytes - process.memoryUsage.rss();
+  return underLimit < device ? { available: underLimit, what: 'available under --memory-limit' } : { available: device, what };
 }
 
 export interface LoadPlan {
   placement: WeightPlacement;
   estimatedBytes: number;
+  /** Memory the load could count on, measured before it; the KV budget is what the model leaves of it (kvBudget). */
+  availableBytes: number;
+}
+
+const gib = (n: number): string => (n / 2 ** 30).toFixed(2);
+
+/** One line that says where a KV budget comes from, for error messages and the log. */
+export function describeKvBudget(kv: KvBudget): string {
+  return `${gib(kv.availableBytes)} GiB available, less ${gib(kv.modelBytes)} GiB of weights, runtime and prefill activations, ${gib(kv.reserveBytes)} GiB --memory-reserve and ${gib(kv.promptCacheBytes)} GiB --prompt-cache-bytes`;
+}
+
+const onCpuDevice = (): boolean => !(process.platform === 'darwin' && process.arch === 'arm64');
+
+/** The KV budget left by a model held as `placement`, out of `availableBytes` measured before its load. */
+export function kvBudget(dir: string, placement: WeightPlacement, availableBytes: number, memory: MemoryBudget): KvBudget {
+  const onCpu = onCpuDevice();
+  const config = sizingConfig(dir);
+  const modelBytes = estimateLoadBytes(dir, onCpu)[placement] + activationBytes(config, memory.prefillChunk);
+  const { reserveBytes, promptCacheBytes } = memory;
+  const budgetBytes = availableBytes - reserveBytes - promptCacheBytes - modelBytes;
+  return { bytesPerToken: kvBytesPerToken(config, onCpu), budgetBytes, availableBytes, modelBytes, reserveBytes, promptCacheBytes };
 }
 
 /**
- * How to hold the model, refused with a clear error when even the smallest way would not fit.
- * A model not yet on disk (the built-in one before its first use) counts as the runtime alone.
+ * How to hold the model and what its sequences' KV caches may hold, refused with a clear error
+ * when even the smallest way would not leave room for one cache allocation. A model not yet on
+ * disk (the built-in one before its first use) counts as the runtime alone, which is why the
+ * KV budget is worked out after the load (kvBudget). `gpuWorkingSetBytes` is what the worker read
+ * from MLX's deviceInfo(); 0 when MLX runs on the CPU.
  */
-export function planLoad(name: string, dir: string, policy: WeightsPolicy, memory: MemoryBudget): LoadPlan {
-  const onCpu = !(process.platform === 'darwin' && process.arch === 'arm64');
+export function planLoad(name: string, dir: string, policy: WeightsPolicy, memory: MemoryBudget, gpuWorkingSetBytes: number): LoadPlan {
+  const onCpu = gpuWorkingSetBytes <= 0;
+  const config = sizingConfig(dir);
+  const activations = activationBytes(config, memory.prefillChunk);
   const estimates = estimateLoadBytes(dir, onCpu);
-  const available = memory.limitBytes > 0 ? Math.min(memory.limitBytes, availableMemoryBytes()) : availableMemoryBytes();
-  const reserveBytes = memory.reserveBytes;
-  const room = available - reserveBytes;
+  const { available, what } = memoryForLoad(memory, gpuWorkingSetBytes);
+  const { reserveBytes, promptCacheBytes } = memory;
+  const minimumKv = kvBytesPerToken(config, onCpu) * KV_ALLOCATION_TOKENS;
+  const room = available - reserveBytes - promptCacheBytes - activations - minimumKv;
   const wanted: WeightPlacement = isGgufPath(dir)
     ? 'native'
     : policy === 'fp32' ? 'dequantized' : policy === 'native' || !onCpu ? 'native' : estimates.dequantized <= room ? 'dequantized' : 'native';
   const estimatedBytes = estimates[wanted];
   if (estimatedBytes > room) {
-    const gib = (n: number): string => (n / 2 ** 30).toFixed(2);
     throw new ServeError(
       503,
       'insufficient_memory',
-      `model '${name}' needs about ${gib(estimatedBytes)} GiB (${wanted === 'native' ? 'weights as stored' : 'weights dequantized to fp32'}) but only ${gib(available)} GiB is available and ${gib(reserveBytes)} GiB is kept in reserve (--memory-reserve)`,
+      `model '${name}' needs about ${gib(estimatedBytes)} GiB (${wanted === 'native' ? 'weights as stored' : 'weights dequantized to fp32'}) plus ${gib(activations)} GiB for a prefill step's activations and ${gib(minimumKv)} GiB for one sequence's KV cache, but only ${gib(available)} GiB is ${what}, ${gib(reserveBytes)} GiB is kept in reserve (--memory-reserve) and ${gib(promptCacheBytes)} GiB is set aside for the prompt cache (--prompt-cache-bytes)`,
     );
   }
-  return { placement: wanted, estimatedBytes };
+  return { placement: wanted, estimatedBytes, availableBytes: available };
 }

@@ -4,7 +4,8 @@
  * gives the status page its percentiles and /metrics its cumulative Prometheus buckets.
  */
 import { Int32Histogram } from 'hdr-histogram-js';
-import type { FinishReason, GenerationStats, StreamEvent } from '../engine/protocol.ts';
+import type { EngineEvent } from '../engine/engine.ts';
+import type { FinishReason, GenerationStats } from '../engine/protocol.ts';
 
 /** Samples are stored in microseconds: HDR histograms hold integers. */
 const MICROS_PER_SECOND = 1e6;
@@ -71,13 +72,26 @@ export class LatencyRecorder {
   readonly timePerOutputToken = new LatencyHistogram();
   /** Arrival to the last token. */
   readonly endToEnd = new LatencyHistogram();
-  /** Arrival until the worker admits the sequence (includes waiting for a model load). */
+  /** Arrival until the engine hands the request to the worker: waiting for a running place, KV room or a model load. */
   readonly queueTime = new LatencyHistogram();
   readonly finished = new Map<FinishReason, number>();
 
   /** Starts timing one request at its arrival; feed it the request's events, then its final stats. */
   track(): RequestTiming {
     return new RequestTiming(this);
+  }
+
+  /** Percentiles of each latency and finished requests by reason, as the status page and /admin/metrics show them. */
+  summary(): { latency_seconds: Record<string, Percentiles>; finished: Record<string, number> } {
+    return {
+      latency_seconds: {
+        time_to_first_token: this.timeToFirstToken.percentiles(),
+        time_per_output_token: this.timePerOutputToken.percentiles(),
+        e2e_request: this.endToEnd.percentiles(),
+        queue: this.queueTime.percentiles(),
+      },
+      finished: Object.fromEntries(this.finished),
+    };
   }
 }
 
@@ -88,10 +102,10 @@ export class RequestTiming {
 
   constructor(private readonly recorder: LatencyRecorder) {}
 
-  event(event: StreamEvent): void {
+  event(event: EngineEvent): void {
     const now = performance.now();
     const { recorder } = this;
-    if (event.type === 'started') recorder.queueTime.record((now - this.arrivedAt) / 1000);
+    if (event.type === 'admitted') recorder.queueTime.record((now - this.arrivedAt) / 1000);
     if (event.type !== 'text') return;
     if (this.tokensSeen === 0) recorder.timeToFirstToken.record((now - this.arrivedAt) / 1000);
     else {

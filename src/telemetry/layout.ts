@@ -30,8 +30,16 @@ const Float = {
   modelLoads: 12,
   modelUnloads: 13,
   startedAtMs: 14,
+  decodeSteps: 15,
+  decodeRows: 16,
+  /** MLX's own counters on a GPU (Metal); all 0 on the CPU build, where the process figures apply. */
+  deviceActiveBytes: 17,
+  devicePeakBytes: 18,
+  deviceCacheBytes: 19,
+  /** The GPU's recommended working-set size (deviceInfo); 0 when MLX runs on the CPU. */
+  deviceWorkingSetBytes: 20,
 } as const;
-const FLOAT_FIELDS = 16;
+const FLOAT_FIELDS = Object.keys(Float).length;
 
 /** Cancellation flags, one per request slot: main sets 1, the worker's scheduler reads it each step. */
 export const CANCEL_SLOTS = 4096;
@@ -72,6 +80,12 @@ export class Telemetry {
   read(field: keyof typeof Float): number { return this.floats[Float[field]] ?? 0; }
   write(field: keyof typeof Float, value: number): void { this.floats[Float[field]] = value; }
   increment(field: keyof typeof Float, by = 1): void { this.floats[Float[field]] = (this.floats[Float[field]] ?? 0) + by; }
+
+  /** One batched forward pass that advanced `rows` sequences by a token each. */
+  recordDecodeStep(rows: number): void {
+    this.increment('decodeSteps');
+    this.increment('decodeRows', rows);
+  }
 
   requestCancel(slot: number): void { Atomics.store(this.cancelFlags, slot, 1); }
   clearCancel(slot: number): void { Atomics.store(this.cancelFlags, slot, 0); }

@@ -1,6 +1,6 @@
 /** Starts a real `mlx-server serve` process for a test and stops it afterwards. */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtempSync } from 'node:fs';
+import { cpSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -10,8 +10,12 @@ const BIN = fileURLToPath(new URL('../../bin/mlx-server.js', import.meta.url));
 export const TEST_CACHE_DIR = join(tmpdir(), 'mlx-server-test-cache');
 
 export interface TestServer {
+  /** The admin port, which serves every route. */
   url: string;
   port: number;
+  /** The main port: the client APIs and probes only. */
+  mainUrl: string;
+  mainPort: number;
   process: ChildProcess;
   logs: string[];
   stop(signal?: NodeJS.Signals): Promise<number | null>;
@@ -23,17 +27,26 @@ process.on('exit', () => {
   for (const child of liveServers) child.kill('SIGKILL');
 });
 
-export async function startServer(args: string[] = [], env: NodeJS.ProcessEnv = {}): Promise<TestServer> {
-  const child = spawn(process.execPath, [BIN, 'serve', '--port', '0', '--cache-dir', TEST_CACHE_DIR, ...args], {
+/**
+ * Both ports ephemeral, so parallel runs never collide. `defaultPorts` starts the server as a
+ * user does, on 11437 and 11436: only for tests of that layout itself.
+ */
+export async function startServer(args: string[] = [], env: NodeJS.ProcessEnv = {}, { defaultPorts = false } = {}): Promise<TestServer> {
+  const ports = defaultPorts ? [] : ['--port', '0', '--main-port', '0'];
+  const child = spawn(process.execPath, [BIN, 'serve', ...ports, '--cache-dir', TEST_CACHE_DIR, ...args], {
     env: { ...process.env, MLX_SERVER_LOG_LEVEL: 'debug', ...env },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   liveServers.add(child);
   child.on('exit', () => liveServers.delete(child));
   const logs: string[] = [];
-  const port = await new Promise<number>((resolve, reject) => {
+  const { port, mainPort } = await new Promise<{ port: number; mainPort: number }>((resolve, reject) => {
     let buffered = '';
-    const timer = setTimeout(() => reject(new Error(`server did not start:\n${logs.join('\n')}`)), 30_000);
+    const timer = setTimeout(() => {
+      // Stopped, so that its pipes do not keep the test process alive after the failure.
+      child.kill('SIGTERM');
+      reject(new Error(`server did not start:\n${logs.join('\n')}`));
+    }, 120_000);
     child.stdout?.on('data', (chunk: Buffer) => {
       buffered += chunk.toString();
       const lines = buffered.split('\n');
@@ -42,7 +55,7 @@ export async function startServer(args: string[] = [], env: NodeJS.ProcessEnv = 
         logs.push(line);
         if (line.includes('"event":"listening"')) {
           clearTimeout(timer);
-          resolve((JSON.parse(line) as { port: number }).port);
+          resolve(JSON.parse(line) as { port: number; mainPort: number });
         }
       }
     });
@@ -56,6 +69,8 @@ export async function startServer(args: string[] = [], env: NodeJS.ProcessEnv = 
   return {
     url: `http://127.0.0.1:${port}`,
     port,
+    mainUrl: `http://127.0.0.1:${mainPort}`,
+    mainPort,
     process: child,
     logs,
     stop: async (signal: NodeJS.Signals = 'SIGTERM') => {
@@ -75,3 +90,30 @@ export const post = (url: string, body: unknown): Promise<{ status: number; body
   json(url, { method: 'POST', headers: { 'content-type': 'application/json' }, body: typeof body === 'string' ? body : JSON.stringify(body) });
 
 export const tempDir = (prefix: string): string => mkdtempSync(join(tmpdir(), prefix));
+
+export const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
+
+/** The server's log lines for one event, parsed. */
+export const logEvents = (server: TestServer, event: string): Record<string, unknown>[] =>
+  server.logs.filter((line) => line.includes(`"event":"${event}"`)).map((line) => JSON.parse(line) as Record<string, unknown>);
+
+/** Probes until it returns something other than undefined; fails after `timeoutMs`. */
+export async function waitFor<T>(what: string, probe: () => Promise<T | undefined> | T | undefined, timeoutMs = 20_000): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  while (Date.now() < deadline) {
+    const value = await probe();
+    if (value !== undefined) return value;
+    await sleep(20);
+  }
+  throw new Error(`timed out waiting for ${what}`);
+}
+
+/** A models dir holding one copy of the built-in model under `name`, with `changes` merged into its config.json. */
+export function builtinModelVariant(name: string, changes: Record<string, unknown>): { modelsDir: string; path: string } {
+  const modelsDir = tempDir(`mlx-${name}-`);
+  const path = join(modelsDir, name);
+  cpSync(join(TEST_CACHE_DIR, 'tiny-qwen3'), path, { recursive: true });
+  const config = JSON.parse(readFileSync(join(path, 'config.json'), 'utf8')) as Record<string, unknown>;
+  writeFileSync(join(path, 'config.json'), JSON.stringify({ ...config, ...changes }));
+  return { modelsDir, path };
+}

@@ -1,6 +1,6 @@
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import type { WeightPlacement } from '../../src/engine/protocol.ts';
+import type { HeldWeights, WeightPlacement } from '../../src/engine/protocol.ts';
 import { ServeError } from '../../src/errors.ts';
 import { weightFiles } from '../../src/models/footprint.ts';
 import type { LanguageModel } from './decoder.ts';
@@ -89,18 +89,25 @@ function quantizationConfig(config: ModelConfig): QuantizationConfig {
   return { default: quantSpec(raw), overrides };
 }
 
-/** The dtype matmuls run in: on the CPU node-mlx 0.0.7 implements float32 only. */
-export function computeDtype(): typeof mx.float32 {
-  return mx.metal.isAvailable() ? mx.float16 : mx.float32;
+/**
+ * The dtype matmuls run in. On the CPU node-mlx 0.0.7 implements float32 only. On Metal, half
+ * precision as mlx-lm runs it: a bfloat16 checkpoint stays bfloat16 (its activations may not fit
+ * float16's range), anything else computes in float16, the dtype mlx-lm's converter writes.
+ */
+export function computeDtype(tensors: Iterable<MxArray> = []): typeof mx.float32 {
+  if (!mx.metal.isAvailable()) return mx.float32;
+  for (const tensor of tensors) if (String(tensor.dtype) === String(mx.bfloat16)) return mx.bfloat16;
+  return mx.float16;
 }
 
-export function loadModel(dir: string, placement: WeightPlacement = 'native'): { model: LanguageModel; config: ModelConfig } {
+export function loadModel(dir: string, placement: WeightPlacement = 'native'): { model: LanguageModel; config: ModelConfig; weights: HeldWeights } {
   const config = readJson<ModelConfig>(join(dir, 'config.json'), 'config.json');
   const architecture = architectures[config.model_type];
   if (!architecture) {
     throw new ServeError(422, 'unsupported_model', `model_type '${config.model_type}' is not supported (supported: ${supportedArchitectures().join(', ')})`);
   }
-  const store = new WeightStore(readTensors(existingWeightFiles(dir)), quantizationConfig(config), computeDtype(), placement);
+  const tensors = readTensors(existingWeightFiles(dir));
+  const store = new WeightStore(tensors, quantizationConfig(config), computeDtype(tensors.values()), placement);
   let model: LanguageModel;
   try {
     model = architecture(store, config as never);
@@ -110,7 +117,7 @@ export function loadModel(dir: string, placement: WeightPlacement = 'native'): {
   }
   store.assertConsumed();
   mx.eval(...model.parameters());
-  return { model, config };
+  return { model, config, weights: store.held };
 }
 
 export function parameterBytes(model: LanguageModel): number {

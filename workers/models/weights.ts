@@ -1,4 +1,4 @@
-import type { WeightPlacement } from '../../src/engine/protocol.ts';
+import type { HeldWeights, WeightPlacement } from '../../src/engine/protocol.ts';
 import { ServeError } from '../../src/errors.ts';
 import { mx, type MxArray } from './mx.ts';
 
@@ -25,6 +25,7 @@ export interface QuantizationConfig {
  */
 export class WeightStore {
   private readonly remaining: Map<string, MxArray>;
+  private readonly conversions = new Set<string>();
 
   constructor(
     tensors: Map<string, MxArray>,
@@ -42,7 +43,10 @@ export class WeightStore {
     const weight = this.takeRaw(`${prefix}.weight`);
     const scales = this.take(`${prefix}.scales`);
     const biases = this.take(`${prefix}.biases`);
-    if (this.placement === 'dequantized') return { weight: mx.dequantize(weight, scales, biases, spec.groupSize, spec.bits).astype(this.computeDtype), quant: null };
+    if (this.placement === 'dequantized') {
+      this.conversions.add(`${spec.bits}-bit to ${String(this.computeDtype)}`);
+      return { weight: mx.dequantize(weight, scales, biases, spec.groupSize, spec.bits).astype(this.computeDtype), quant: null };
+    }
     return { weight, quant: { scales, biases, spec } };
   }
 
@@ -53,7 +57,15 @@ export class WeightStore {
   /** A float tensor, cast to the compute dtype (fp16/bf16 matmuls abort on the CPU). */
   take(name: string): MxArray {
     const tensor = this.takeRaw(name);
-    return String(tensor.dtype) === String(this.computeDtype) ? tensor : tensor.astype(this.computeDtype);
+    if (String(tensor.dtype) === String(this.computeDtype)) return tensor;
+    this.conversions.add(`${String(tensor.dtype)} to ${String(this.computeDtype)}`);
+    return tensor.astype(this.computeDtype);
+  }
+
+  /** What was done to the checkpoint's tensors so far. */
+  get held(): HeldWeights {
+    const converted = [...this.conversions];
+    return { placement: converted.some((c) => c.includes('-bit ')) ? 'dequantized' : 'native', dtype: String(this.computeDtype), converted };
   }
 
   takeOptional(name: string): MxArray | undefined {
