@@ -30,8 +30,12 @@ const Float = {
   modelLoads: 12,
   modelUnloads: 13,
   startedAtMs: 14,
+  /** The worker's forward passes, the sequences they carried (decoding rows and prompt chunks), and the prompt tokens among them. */
+  forwardPasses: 15,
+  forwardRows: 16,
+  forwardPrefillTokens: 17,
 } as const;
-const FLOAT_FIELDS = 16;
+const FLOAT_FIELDS = 20;
 
 /** Cancellation flags, one per request slot: main sets 1, the worker's scheduler reads it each step. */
 export const CANCEL_SLOTS = 4096;

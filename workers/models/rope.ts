@@ -11,15 +11,52 @@ export interface RopeScaling {
 }
 
 export interface RotaryEmbedding {
+  /** x [batch, heads, length, headDim] whose rows all sit at positions offset..offset+length-1. */
   apply(x: MxArray, offset: number): MxArray;
+  /** x [rows, heads, 1, headDim], row r at position positions[r] (float32 [rows]). */
+  applyAt(x: MxArray, positions: MxArray): MxArray;
 }
 
-/** Plain or linearly scaled RoPE: MLX's fused kernel. */
+/**
+ * Rotates the first `dims` features of x [rows, heads, length, headDim] by angles
+ * [rows, 1, length, dims / 2] (the first half against the second, as MLX's non-traditional RoPE).
+ */
+function rotate(x: MxArray, dims: number, angles: MxArray): MxArray {
+  const cos = mx.cos(angles);
+  const sin = mx.sin(angles);
+  const half = dims / 2;
+  const first = x.index('...', mx.Slice(0, half));
+  const second = x.index('...', mx.Slice(half, dims));
+  const rotated = [mx.subtract(mx.multiply(first, cos), mx.multiply(second, sin)), mx.add(mx.multiply(second, cos), mx.multiply(first, sin))];
+  const rest = (x.shape[x.ndim - 1] ?? dims) > dims ? [x.index('...', mx.Slice(dims))] : [];
+  return mx.concatenate([...rotated, ...rest], -1);
+}
+
+/** Angles [rows, 1, 1, dims / 2] for one position per row. */
+function rowAngles(positions: MxArray, inverseFrequencies: MxArray): MxArray {
+  const rows = positions.shape[0] ?? 1;
+  return mx.multiply(positions.reshape([rows, 1, 1, 1]), inverseFrequencies);
+}
+
+/**
+ * Plain or linearly scaled RoPE: MLX's fused kernel where every row shares its positions. Rows
+ * at their own positions use ordinary ops with the frequencies computed as MLX computes them
+ * (exp(-i * ln(base) / half)), which gives the fused kernel's results bit for bit on the CPU.
+ */
 class FastRope implements RotaryEmbedding {
-  constructor(private readonly dims: number, private readonly base: number, private readonly scale: number) {}
+  private readonly inverseFrequencies: MxArray;
+
+  constructor(private readonly dims: number, private readonly base: number, private readonly scale: number) {
+    const half = dims / 2;
+    this.inverseFrequencies = mx.exp(mx.multiply(mx.arange(0, half, 1, mx.float32), -Math.log(base) / half));
+  }
 
   apply(x: MxArray, offset: number): MxArray {
     return mx.fast.rope(x, this.dims, false, this.base, this.scale, offset);
+  }
+
+  applyAt(x: MxArray, positions: MxArray): MxArray {
+    return rotate(x, this.dims, rowAngles(mx.multiply(positions, this.scale), this.inverseFrequencies));
   }
 }
 
@@ -33,18 +70,11 @@ class FrequencyRope implements RotaryEmbedding {
   apply(x: MxArray, offset: number): MxArray {
     const length = x.shape[x.ndim - 2] ?? 1;
     const positions = mx.arange(offset, offset + length, 1, mx.float32);
-    const angles = mx.multiply(mx.expandDims(positions, 1), mx.expandDims(this.inverseFrequencies, 0));
-    const cos = mx.cos(angles);
-    const sin = mx.sin(angles);
-    const half = this.dims / 2;
-    const first = x.index('...', mx.Slice(0, half));
-    const second = x.index('...', mx.Slice(half, this.dims));
-    const rotated = [
-      mx.subtract(mx.multiply(first, cos), mx.multiply(second, sin)),
-      mx.add(mx.multiply(second, cos), mx.multiply(first, sin)),
-    ];
-    const rest = (x.shape[x.ndim - 1] ?? this.dims) > this.dims ? [x.index('...', mx.Slice(this.dims))] : [];
-    return mx.concatenate([...rotated, ...rest], -1);
+    return rotate(x, this.dims, mx.multiply(mx.expandDims(positions, 1), mx.expandDims(this.inverseFrequencies, 0)));
+  }
+
+  applyAt(x: MxArray, positions: MxArray): MxArray {
+    return rotate(x, this.dims, rowAngles(positions, this.inverseFrequencies));
   }
 }
 
