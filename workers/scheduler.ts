@@ -134,7 +134,12 @@ export class Scheduler {
     this.telemetry.increment('forwardPasses');
     this.telemetry.increment('forwardRows', rows + chunks.length);
     this.telemetry.increment('forwardPrefillTokens', prefillTokens);
-    batch.rows.forEach((entry, row) => entry.sequence.acceptLogits(logits.index(row)));
+    // One argmax for every greedy row costs one evaluation instead of one per row.
+    const argmax = batch.rows.some((entry) => entry.sequence.takesArgmax) ? (mx.argmax(logits.index(mx.Slice(0, rows)), -1).tolist() as number[]) : [];
+    batch.rows.forEach((entry, row) => {
+      if (entry.sequence.takesArgmax) entry.sequence.acceptArgmax(argmax[row] as number);
+      else entry.sequence.acceptLogits(logits.index(row));
+    });
     prefilling.forEach(({ entry, chunk }, c) => entry.sequence.advancePrefill(chunk.tokens.length, logits.index(rows + c)));
   }
 

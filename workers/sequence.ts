@@ -82,6 +82,16 @@ export class Sequence {
     this.accept(this.sampler.next(row, this.history.length > 0 ? this.history : this.promptIds));
   }
 
+  /** Whether its next token is its row's argmax (see Sampler.plainGreedy), which a batch computes for all rows at once. */
+  get takesArgmax(): boolean {
+    return this.sampler.plainGreedy;
+  }
+
+  /** Handles its row's argmax, when it takesArgmax. */
+  acceptArgmax(token: number): void {
+    this.accept(token);
+  }
+
   cancel(): void {
     this.finish('cancelled');
   }

@@ -4,9 +4,9 @@
  * steps and a row's tokens are written at consecutive clock ticks: row r's position p is the
  * tick start[r] + p. Each layer keeps a ring of `capacity` columns shared by all rows; tick t
  * lives in column t mod capacity. A full-attention layer's ring is as long as the oldest row
- * needs; a sliding-window layer's never exceeds its window (mlx-lm's RotatingKVCache). Rows
- * shorter than the ring are padded: a per-row additive mask hides the ticks before a row began,
- * and those a window has passed.
+ * needs; a sliding-window layer's never exceeds its window (mlx-lm's RotatingKVCache), so a
+ * step's write overwrites the tick the window has just passed. Rows shorter than the ring are
+ * padded: a per-row additive mask hides the ticks before a row began.
  */
 import { KVCache, STEP } from './kv-cache.ts';
 import { mx, type MxArray } from './mx.ts';
@@ -145,13 +145,14 @@ export class RunningBatch {
 
   /**
    * Readies the rings for the next step: grows them if the step needs more columns, and builds
-   * each group's mask: row r sees tick t when start[r] <= t <= clock and, windowed, clock - t < window.
+   * each group's mask: row r sees tick t when start[r] <= t. A windowed ring holds no more than
+   * the window, so the window needs no mask of its own.
    */
   prepareStep(): void {
     const oldest = Math.min(...this.starts);
     this.fitTo(this.clock);
     for (const group of this.groups) {
-      const { capacity, window } = group;
+      const { capacity } = group;
       const from = this.clock - group.span(this.clock, oldest) + 1;
       const first = mod(from, capacity);
       const contiguous = first <= mod(this.clock, capacity);
@@ -160,8 +161,7 @@ export class RunningBatch {
         const column = group.view[0] + i;
         return contiguous ? from + i : this.clock - mod(this.clock - column, capacity);
       });
-      const visible = (start: number, tick: number): boolean => tick >= start && tick <= this.clock && (window === null || this.clock - tick < window);
-      const allowed = this.starts.map((start) => ticks.map((tick) => visible(start, tick)));
+      const allowed = this.starts.map((start) => ticks.map((tick) => tick >= start));
       group.mask = allowed.every((row) => row.every(Boolean))
         ? undefined
         : mx.array(
