@@ -17,13 +17,16 @@ export interface RotaryEmbedding {
   applyAt(x: MxArray, positions: MxArray): MxArray;
 }
 
+type Rotation = { cos: MxArray; sin: MxArray };
+
+const rotation = (angles: MxArray): Rotation => ({ cos: mx.cos(angles), sin: mx.sin(angles) });
+
 /**
- * Rotates the first `dims` features of x [rows, heads, length, headDim] by angles
- * [rows, 1, length, dims / 2] (the first half against the second, as MLX's non-traditional RoPE).
+ * Rotates the first `dims` features of x [rows, heads, length, headDim] by angles whose cosines
+ * and sines are [rows, 1, length, dims / 2] (the first half against the second, as MLX's
+ * non-traditional RoPE).
  */
-function rotate(x: MxArray, dims: number, angles: MxArray): MxArray {
-  const cos = mx.cos(angles);
-  const sin = mx.sin(angles);
+function rotate(x: MxArray, dims: number, { cos, sin }: Rotation): MxArray {
   const half = dims / 2;
   const first = x.index('...', mx.Slice(0, half));
   const second = x.index('...', mx.Slice(half, dims));
@@ -32,23 +35,35 @@ function rotate(x: MxArray, dims: number, angles: MxArray): MxArray {
   return mx.concatenate([...rotated, ...rest], -1);
 }
 
-/** Angles [rows, 1, 1, dims / 2] for one position per row. */
-function rowAngles(positions: MxArray, inverseFrequencies: MxArray): MxArray {
-  const rows = positions.shape[0] ?? 1;
-  return mx.multiply(positions.reshape([rows, 1, 1, 1]), inverseFrequencies);
+/**
+ * The rotation [rows, 1, 1, dims / 2] for one position per row. A batch step passes the same
+ * positions to every layer's keys and queries, so it is computed once per step and embedding.
+ */
+class RowRotation {
+  private last: { positions: MxArray; rotation: Rotation } | null = null;
+
+  constructor(private readonly inverseFrequencies: MxArray) {}
+
+  at(positions: MxArray): Rotation {
+    if (this.last?.positions !== positions) {
+      const rows = positions.shape[0] ?? 1;
+      this.last = { positions, rotation: rotation(mx.multiply(positions.reshape([rows, 1, 1, 1]), this.inverseFrequencies)) };
+    }
+    return this.last.rotation;
+  }
 }
 
 /**
  * Plain or linearly scaled RoPE: MLX's fused kernel where every row shares its positions. Rows
  * at their own positions use ordinary ops with the frequencies computed as MLX computes them
- * (exp(-i * ln(base) / half)), which gives the fused kernel's results bit for bit on the CPU.
+ * (exp(-i * ln(base) / half)): unscaled, that matched the fused kernel bit for bit on the CPU.
  */
 class FastRope implements RotaryEmbedding {
-  private readonly inverseFrequencies: MxArray;
+  private readonly rowRotation: RowRotation;
 
   constructor(private readonly dims: number, private readonly base: number, private readonly scale: number) {
     const half = dims / 2;
-    this.inverseFrequencies = mx.exp(mx.multiply(mx.arange(0, half, 1, mx.float32), -Math.log(base) / half));
+    this.rowRotation = new RowRotation(mx.multiply(mx.exp(mx.multiply(mx.arange(0, half, 1, mx.float32), -Math.log(base) / half)), scale));
   }
 
   apply(x: MxArray, offset: number): MxArray {
@@ -56,7 +71,7 @@ class FastRope implements RotaryEmbedding {
   }
 
   applyAt(x: MxArray, positions: MxArray): MxArray {
-    return rotate(x, this.dims, rowAngles(mx.multiply(positions, this.scale), this.inverseFrequencies));
+    return rotate(x, this.dims, this.rowRotation.at(positions));
   }
 }
 
@@ -65,16 +80,20 @@ class FastRope implements RotaryEmbedding {
  * fused kernel of node-mlx 0.0.7 cannot express (it takes no frequency table).
  */
 class FrequencyRope implements RotaryEmbedding {
-  constructor(private readonly dims: number, private readonly inverseFrequencies: MxArray) {}
+  private readonly rowRotation: RowRotation;
+
+  constructor(private readonly dims: number, private readonly inverseFrequencies: MxArray) {
+    this.rowRotation = new RowRotation(inverseFrequencies);
+  }
 
   apply(x: MxArray, offset: number): MxArray {
     const length = x.shape[x.ndim - 2] ?? 1;
     const positions = mx.arange(offset, offset + length, 1, mx.float32);
-    return rotate(x, this.dims, mx.multiply(mx.expandDims(positions, 1), mx.expandDims(this.inverseFrequencies, 0)));
+    return rotate(x, this.dims, rotation(mx.multiply(mx.expandDims(positions, 1), mx.expandDims(this.inverseFrequencies, 0))));
   }
 
   applyAt(x: MxArray, positions: MxArray): MxArray {
-    return rotate(x, this.dims, rowAngles(positions, this.inverseFrequencies));
+    return rotate(x, this.dims, this.rowRotation.at(positions));
   }
 }
 
