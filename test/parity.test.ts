@@ -79,12 +79,11 @@ interface BatchedRow {
 }
 
 /**
- * Runs rows through the model's batch steps as the scheduler does: prompts prefilled CHUNK
+ * Runs rows through the model's batch steps as the scheduler does: prompts prefilled `chunkSize`
  * tokens at a time inside the steps, a row joining once its prompt is in, leaving after its
  * tokens. Returns each row's greedy tokens and their logits.
  */
-function decodeBatched(model: LanguageModel, rows: BatchedRow[]): { tokens: number[]; logits: number[][] }[] {
-  const CHUNK = 4;
+function decodeBatched(model: LanguageModel, rows: BatchedRow[], chunkSize = 4): { tokens: number[]; logits: number[][] }[] {
   const batch = model.newBatch();
   const state = rows.map(() => ({ cache: model.newCache(), prefilled: 0, tokens: [] as number[], logits: [] as number[][] }));
   const running: number[] = [];
@@ -94,7 +93,7 @@ function decodeBatched(model: LanguageModel, rows: BatchedRow[]): { tokens: numb
   };
   for (let step = 0; state.some((row, r) => row.tokens.length < (rows[r] as BatchedRow).count); step++) {
     const newcomers = rows.flatMap((row, r) => (step >= row.arrives && (state[r] as (typeof state)[0]).prefilled < row.prompt.length ? [r] : []));
-    const chunks = newcomers.map((r) => ({ cache: (state[r] as (typeof state)[0]).cache, tokens: (rows[r] as BatchedRow).prompt.slice(state[r]?.prefilled, (state[r]?.prefilled ?? 0) + CHUNK) }));
+    const chunks = newcomers.map((r) => ({ cache: (state[r] as (typeof state)[0]).cache, tokens: (rows[r] as BatchedRow).prompt.slice(state[r]?.prefilled, (state[r]?.prefilled ?? 0) + chunkSize) }));
     const logits = model.step(batch, running.map((r) => state[r]?.tokens.at(-1) as number), chunks);
     mx.eval(logits);
     const values = logits.tolist() as number[][];
@@ -191,6 +190,22 @@ for (const name of fixtureNames) {
       t.ok(diff < tolerance, `row ${r}: logits within ${tolerance.toExponential(2)} of alone (max abs diff ${diff.toExponential(2)})`);
     });
     t.same(batched[0]?.tokens, reference.greedy[1], 'the first row gives the reference greedy tokens');
+  });
+}
+
+for (const name of ['llama', 'gemma2']) {
+  t.test(`${name}: the batch's KV rings keep every row's state as long rows join and leave`, async (t) => {
+    const { model } = loadModel(join(FIXTURES, name));
+    const prompt = (length: number, stride: number): number[] => Array.from({ length }, (_, i) => (i * stride + 3) % 500);
+    // A 600-token row makes the rings grow past their first 256 positions while a short row
+    // decodes; when it leaves they shrink back, and a 300-token newcomer grows them again.
+    const rows: BatchedRow[] = [
+      { prompt: prompt(600, 7), arrives: 0, count: 6 },
+      { prompt: prompt(10, 11), arrives: 1, count: 40 },
+      { prompt: prompt(300, 13), arrives: 12, count: 12 },
+    ];
+    const batched = decodeBatched(model, rows, 256);
+    rows.forEach((row, r) => t.same(batched[r]?.tokens, decodeAlone(model, row.prompt, row.count).tokens, `row ${r} (${row.prompt.length}-token prompt): greedy tokens as alone`));
   });
 }
 
