@@ -170,8 +170,8 @@ t.test('a request whose KV cache could not fit in the budget even alone gets a 4
   t.equal(text.status, 400, 'text: refused once the worker has counted its tokens');
   t.match(text.body.error.message, new RegExp(`\\d+ in the prompt, ${tooMany} to generate`));
 
-  const ollama = await post(`${server.url}/api/generate`, { model: 'long-context', prompt: 'no limit on new tokens', stream: false });
-  t.equal(ollama.status, 400, 'Ollama, no num_predict: the whole context could not fit');
+  const ollama = await post(`${server.url}/api/generate`, { model: 'long-context', prompt: 'no limit on new tokens', stream: false, options: { num_predict: -1 } });
+  t.equal(ollama.status, 400, 'Ollama, num_predict -1 (until the context is full): the whole context could not fit');
   t.match(ollama.body.error, /10000000 tokens \(the model's whole context/);
 
   const fits = await post(`${server.url}/v1/completions`, { prompt: 'a short prompt', max_tokens: 8, ignore_eos: true });

@@ -5,7 +5,10 @@
  *   max |ours - reference| < 1e-4 * max(1, logit_scale);
  * - 32 greedy tokens, decoded one at a time through the KV cache, identical to the reference;
  * - token-by-token logits through the KV cache equal to the one-pass prefill (same tolerance);
- * - a batch of two rows of the same length equal to each row run alone (same tolerance).
+ * - a batch of two rows of the same length equal to each row run alone (same tolerance);
+ * - the server's batched decoding (rows at unequal positions sharing each forward pass, prompts
+ *   prefilled in chunks inside those passes, rows joining and leaving, sliding windows wrapping)
+ *   giving each row the greedy tokens it gets alone, logits within the same tolerance.
  */
 import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -51,6 +54,65 @@ function forward(model: LanguageModel, rows: number[][], cache = model.newCache(
 
 function argmax(values: number[]): number {
   return values.reduce((best, value, i) => (value > (values[best] as number) ? i : best), 0);
+}
+
+/** Greedy decoding of one prompt alone through its own cache: the tokens and each token's logits. */
+function decodeAlone(model: LanguageModel, prompt: number[], count: number): { tokens: number[]; logits: number[][] } {
+  const cache = model.newCache();
+  let next = rowLogits(forward(model, [prompt], cache, false))[0] as number[];
+  const tokens: number[] = [];
+  const logits: number[][] = [];
+  while (tokens.length < count) {
+    logits.push(next);
+    tokens.push(argmax(next));
+    next = rowLogits(forward(model, [[tokens.at(-1) as number]], cache, false))[0] as number[];
+  }
+  return { tokens, logits };
+}
+
+interface BatchedRow {
+  prompt: number[];
+  /** The step at which its prompt starts to be prefilled. */
+  arrives: number;
+  /** Tokens it generates before it leaves the batch. */
+  count: number;
+}
+
+/**
+ * Runs rows through the model's batch steps as the scheduler does: prompts prefilled `chunkSize`
+ * tokens at a time inside the steps, a row joining once its prompt is in, leaving after its
+ * tokens. Returns each row's greedy tokens and their logits.
+ */
+function decodeBatched(model: LanguageModel, rows: BatchedRow[], chunkSize = 4): { tokens: number[]; logits: number[][] }[] {
+  const batch = model.newBatch();
+  const state = rows.map(() => ({ cache: model.newCache(), prefilled: 0, tokens: [] as number[], logits: [] as number[][] }));
+  const running: number[] = [];
+  const accept = (r: number, logits: number[]): void => {
+    state[r]?.logits.push(logits);
+    state[r]?.tokens.push(argmax(logits));
+  };
+  for (let step = 0; state.some((row, r) => row.tokens.length < (rows[r] as BatchedRow).count); step++) {
+    const newcomers = rows.flatMap((row, r) => (step >= row.arrives && (state[r] as (typeof state)[0]).prefilled < row.prompt.length ? [r] : []));
+    const chunks = newcomers.map((r) => ({ cache: (state[r] as (typeof state)[0]).cache, tokens: (rows[r] as BatchedRow).prompt.slice(state[r]?.prefilled, (state[r]?.prefilled ?? 0) + chunkSize) }));
+    const logits = model.step(batch, running.map((r) => state[r]?.tokens.at(-1) as number), chunks);
+    mx.eval(logits);
+    const values = logits.tolist() as number[][];
+    running.forEach((r, i) => accept(r, values[i] as number[]));
+    newcomers.forEach((r, c) => {
+      const row = state[r] as (typeof state)[0];
+      row.prefilled += chunks[c]?.tokens.length ?? 0;
+      if (row.prefilled < (rows[r] as BatchedRow).prompt.length) return;
+      accept(r, values[running.length + c] as number[]);
+      batch.join(row.cache);
+      running.push(r);
+    });
+    for (const r of [...running]) {
+      if ((state[r]?.tokens.length ?? 0) < (rows[r] as BatchedRow).count) continue;
+      batch.leave(running.indexOf(r));
+      running.splice(running.indexOf(r), 1);
+    }
+  }
+  return state.map(({ tokens, logits }) => ({ tokens, logits }));
 }
 
 t.test('every fixture folder is covered', async (t) => {
@@ -101,6 +163,49 @@ for (const name of fixtureNames) {
       const stepDiff = maxAbsDiff(rowLogits(batchedStep, r)[0] as number[], aloneStep[0] as number[]);
       t.ok(Math.max(prefillDiff, stepDiff) < tolerance, `batch row ${r} equals the row alone (prefill ${prefillDiff.toExponential(2)}, decode step ${stepDiff.toExponential(2)})`);
     });
+  });
+}
+
+for (const name of fixtureNames) {
+  t.test(`${name}: rows at unequal positions decoded in batch steps match each row alone`, async (t) => {
+    const dir = join(FIXTURES, name);
+    const reference = JSON.parse(readFileSync(join(dir, 'reference.json'), 'utf8')) as Reference;
+    const { model } = loadModel(dir);
+    const tolerance = 1e-4 * Math.max(1, reference.logit_scale);
+    const [short, long] = reference.prompts as [number[], number[]];
+    // Unequal prompt lengths and arrival times put rows at unequal positions; the short row
+    // leaves early and a late one joins after it; 32 tokens pass every sliding window (8).
+    const rows: BatchedRow[] = [
+      { prompt: long, arrives: 0, count: NEW_TOKENS },
+      { prompt: short, arrives: 2, count: 10 },
+      { prompt: [...long].reverse(), arrives: 3, count: NEW_TOKENS },
+      { prompt: [...short, ...short, ...short], arrives: 14, count: 20 },
+    ];
+    const batched = decodeBatched(model, rows);
+    rows.forEach((row, r) => {
+      const alone = decodeAlone(model, row.prompt, row.count);
+      const got = batched[r] as { tokens: number[]; logits: number[][] };
+      t.same(got.tokens, alone.tokens, `row ${r}: ${row.count} greedy tokens as alone`);
+      const diff = Math.max(...alone.logits.map((logits, i) => maxAbsDiff(got.logits[i] as number[], logits)));
+      t.ok(diff < tolerance, `row ${r}: logits within ${tolerance.toExponential(2)} of alone (max abs diff ${diff.toExponential(2)})`);
+    });
+    t.same(batched[0]?.tokens, reference.greedy[1], 'the first row gives the reference greedy tokens');
+  });
+}
+
+for (const name of ['llama', 'gemma2']) {
+  t.test(`${name}: the batch's KV rings keep every row's state as long rows join and leave`, async (t) => {
+    const { model } = loadModel(join(FIXTURES, name));
+    const prompt = (length: number, stride: number): number[] => Array.from({ length }, (_, i) => (i * stride + 3) % 500);
+    // A 600-token row makes the rings grow past their first 256 positions while a short row
+    // decodes; when it leaves they shrink back, and a 300-token newcomer grows them again.
+    const rows: BatchedRow[] = [
+      { prompt: prompt(600, 7), arrives: 0, count: 6 },
+      { prompt: prompt(10, 11), arrives: 1, count: 40 },
+      { prompt: prompt(300, 13), arrives: 12, count: 12 },
+    ];
+    const batched = decodeBatched(model, rows, 256);
+    rows.forEach((row, r) => t.same(batched[r]?.tokens, decodeAlone(model, row.prompt, row.count).tokens, `row ${r} (${row.prompt.length}-token prompt): greedy tokens as alone`));
   });
 }
 

@@ -1,7 +1,8 @@
 /**
  * Keeps the KV state of finished sequences so a later request sharing a prefix with one (the
  * next turn of a chat, a common system prompt) prefills only what is new. Entries are copied
- * to their exact length (a live cache's buffers are padded to 256 positions). Bounded in bytes
+ * to their exact length (a live cache's buffers are padded to 256 positions). A sliding-window
+ * layer keeps only its window, so an entry serves a prefix only where that window is still held. Bounded in bytes
  * and in entries (a lookup scans them all), least recently used first out.
  */
 import type { KVCache } from './models/kv-cache.ts';
@@ -39,7 +40,8 @@ export class PromptCache {
     let best: { entry: Entry; length: number } | null = null;
     for (const entry of this.entries) {
       const length = Math.min(commonPrefix(entry.tokens, prompt), prompt.length - 1);
-      if (length >= MIN_REUSE_TOKENS && (!best || length > best.length)) best = { entry, length };
+      const resumable = entry.caches.every((cache) => cache.canResumeAt(length));
+      if (length >= MIN_REUSE_TOKENS && resumable && (!best || length > best.length)) best = { entry, length };
     }
     if (!best) return null;
     this.entries.splice(this.entries.indexOf(best.entry), 1);

@@ -9,7 +9,6 @@
 import type { SamplingParams } from '../src/engine/protocol.ts';
 import { ServeError } from '../src/errors.ts';
 import { DEFAULT_MODEL_CONFIG, qwen3Tensors } from './default-model.ts';
-import { KVCache } from './models/kv-cache.ts';
 import { computeDtype } from './models/loader.ts';
 import { mx } from './models/mx.ts';
 import * as qwen3 from './models/qwen3.ts';
@@ -47,8 +46,14 @@ export function checkRuntime(): void {
   checkMatmul();
   const store = new WeightStore(new Map(Object.entries(qwen3Tensors(MICRO_MODEL, 1))), { default: null, overrides: new Map() }, computeDtype());
   const model = qwen3.load(store, MICRO_MODEL);
-  const caches = PROMPTS.map(() => Array.from({ length: MICRO_MODEL.num_hidden_layers }, () => new KVCache()));
-  PROMPTS.forEach((prompt, row) => mx.eval(model.forward(mx.array([prompt], mx.int32), caches[row] as KVCache[])));
-  const logits = model.decodeBatch([9, 10], caches);
-  for (const params of SAMPLING) new Sampler(params).next(logits.index(0, 0), PROMPTS[0] as number[]);
+  const batch = model.newBatch();
+  model.step(batch, [], [{ cache: model.newCache(), tokens: PROMPTS[0] as number[] }]);
+  const prefilled = PROMPTS.map((prompt) => {
+    const cache = model.newCache();
+    mx.eval(model.forward(mx.array([prompt], mx.int32), cache));
+    return cache;
+  });
+  for (const cache of prefilled) batch.join(cache);
+  const logits = model.step(batch, [9, 10], [{ cache: model.newCache(), tokens: PROMPTS[1] as number[] }]);
+  for (const params of SAMPLING) new Sampler(params).next(logits.index(0), PROMPTS[0] as number[]);
 }

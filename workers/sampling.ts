@@ -62,6 +62,11 @@ export class Sampler {
     this.random = seededRandom(seed);
   }
 
+  /** Whether the token is the row's argmax whatever the history: the caller may take it from a batch's argmax. */
+  get plainGreedy(): boolean {
+    return this.params.temperature === 0 && this.params.repetitionPenalty === 1;
+  }
+
   /**
    * `logits` is one row [vocab] in float32; returns the chosen token id. `constrain` masks the
    * tokens an output format refuses (to -inf), after the penalty so that no -inf is scaled.

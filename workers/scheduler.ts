@@ -1,14 +1,19 @@
 /**
- * The worker's one loop over every active generation (continuous batching). Each round:
- * cancelled sequences leave; one prompt chunk of one newcomer is prefilled; every decoding
- * sequence (up to maxBatch) advances one token in a single batched forward pass. Then it
- * collects garbage (node-mlx frees native memory only when V8 collects the JS wrappers) and
- * yields to the event loop so new tasks and cancellations get in between rounds.
+ * The worker's one loop over every active generation (continuous batching). Up to maxBatch
+ * sequences run; the rest wait, holding no KV state, until one leaves. Each step is ONE forward
+ * pass over a budget of tokens: one for every decoding row (the running batch, each row at its
+ * own position) plus up to prefillChunk prompt tokens of newcomers, in arrival order. A newcomer
+ * whose prompt is done joins the batch for the next step; a finished or cancelled row leaves.
+ * Then it collects garbage (node-mlx frees native memory only when V8 collects the JS wrappers)
+ * and yields to the event loop so new tasks and cancellations get in between steps.
  */
 import { setImmediate as yieldToEventLoop } from 'node:timers/promises';
 import type { WorkerSettings } from '../src/engine/protocol.ts';
 import { collectGarbage } from '../src/runtime/gc.ts';
 import type { Telemetry } from '../src/telemetry/layout.ts';
+import type { RunningBatch } from './models/batch-cache.ts';
+import type { LanguageModel, PromptChunk } from './models/decoder.ts';
+import { mx } from './models/mx.ts';
 import type { Sequence } from './sequence.ts';
 
 /**
@@ -23,8 +28,12 @@ const IDLE_COLLECTION_MS = 500;
 type Entry = { sequence: Sequence; done: () => void; fail: (error: unknown) => void };
 
 export class Scheduler {
-  private readonly sequences: Entry[] = [];
-  private running = false;
+  /** Admitted sequences, prefilling or decoding, in arrival order (at most maxBatch). */
+  private readonly running: Entry[] = [];
+  private readonly waiting: Entry[] = [];
+  /** The running batch and its rows' owners, row r being rows[r]. */
+  private batch: { model: LanguageModel; state: RunningBatch; rows: Entry[] } | null = null;
+  private looping = false;
   private idleCollection: NodeJS.Timeout | null = null;
   private lastFullCollection = performance.now();
 
@@ -34,22 +43,22 @@ export class Scheduler {
   ) {}
 
   get size(): number {
-    return this.sequences.length;
+    return this.running.length + this.waiting.length;
   }
 
   /** Resolves when the sequence has finished, for whatever reason. */
   run(sequence: Sequence): Promise<void> {
     if (this.idleCollection) clearTimeout(this.idleCollection);
     return new Promise((done, fail) => {
-      this.sequences.push({ sequence, done, fail });
-      if (!this.running) void this.loop();
+      this.waiting.push({ sequence, done, fail });
+      if (!this.looping) void this.loop();
     });
   }
 
   private async loop(): Promise<void> {
-    this.running = true;
+    this.looping = true;
     try {
-      while (this.sequences.length > 0) {
+      while (this.size > 0) {
         this.round();
         const full = performance.now() - this.lastFullCollection >= FULL_GC_INTERVAL_MS;
         collectGarbage(full);
@@ -57,7 +66,7 @@ export class Scheduler {
         await yieldToEventLoop();
       }
     } finally {
-      this.running = false;
+      this.looping = false;
       // A full collection takes ~70 ms with a large tokenizer in the heap: run it once the
       // worker has stayed idle, not in front of a request that arrives right after this one.
       this.idleCollection = setTimeout(() => collectGarbage(true), IDLE_COLLECTION_MS);
@@ -65,52 +74,87 @@ export class Scheduler {
   }
 
   private round(): void {
-    for (const entry of [...this.sequences]) {
-      if (this.telemetry.isCancelled(entry.sequence.slot)) this.settle([entry], () => entry.sequence.cancel());
-    }
-    const newcomer = this.sequences.find((entry) => entry.sequence.inPrefill);
-    if (newcomer) this.settle([newcomer], () => newcomer.sequence.prefill(this.limits.prefillChunk));
-    const decoding = this.sequences.filter((entry) => !entry.sequence.inPrefill && entry !== newcomer).slice(0, this.limits.maxBatch);
-    if (decoding.length === 0) return;
-    this.settle(decoding, () => {
-      const model = (decoding[0] as Entry).sequence.model;
-      const logits = model.decodeBatch(
-        decoding.map((entry) => entry.sequence.nextToken),
-        decoding.map((entry) => entry.sequence.cache),
-      );
-      decoding.forEach((entry, row) => entry.sequence.acceptLogits(logits.index(row, -1)));
-      this.telemetry.recordDecodeStep(decoding.length);
-    });
-    // Past maxBatch, this round's rows go to the back so that every sequence gets its turn.
-    if (this.sequences.length > this.limits.maxBatch) {
-      for (const entry of decoding) {
-        if (!this.sequences.includes(entry)) continue;
-        this.remove(entry);
-        this.sequences.push(entry);
-      }
-    }
-  }
-
-  /** Runs `work` for these entries; a failure fails them all, and finished ones leave. */
-  private settle(entries: Entry[], work: () => void): void {
-    try {
-      work();
-    } catch (error) {
-      for (const entry of entries) {
-        this.remove(entry);
-        entry.fail(error);
-      }
-      return;
-    }
-    for (const entry of entries) {
-      if (entry.sequence.finished && this.sequences.includes(entry)) {
-        this.remove(entry);
+    for (const entry of [...this.waiting]) {
+      if (this.telemetry.isCancelled(entry.sequence.slot)) {
+        entry.sequence.cancel();
+        this.waiting.splice(this.waiting.indexOf(entry), 1);
         entry.done();
       }
     }
+    for (const entry of this.running) if (this.telemetry.isCancelled(entry.sequence.slot)) entry.sequence.cancel();
+    this.release();
+    while (this.running.length < this.limits.maxBatch && this.waiting.length > 0) this.running.push(this.waiting.shift() as Entry);
+    const first = this.running[0];
+    if (!first) return;
+    if (this.batch?.model !== first.sequence.model && (this.batch?.rows.length ?? 0) === 0) {
+      this.batch = { model: first.sequence.model, state: first.sequence.model.newBatch(), rows: [] };
+    }
+    const batch = this.batch as NonNullable<Scheduler['batch']>;
+    const prefilling: { entry: Entry; chunk: PromptChunk }[] = [];
+    let budget = this.limits.prefillChunk;
+    for (const entry of this.running) {
+      if (budget === 0) break;
+      if (!entry.sequence.inPrefill || entry.sequence.model !== batch.model) continue;
+      const tokens = entry.sequence.nextChunk(budget);
+      prefilling.push({ entry, chunk: { cache: entry.sequence.cache, tokens } });
+      budget -= tokens.length;
+    }
+    const decoding = batch.rows;
+    if (decoding.length === 0 && prefilling.length === 0) return;
+    try {
+      this.step(batch, prefilling);
+    } catch (error) {
+      // The step's state is unknown: every sequence in it fails, and the batch starts afresh.
+      for (const entry of [...decoding, ...prefilling.map(({ entry }) => entry)]) {
+        this.running.splice(this.running.indexOf(entry), 1);
+        entry.fail(error);
+      }
+      this.batch = null;
+      return;
+    }
+    for (const { entry } of prefilling) {
+      if (!entry.sequence.inPrefill && !entry.sequence.finished) {
+        batch.state.join(entry.sequence.cache);
+        batch.rows.push(entry);
+      }
+    }
+    this.release();
   }
 
-  private remove(entry: Entry): void {
-    this.sequences.splice(this.sequences.indexOf(entry), 1);
+  private step(batch: NonNullable<Scheduler['batch']>, prefilling: { entry: Entry; chunk: PromptChunk }[]): void {
+    const rows = batch.rows.length;
+    const chunks = prefilling.map(({ chunk }) => chunk);
+    const logits = batch.model.step(
+      batch.state,
+      batch.rows.map((entry) => entry.sequence.nextToken),
+      chunks,
+    );
+    mx.eval(logits, ...batch.state.state(), ...chunks.flatMap((chunk) => chunk.cache.flatMap((layer) => layer.state())));
+    const prefillTokens = chunks.reduce((sum, chunk) => sum + chunk.tokens.length, 0);
+    this.telemetry.increment('forwardPasses');
+    this.telemetry.increment('forwardRows', rows + chunks.length);
+    this.telemetry.increment('forwardPrefillTokens', prefillTokens);
+    // One argmax for every greedy row costs one evaluation instead of one per row.
+    const argmax = batch.rows.some((entry) => entry.sequence.takesArgmax) ? (mx.argmax(logits.index(mx.Slice(0, rows)), -1).tolist() as number[]) : [];
+    batch.rows.forEach((entry, row) => {
+      if (entry.sequence.takesArgmax) entry.sequence.acceptArgmax(argmax[row] as number);
+      else entry.sequence.acceptLogits(logits.index(row));
+    });
+    prefilling.forEach(({ entry, chunk }, c) => entry.sequence.advancePrefill(chunk.tokens.length, logits.index(rows + c)));
+  }
+
+  /** Finished sequences leave: a batch row hands its state back to the sequence (for the prompt cache) first. */
+  private release(): void {
+    for (const entry of [...this.running]) {
+      if (!entry.sequence.finished) continue;
+      const row = this.batch?.rows.indexOf(entry) ?? -1;
+      if (this.batch && row >= 0) {
+        if (this.limits.promptCacheBytes > 0) entry.sequence.cache = this.batch.state.extract(row);
+        this.batch.state.leave(row);
+        this.batch.rows.splice(row, 1);
+      }
+      this.running.splice(this.running.indexOf(entry), 1);
+      entry.done();
+    }
   }
 }

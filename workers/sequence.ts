@@ -4,7 +4,7 @@ import type { FinishReason, GenerationRequest } from '../src/engine/protocol.ts'
 import type { Telemetry } from '../src/telemetry/layout.ts';
 import type { LanguageModel } from './models/decoder.ts';
 import type { KVCache } from './models/kv-cache.ts';
-import { mx, type MxArray } from './models/mx.ts';
+import type { MxArray } from './models/mx.ts';
 import type { TokenConstraint } from './constraints/grammar.ts';
 import type { PromptCacheHit } from './prompt-cache.ts';
 import { Sampler } from './sampling.ts';
@@ -12,7 +12,8 @@ import { TokenStream } from './token-stream.ts';
 import type { ModelTokenizer } from './tokenizer.ts';
 
 export class Sequence {
-  readonly cache: KVCache[];
+  /** Its own per-layer caches while its prompt is prefilled; the running batch holds its state after that. */
+  cache: KVCache[];
   private readonly sampler: Sampler;
   private readonly output: TokenStream;
   private prefilled: number;
@@ -68,32 +69,45 @@ export class Sequence {
     return this.lastToken;
   }
 
+  /** The next `size` prompt tokens to prefill. */
+  nextChunk(size: number): number[] {
+    return this.promptIds.slice(this.prefilled, this.prefilled + size);
+  }
+
   /**
-   * Feeds the next `chunkSize` prompt tokens through the model; after the last chunk, samples
-   * the first generated token. Chunks let a long prompt share rounds with other streams.
+   * Records that `length` more prompt tokens are in the cache; after the last chunk, samples the
+   * first generated token from `logits` (the last prompt position's, [vocab]).
    */
-  prefill(chunkSize: number): void {
-    const chunk = this.promptIds.slice(this.prefilled, this.prefilled + chunkSize);
-    const logits = this.model.forward(mx.array([chunk], mx.int32), this.cache);
-    this.prefilled += chunk.length;
-    if (this.inPrefill) {
-      mx.eval(...this.cache.flatMap((layer) => layer.state()));
-      return;
-    }
+  advancePrefill(length: number, logits: MxArray): void {
+    this.prefilled += length;
+    if (this.inPrefill) return;
     this.output.promptDone();
-    this.acceptLogits(logits.index(0, -1));
+    this.acceptLogits(logits);
   }
 
   /** Samples from this sequence's row of logits [vocab] and handles the token. */
   acceptLogits(row: MxArray): void {
     const { history, closing } = this.output;
     const constraint = this.constraint;
-    const token = this.sampler.next(row, history.length > 0 ? history : this.promptIds, constraint ? (logits) => constraint.mask(logits, closing) : undefined);
-    this.lastToken = token;
-    this.output.accept(token);
+    this.accept(this.sampler.next(row, history.length > 0 ? history : this.promptIds, constraint ? (logits) => constraint.mask(logits, closing) : undefined));
+  }
+
+  /** Whether its next token is its row's argmax (see Sampler.plainGreedy), which a batch computes for all rows at once. */
+  get takesArgmax(): boolean {
+    return this.constraint === null && this.sampler.plainGreedy;
+  }
+
+  /** Handles its row's argmax, when it takesArgmax. */
+  acceptArgmax(token: number): void {
+    this.accept(token);
   }
 
   cancel(): void {
     this.output.finish('cancelled');
+  }
+
+  private accept(token: number): void {
+    this.lastToken = token;
+    this.output.accept(token);
   }
 }

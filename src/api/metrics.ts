@@ -89,8 +89,9 @@ export function createMetricsRegistry(ctx: ServeContext): Registry {
   });
   counter('mlx:prompt_tokens_total', 'Prompt tokens prefilled.', () => telemetry.read('promptTokens'));
   counter('mlx:generation_tokens_total', 'Tokens generated.', () => telemetry.read('tokensGenerated'));
-  counter('mlx:decode_steps_total', 'Batched decode forward passes.', () => telemetry.read('decodeSteps'));
-  counter('mlx:decode_rows_total', 'Sequences advanced by those passes, a token each; rows per step is the batch size.', () => telemetry.read('decodeRows'));
+  counter('mlx:forward_passes_total', 'Forward passes the worker ran (one per scheduler step).', () => telemetry.read('forwardPasses'));
+  counter('mlx:forward_pass_sequences_total', 'Sequences carried by those passes, summed: decoding rows plus prompt chunks.', () => telemetry.read('forwardRows'));
+  counter('mlx:forward_pass_prompt_tokens_total', 'Prompt tokens carried by those passes.', () => telemetry.read('forwardPrefillTokens'));
 
   new HdrHistogramMetric('mlx:time_to_first_token_seconds', 'Time from arrival to the first streamed token.', latency.timeToFirstToken, BUCKETS.timeToFirstToken, registry);
   new HdrHistogramMetric('mlx:time_per_output_token_seconds', 'Time between streamed tokens, per token.', latency.timePerOutputToken, BUCKETS.timePerOutputToken, registry);

@@ -30,14 +30,16 @@ const Float = {
   modelLoads: 12,
   modelUnloads: 13,
   startedAtMs: 14,
-  decodeSteps: 15,
-  decodeRows: 16,
+  /** The worker's forward passes, the sequences they carried (decoding rows and prompt chunks), and the prompt tokens among them. */
+  forwardPasses: 15,
+  forwardRows: 16,
+  forwardPrefillTokens: 17,
   /** MLX's own counters on a GPU (Metal); all 0 on the CPU build, where the process figures apply. */
-  deviceActiveBytes: 17,
-  devicePeakBytes: 18,
-  deviceCacheBytes: 19,
+  deviceActiveBytes: 18,
+  devicePeakBytes: 19,
+  deviceCacheBytes: 20,
   /** The GPU's recommended working-set size (deviceInfo); 0 when MLX runs on the CPU. */
-  deviceWorkingSetBytes: 20,
+  deviceWorkingSetBytes: 21,
 } as const;
 const FLOAT_FIELDS = Object.keys(Float).length;
 
@@ -80,12 +82,6 @@ export class Telemetry {
   read(field: keyof typeof Float): number { return this.floats[Float[field]] ?? 0; }
   write(field: keyof typeof Float, value: number): void { this.floats[Float[field]] = value; }
   increment(field: keyof typeof Float, by = 1): void { this.floats[Float[field]] = (this.floats[Float[field]] ?? 0) + by; }
-
-  /** One batched forward pass that advanced `rows` sequences by a token each. */
-  recordDecodeStep(rows: number): void {
-    this.increment('decodeSteps');
-    this.increment('decodeRows', rows);
-  }
 
   requestCancel(slot: number): void { Atomics.store(this.cancelFlags, slot, 1); }
   clearCancel(slot: number): void { Atomics.store(this.cancelFlags, slot, 0); }

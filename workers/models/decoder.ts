@@ -3,22 +3,35 @@
  * The Llama family's block is built here (norm, attention, residual, norm, gated MLP,
  * residual); architectures with other blocks (Gemma) bring their own.
  */
-import { Attention, causalMask, type AttentionShape } from './attention.ts';
+import { MaskMemo, SequenceAttention, StepAttention, type Attention, type AttentionContext } from './attention.ts';
+import { RunningBatch } from './batch-cache.ts';
 import { KVCache } from './kv-cache.ts';
 import { Embedding, GatedMLP, Linear, RMSNorm, softCap, type Activation, type Module } from './layers.ts';
 import { mx, type MxArray } from './mx.ts';
-import type { RotaryEmbedding } from './rope.ts';
 import type { WeightStore } from './weights.ts';
+
+/** A newcomer's next prompt tokens, to be prefilled into its own caches within a batch step. */
+export interface PromptChunk {
+  cache: KVCache[];
+  tokens: number[];
+}
 
 export interface LanguageModel extends Module {
   readonly modelType: string;
   readonly contextLength: number;
   readonly vocabSize: number;
+  /** One sequence's per-layer caches (sliding-window layers keep only their window). */
   newCache(): KVCache[];
-  /** Logits [batch, positions, vocab]; only the last position unless `allPositions`. */
+  /** The KV state of the running batch, empty. */
+  newBatch(): RunningBatch;
+  /** Rows sharing positions over one cache: logits [batch, positions, vocab]; only the last position unless `allPositions`. */
   forward(ids: MxArray, cache: KVCache[], allPositions?: boolean): MxArray;
-  /** One decode step for independent sequences: `tokens[r]` continues the sequence whose per-layer caches are `caches[r]`. Logits [rows, 1, vocab]. */
-  decodeBatch(tokens: number[], caches: KVCache[][]): MxArray;
+  /**
+   * One forward pass for a whole scheduler step: `tokens[r]` continues the batch's row r, and each
+   * chunk continues a newcomer's prompt in its own caches. Logits [batch.rows + chunks.length,
+   * vocab]: each row's next token, then each chunk's last position.
+   */
+  step(batch: RunningBatch, tokens: number[], chunks: PromptChunk[]): MxArray;
 }
 
 /** The config.json keys every decoder architecture reads (transformers' names). */
@@ -38,8 +51,7 @@ export interface DecoderConfig {
 export interface DecoderBlock extends Module {
   /** The sliding window its attention keeps (see AttentionShape.window); null: full causal. */
   readonly window: number | null;
-  /** `cache`: one for the whole batch, or one per row (see Attention.forward). */
-  forward(x: MxArray, cache: KVCache | KVCache[], mask: MxArray | undefined): MxArray;
+  forward(x: MxArray, attention: AttentionContext): MxArray;
 }
 
 class PreNormBlock implements DecoderBlock {
@@ -54,8 +66,8 @@ class PreNormBlock implements DecoderBlock {
     return this.attention.window;
   }
 
-  forward(x: MxArray, cache: KVCache | KVCache[], mask: MxArray | undefined): MxArray {
-    const h = mx.add(x, this.attention.forward(this.inputNorm.forward(x), cache, mask));
+  forward(x: MxArray, context: AttentionContext): MxArray {
+    const h = mx.add(x, this.attention.forward(this.inputNorm.forward(x), context));
     return mx.add(h, this.mlp.forward(this.postAttentionNorm.forward(h)));
   }
 
@@ -71,8 +83,8 @@ export interface DecoderSpec {
   rmsNormEps: number;
   contextLength: number;
   tiedEmbeddings: boolean;
-  attention: AttentionShape;
-  rope: RotaryEmbedding;
+  /** The architecture's attention for the layer whose weights are under `prefix`. */
+  attention: (store: WeightStore, prefix: string) => Attention;
   activation?: Activation;
 }
 
@@ -114,7 +126,7 @@ export class DecoderStack implements LanguageModel {
       const prefix = `model.layers.${i}`;
       return new PreNormBlock(
         RMSNorm.load(store, `${prefix}.input_layernorm`, spec.rmsNormEps),
-        Attention.load(store, `${prefix}.self_attn`, spec.attention, spec.rope),
+        spec.attention(store, `${prefix}.self_attn`),
         RMSNorm.load(store, `${prefix}.post_attention_layernorm`, spec.rmsNormEps),
         GatedMLP.load(store, `${prefix}.mlp`, spec.activation),
       );
@@ -128,35 +140,49 @@ export class DecoderStack implements LanguageModel {
   }
 
   newCache(): KVCache[] {
-    return this.parts.blocks.map(() => new KVCache());
+    return this.parts.blocks.map((block) => new KVCache(block.window));
+  }
+
+  newBatch(): RunningBatch {
+    return new RunningBatch(this.parts.blocks.map((block) => block.window));
   }
 
   forward(ids: MxArray, cache: KVCache[], allPositions = false): MxArray {
+    const masks = new MaskMemo();
     const length = ids.shape[1] ?? 1;
-    const offset = cache[0]?.offset ?? 0;
-    const masks = new Map<number | null, MxArray | undefined>();
-    const maskFor = (window: number | null): MxArray | undefined => {
-      if (!masks.has(window)) masks.set(window, causalMask(length, offset, window));
-      return masks.get(window);
-    };
-    return this.run(ids, (block, i) => [cache[i] as KVCache, maskFor(block.window)], allPositions);
+    return this.run(ids, (i) => new SequenceAttention(cache[i] as KVCache, masks), allPositions ? null : [length - 1]);
   }
 
-  decodeBatch(tokens: number[], caches: KVCache[][]): MxArray {
-    const ids = mx.array(tokens.map((token) => [token]), mx.int32);
-    return this.run(ids, (_, i) => [caches.map((rowCache) => rowCache[i] as KVCache), undefined], false);
+  step(batch: RunningBatch, tokens: number[], chunks: PromptChunk[]): MxArray {
+    if (tokens.length !== batch.rows) throw new Error(`a batch step needs one token for each of the ${batch.rows} rows, got ${tokens.length}`);
+    const rows = batch.rows;
+    if (rows > 0) batch.prepareStep();
+    const positions = rows > 0 ? batch.positions() : null;
+    const masks = new MaskMemo();
+    const inputs = [...tokens];
+    const selected = tokens.map((_, row) => row);
+    for (const chunk of chunks) {
+      inputs.push(...chunk.tokens);
+      selected.push(inputs.length - 1);
+    }
+    const logits = this.run(
+      mx.array([inputs], mx.int32),
+      (i) => new StepAttention(batch, i, positions, chunks.map((chunk) => ({ length: chunk.tokens.length, context: new SequenceAttention(chunk.cache[i] as KVCache, masks) }))),
+      selected,
+    );
+    if (rows > 0) batch.advance();
+    return logits.reshape([selected.length, this.vocabSize]);
   }
 
-  private run(ids: MxArray, layerInputs: (block: DecoderBlock, index: number) => [KVCache | KVCache[], MxArray | undefined], allPositions: boolean): MxArray {
+  /** Logits at the `selected` positions of the input sequence (all when null). */
+  private run(ids: MxArray, contextFor: (layer: number) => AttentionContext, selected: number[] | null): MxArray {
     const { embed, embedScale, blocks, norm, head, finalSoftCap } = this.parts;
-    const length = ids.shape[1] ?? 1;
     let h = embed.forward(ids);
     if (embedScale !== null) h = mx.multiply(h, mx.array(embedScale, h.dtype));
     blocks.forEach((block, i) => {
-      const [cache, mask] = layerInputs(block, i);
-      h = block.forward(h, cache, mask);
+      h = block.forward(h, contextFor(i));
     });
-    if (!allPositions && length > 1) h = h.index(mx.Slice(), mx.Slice(length - 1, length));
+    if (selected) h = mx.take(h, mx.array(selected, mx.int32), 1);
     h = norm.forward(h);
     const logits = head ? head.forward(h) : embed.asLinear(h);
     return finalSoftCap === null ? logits : softCap(logits, finalSoftCap);

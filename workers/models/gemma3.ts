@@ -1,6 +1,7 @@
 import { ServeError } from '../../src/errors.ts';
+import { Attention, SeparateProjections } from './attention.ts';
 import type { DecoderConfig, LanguageModel } from './decoder.ts';
-import { loadGemmaStack, orDefault, type GemmaConfig, type LayerType } from './gemma.ts';
+import { loadGemmaStack, orDefault, softCappedKernel, type GemmaConfig, type LayerType } from './gemma.ts';
 import { activationNamed } from './layers.ts';
 import { createRope, ropeSettings } from './rope.ts';
 import type { WeightStore } from './weights.ts';
@@ -43,6 +44,7 @@ export function loadText(store: WeightStore, config: Gemma3TextConfig): Language
   const eps = config.rms_norm_eps ?? 1e-6;
   const heads = config.num_attention_heads ?? 8;
   const window = config.sliding_window ?? 4096;
+  const kernel = softCappedKernel(orDefault(config.attn_logit_softcapping, null));
   return loadGemmaStack(store, {
     modelType: 'gemma3_text',
     hiddenSize: config.hidden_size,
@@ -51,20 +53,12 @@ export function loadText(store: WeightStore, config: Gemma3TextConfig): Language
     tiedEmbeddings: config.tie_word_embeddings ?? true,
     activation: activationNamed(config.hidden_activation ?? config.hidden_act, 'gelu_tanh'),
     finalSoftCap: orDefault(config.final_logit_softcapping, null),
-    layers: layerTypes(config).map((type) => ({
-      attention: {
-        heads,
-        kvHeads: config.num_key_value_heads ?? 4,
-        headDim,
-        qkvBias: config.attention_bias ?? false,
-        qkNormEps: eps,
-        qkNormUnitOffset: true,
-        scale: (config.query_pre_attn_scalar ?? 256) ** -0.5,
-        scoreSoftCap: orDefault(config.attn_logit_softcapping, null),
-        window: type === 'sliding_attention' ? window : null,
-      },
-      rope: ropeFor(config, type, headDim),
-    })),
+    layers: layerTypes(config).map((type) => {
+      const shape = { heads, kvHeads: config.num_key_value_heads ?? 4, headDim, scale: (config.query_pre_attn_scalar ?? 256) ** -0.5, window: type === 'sliding_attention' ? window : null };
+      const rope = ropeFor(config, type, headDim);
+      return (layerStore: WeightStore, prefix: string) =>
+        Attention.load(layerStore, prefix, shape, rope, SeparateProjections.load(layerStore, prefix, config.attention_bias ?? false, { eps, unitOffset: true }), kernel);
+    }),
   });
 }
 

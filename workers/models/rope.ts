@@ -11,15 +11,67 @@ export interface RopeScaling {
 }
 
 export interface RotaryEmbedding {
+  /** x [batch, heads, length, headDim] whose rows all sit at positions offset..offset+length-1. */
   apply(x: MxArray, offset: number): MxArray;
+  /** x [rows, heads, 1, headDim], row r at position positions[r] (float32 [rows]). */
+  applyAt(x: MxArray, positions: MxArray): MxArray;
 }
 
-/** Plain or linearly scaled RoPE: MLX's fused kernel. */
+type Rotation = { cos: MxArray; sin: MxArray };
+
+const rotation = (angles: MxArray): Rotation => ({ cos: mx.cos(angles), sin: mx.sin(angles) });
+
+/**
+ * Rotates the first `dims` features of x [rows, heads, length, headDim] by angles whose cosines
+ * and sines are [rows, 1, length, dims / 2] (the first half against the second, as MLX's
+ * non-traditional RoPE).
+ */
+function rotate(x: MxArray, dims: number, { cos, sin }: Rotation): MxArray {
+  const half = dims / 2;
+  const first = x.index('...', mx.Slice(0, half));
+  const second = x.index('...', mx.Slice(half, dims));
+  const rotated = [mx.subtract(mx.multiply(first, cos), mx.multiply(second, sin)), mx.add(mx.multiply(second, cos), mx.multiply(first, sin))];
+  const rest = (x.shape[x.ndim - 1] ?? dims) > dims ? [x.index('...', mx.Slice(dims))] : [];
+  return mx.concatenate([...rotated, ...rest], -1);
+}
+
+/**
+ * The rotation [rows, 1, 1, dims / 2] for one position per row. A batch step passes the same
+ * positions to every layer's keys and queries, so it is computed once per step and embedding.
+ */
+class RowRotation {
+  private last: { positions: MxArray; rotation: Rotation } | null = null;
+
+  constructor(private readonly inverseFrequencies: MxArray) {}
+
+  at(positions: MxArray): Rotation {
+    if (this.last?.positions !== positions) {
+      const rows = positions.shape[0] ?? 1;
+      this.last = { positions, rotation: rotation(mx.multiply(positions.reshape([rows, 1, 1, 1]), this.inverseFrequencies)) };
+    }
+    return this.last.rotation;
+  }
+}
+
+/**
+ * Plain or linearly scaled RoPE: MLX's fused kernel where every row shares its positions. Rows
+ * at their own positions use ordinary ops with the frequencies computed as MLX computes them
+ * (exp(-i * ln(base) / half)): unscaled, that matched the fused kernel bit for bit on the CPU.
+ */
 class FastRope implements RotaryEmbedding {
-  constructor(private readonly dims: number, private readonly base: number, private readonly scale: number) {}
+  private readonly rowRotation: RowRotation;
+
+  constructor(private readonly dims: number, private readonly base: number, private readonly scale: number) {
+    const half = dims / 2;
+    this.rowRotation = new RowRotation(mx.multiply(mx.exp(mx.multiply(mx.arange(0, half, 1, mx.float32), -Math.log(base) / half)), scale));
+  }
 
   apply(x: MxArray, offset: number): MxArray {
     return mx.fast.rope(x, this.dims, false, this.base, this.scale, offset);
+  }
+
+  applyAt(x: MxArray, positions: MxArray): MxArray {
+    return rotate(x, this.dims, this.rowRotation.at(positions));
   }
 }
 
@@ -28,23 +80,20 @@ class FastRope implements RotaryEmbedding {
  * fused kernel of node-mlx 0.0.7 cannot express (it takes no frequency table).
  */
 class FrequencyRope implements RotaryEmbedding {
-  constructor(private readonly dims: number, private readonly inverseFrequencies: MxArray) {}
+  private readonly rowRotation: RowRotation;
+
+  constructor(private readonly dims: number, private readonly inverseFrequencies: MxArray) {
+    this.rowRotation = new RowRotation(inverseFrequencies);
+  }
 
   apply(x: MxArray, offset: number): MxArray {
     const length = x.shape[x.ndim - 2] ?? 1;
     const positions = mx.arange(offset, offset + length, 1, mx.float32);
-    const angles = mx.multiply(mx.expandDims(positions, 1), mx.expandDims(this.inverseFrequencies, 0));
-    const cos = mx.cos(angles);
-    const sin = mx.sin(angles);
-    const half = this.dims / 2;
-    const first = x.index('...', mx.Slice(0, half));
-    const second = x.index('...', mx.Slice(half, this.dims));
-    const rotated = [
-      mx.subtract(mx.multiply(first, cos), mx.multiply(second, sin)),
-      mx.add(mx.multiply(second, cos), mx.multiply(first, sin)),
-    ];
-    const rest = (x.shape[x.ndim - 1] ?? this.dims) > this.dims ? [x.index('...', mx.Slice(this.dims))] : [];
-    return mx.concatenate([...rotated, ...rest], -1);
+    return rotate(x, this.dims, rotation(mx.multiply(mx.expandDims(positions, 1), mx.expandDims(this.inverseFrequencies, 0))));
+  }
+
+  applyAt(x: MxArray, positions: MxArray): MxArray {
+    return rotate(x, this.dims, this.rowRotation.at(positions));
   }
 }
 
