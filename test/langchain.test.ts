@@ -29,8 +29,7 @@ function chat(seed: number) {
     model: 'tiny-qwen3',
     maxTokens: 120,
     maxRetries: 0,
-    seed,
-  }).bindTools([weatherTool], { tool_choice: 'required' });
+  }).bindTools([weatherTool], { tool_choice: 'required', seed });
 }
 
 function hasOneValidCall(t: Test, message: AIMessageChunk, label: string): void {
