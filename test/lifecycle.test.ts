@@ -68,6 +68,20 @@ async function settledRss(): Promise<{ rss: number; seconds: number }> {
   return { rss: lowest, seconds: (Date.now() - started) / 1000 };
 }
 
+/**
+ * The lowest of a few readings just after an unload. One reading can catch the main thread mid-way
+ * through its own work (a request's buffers, a collection not yet run) a few MB above where it
+ * settles; a leak stays in every reading, so the lowest still shows it.
+ */
+async function lowestRss(readings: number, gapMs: number): Promise<number> {
+  let lowest = Number.POSITIVE_INFINITY;
+  for (let i = 0; i < readings; i++) {
+    if (i > 0) await sleep(gapMs);
+    lowest = Math.min(lowest, (await status()).memory.rss_gb);
+  }
+  return lowest;
+}
+
 function assertRecovered(t: Test, rss: number, what: string): void {
   const residualBytes = (rss - baseline) * 2 ** 30;
   const allowedBytes = RECOVERY_TOLERANCE * weightsBytes;
@@ -173,7 +187,7 @@ t.test('10. no leak: five load/unload cycles', async (t) => {
     t.equal((await post(`${url}/admin/load`, { model: 'tiny-qwen3' })).status, 200);
     t.equal((await complete(`cycle ${cycle}`, { max_tokens: 32 })).status, 200);
     t.equal((await post(`${url}/admin/unload`, {})).status, 200);
-    residuals.push((await status()).memory.rss_gb - baseline);
+    residuals.push((await lowestRss(5, 400)) - baseline);
   }
   t.comment(`residual after each unload (MB): ${residuals.map((r) => (r * 1024).toFixed(1)).join(', ')}`);
   residuals.forEach((residual, cycle) => assertRecovered(t, baseline + residual, `cycle ${cycle + 1}`));
