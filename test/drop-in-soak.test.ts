@@ -10,7 +10,7 @@
  * a JSON false here, and "field present" is `in` on the parsed object.
  */
 import t from 'tap';
-import { json, startServer } from './helpers/server.ts';
+import { json, sleep, startServer } from './helpers/server.ts';
 
 const ADMIN_API = 'http://localhost:11437';
 const MAIN_API = 'http://localhost:11436';
@@ -26,7 +26,6 @@ type Status = { memory: { active_memory_gb: number; model_loaded: boolean }; req
 const status = async (): Promise<Status> => (await json<Status>(`${ADMIN_API}/admin/status`)).body;
 const memoryGb = async (): Promise<number> => (await status()).memory.active_memory_gb;
 const modelLoaded = async (): Promise<boolean> => (await status()).memory.model_loaded;
-const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
 /** The script's completion call: curl -X POST $MAIN_API/v1/completions with exactly this body. */
 async function completion(prompt: string, maxTokens: number): Promise<{ status: number; text: string; raw: string }> {

@@ -10,7 +10,7 @@ import t from 'tap';
 import { convertToGguf } from '../src/gguf/convert.ts';
 import { kvBudget } from '../src/models/footprint.ts';
 import { materializeDefaultModel } from '../workers/default-model.ts';
-import { json, post, startServer, tempDir, TEST_CACHE_DIR, type TestServer } from './helpers/server.ts';
+import { json, logEvents, post, sleep, startServer, tempDir, TEST_CACHE_DIR } from './helpers/server.ts';
 
 const BUILTIN = 'tiny-qwen3';
 const GGUF = 'tiny-qwen3-f32';
@@ -26,9 +26,6 @@ t.teardown(async () => {
 });
 const { url } = server;
 
-const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
-const logEvents = (s: TestServer, event: string): Record<string, unknown>[] =>
-  s.logs.filter((line) => line.includes(`"event":"${event}"`)).map((line) => JSON.parse(line) as Record<string, unknown>);
 const greedy = { temperature: 0, max_tokens: 24, ignore_eos: true };
 const complete = (model: string, extra: Record<string, unknown> = {}) => post(`${url}/v1/completions`, { model, prompt: 'The quick brown fox', ...greedy, ...extra });
 const chat = (model: string) => post(`${url}/v1/chat/completions`, { model, messages: [{ role: 'user', content: 'Hello there, who are you?' }], ...greedy });

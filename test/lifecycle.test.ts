@@ -7,7 +7,7 @@
 import { closeSync, openSync, readSync } from 'node:fs';
 import { join } from 'node:path';
 import t, { type Test } from 'tap';
-import { json, post, startServer, TEST_CACHE_DIR } from './helpers/server.ts';
+import { json, post, sleep, startServer, TEST_CACHE_DIR } from './helpers/server.ts';
 
 const IDLE_SECONDS = 3;
 const server = await startServer(['--idle-timeout', String(IDLE_SECONDS)]);
@@ -24,7 +24,6 @@ type Status = {
 const status = async (): Promise<Status> => (await json<Status>(`${url}/admin/status`)).body;
 const complete = (prompt: string, extra: Record<string, unknown> = {}) =>
   post(`${url}/v1/completions`, { prompt, max_tokens: 12, temperature: 0, ignore_eos: true, ...extra });
-const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
 let baseline = 0;
 let loadedDelta = 0;
