@@ -9,9 +9,9 @@
 import { loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
-import type { OutputFormat } from '../src/engine/protocol.ts';
+import type { OutputFormat } from '../core/protocol.ts';
 import { BUILTIN_MODEL } from '../src/models/registry.ts';
-import { collectGarbage } from '../src/runtime/gc.ts';
+import { collectGarbage } from '../core/gc.ts';
 import { GrammarConstraints, type TokenConstraint } from '../workers/constraints/grammar.ts';
 import { DEFAULT_MODEL_CONFIG, materializeDefaultModel } from '../workers/default-model.ts';
 import { loadModel } from '../workers/models/loader.ts';

@@ -7,14 +7,14 @@
  * Prints one RawEngineResult as JSON on the last line of stdout; progress goes to stderr.
  */
 import { readFileSync } from 'node:fs';
-import type { WeightPlacement } from '../src/engine/protocol.ts';
+import type { WeightPlacement } from '../core/protocol.ts';
 import type { RequestTiming } from './client.ts';
 import { materializeDefaultModel } from '../workers/default-model.ts';
 import type { LanguageModel } from '../workers/models/decoder.ts';
 import { loadModel } from '../workers/models/loader.ts';
 import { mx } from '../workers/models/mx.ts';
 import { Sampler } from '../workers/sampling.ts';
-import { collectGarbage } from '../src/runtime/gc.ts';
+import { collectGarbage } from '../core/gc.ts';
 import { ModelTokenizer } from '../workers/tokenizer.ts';
 import { distinctPrompt } from './prompts.ts';
 

@@ -9,7 +9,7 @@ import type { Recorders } from './histograms.ts';
 import { treeJiffies } from './machine.ts';
 import type { BenchModel } from './models.ts';
 import { distinctPrompt, promptOfWords } from './prompts.ts';
-import type { WeightPlacement } from '../src/engine/protocol.ts';
+import type { WeightPlacement } from '../core/protocol.ts';
 import type { RawEngineJob, RawEngineResult } from './raw-engine.ts';
 
 export interface Progress {

@@ -17,7 +17,7 @@ import { startHttpServer, type HttpServer } from './http/server.ts';
 import { ModelPuller } from './hub/puller.ts';
 import { ModelRegistry } from './models/registry.ts';
 import { LatencyRecorder } from './telemetry/latency.ts';
-import { createTelemetryBuffers, Telemetry } from './telemetry/layout.ts';
+import { createTelemetryBuffers, Telemetry } from '../core/telemetry.ts';
 
 export interface RunningServer {
   readonly ports: ListeningPorts;

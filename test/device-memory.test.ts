@@ -9,10 +9,10 @@ import { join } from 'node:path';
 import t from 'tap';
 import { memoryStatus } from '../src/api/admin.ts';
 import { parseServerConfig } from '../src/config.ts';
-import { ServeError } from '../src/errors.ts';
+import { ServeError } from '../core/errors.ts';
 import { estimateLoadBytes, planLoad } from '../src/models/footprint.ts';
-import { configureDeviceMemory, publishDeviceMemory, releaseDeviceMemory, type DeviceMemoryCounters, type DeviceMemorySource } from '../src/runtime/device-memory.ts';
-import { createTelemetryBuffers, Telemetry } from '../src/telemetry/layout.ts';
+import { configureDeviceMemory, publishDeviceMemory, releaseDeviceMemory, type DeviceMemoryCounters, type DeviceMemorySource } from '../core/device-memory.ts';
+import { createTelemetryBuffers, Telemetry } from '../core/telemetry.ts';
 import { tempDir } from './helpers/server.ts';
 
 const GiB = 1024 ** 3;

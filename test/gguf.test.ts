@@ -9,7 +9,7 @@ import { dirname, join } from 'node:path';
 import { getLlama, LlamaLogLevel, readGgufFileInfo, type Token } from 'node-llama-cpp';
 import t from 'tap';
 import { convertToGguf } from '../src/gguf/convert.ts';
-import { readGgufHeader } from '../src/gguf/format.ts';
+import { readGgufHeader } from '../core/gguf/format.ts';
 import { ModelRegistry } from '../src/models/registry.ts';
 import { tempDir } from './helpers/server.ts';
 

@@ -6,7 +6,7 @@ import { existsSync, lstatSync, mkdirSync, readdirSync, readFileSync, readlinkSy
 import { createServer, type AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import t from 'tap';
-import type { ServeError } from '../src/errors.ts';
+import type { ServeError } from '../core/errors.ts';
 import { pullModel, repoFolder, type PullEvent } from '../src/hub/download.ts';
 import { hubSettings, type HubSettings } from '../src/hub/settings.ts';
 import { huggingFaceModels } from '../src/models/registry.ts';

@@ -17,7 +17,7 @@ import t from 'tap';
 import type { LanguageModel } from '../workers/models/decoder.ts';
 import { loadModel } from '../workers/models/loader.ts';
 import { mx, type MxArray } from '../workers/models/mx.ts';
-import { ServeError } from '../src/errors.ts';
+import { ServeError } from '../core/errors.ts';
 
 const FIXTURES = join(import.meta.dirname, 'fixtures', 'parity');
 const NEW_TOKENS = 32;

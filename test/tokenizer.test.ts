@@ -7,7 +7,7 @@ import { readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
 import t from 'tap';
-import type { ChatMessage } from '../src/engine/protocol.ts';
+import type { ChatMessage } from '../core/protocol.ts';
 import { ModelTokenizer, StreamingDetokenizer } from '../workers/tokenizer.ts';
 
 interface Cases {

@@ -12,11 +12,11 @@
 import type { MessagePort } from 'node:worker_threads';
 import { Template } from '@huggingface/jinja';
 import { getLlama, LlamaLogLevel, type Llama, type LlamaContext, type LlamaContextSequence, type LlamaModel, type SequenceEvaluateOptions, type Token } from 'node-llama-cpp';
-import type { ChatMessage, GenerationRequest, LoadResult, LoadSpec, WorkerSettings } from '../src/engine/protocol.ts';
-import { ServeError } from '../src/errors.ts';
-import { describeGguf } from '../src/gguf/describe.ts';
-import { readGgufHeader, type GgufHeader } from '../src/gguf/format.ts';
-import type { Telemetry } from '../src/telemetry/layout.ts';
+import type { ChatMessage, GenerationRequest, LoadResult, LoadSpec, WorkerSettings } from '../core/protocol.ts';
+import { ServeError } from '../core/errors.ts';
+import { describeGguf } from '../core/gguf/describe.ts';
+import { readGgufHeader, type GgufHeader } from '../core/gguf/format.ts';
+import type { Telemetry } from '../core/telemetry.ts';
 import { promptIds, validatePrompt, type PromptTokenizer } from './prompt.ts';
 import { TokenStream } from './token-stream.ts';
 import { renderChatTemplate, tokenBytesTable, TokenBytesTable, type TokenizerJson } from './tokenizer.ts';

@@ -1,5 +1,5 @@
 /** The device memory source the worker uses: node-mlx's Metal memory API (all zeros and no-ops on the CPU build). */
-import type { DeviceMemorySource } from '../src/runtime/device-memory.ts';
+import type { DeviceMemorySource } from '../core/device-memory.ts';
 import { mx } from './models/mx.ts';
 
 export const metalMemory: DeviceMemorySource = {

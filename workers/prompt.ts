@@ -1,6 +1,6 @@
 /** A request's prompt as token ids, checked against the loaded model, for either engine. */
-import type { ChatMessage, GenerationRequest } from '../src/engine/protocol.ts';
-import { ServeError } from '../src/errors.ts';
+import type { ChatMessage, GenerationRequest } from '../core/protocol.ts';
+import { ServeError } from '../core/errors.ts';
 
 /** What turning a prompt into ids needs of a model's tokenizer. */
 export interface PromptTokenizer {

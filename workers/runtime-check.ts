@@ -6,8 +6,8 @@
  * allocator state those kernels bring in belong to the process from then on, so the memory
  * measured before a load already holds them and an unload is measured against the model alone.
  */
-import type { SamplingParams } from '../src/engine/protocol.ts';
-import { ServeError } from '../src/errors.ts';
+import type { SamplingParams } from '../core/protocol.ts';
+import { ServeError } from '../core/errors.ts';
 import { DEFAULT_MODEL_CONFIG, qwen3Tensors } from './default-model.ts';
 import { computeDtype } from './models/loader.ts';
 import { mx } from './models/mx.ts';

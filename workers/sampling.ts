@@ -4,7 +4,7 @@
  * to JS for temperature, top-p, min-p and a seeded draw, which avoids sorting 150k logits per
  * token. With no top-k, the filters run in MLX over the full row, exactly.
  */
-import type { SamplingParams } from '../src/engine/protocol.ts';
+import type { SamplingParams } from '../core/protocol.ts';
 import { mx, type MxArray } from './models/mx.ts';
 
 function applyRepetitionPenalty(logits: MxArray, history: number[], params: SamplingParams): MxArray {

@@ -8,9 +8,9 @@
  * and yields to the event loop so new tasks and cancellations get in between steps.
  */
 import { setImmediate as yieldToEventLoop } from 'node:timers/promises';
-import type { WorkerSettings } from '../src/engine/protocol.ts';
-import { collectGarbage } from '../src/runtime/gc.ts';
-import type { Telemetry } from '../src/telemetry/layout.ts';
+import type { WorkerSettings } from '../core/protocol.ts';
+import { collectGarbage } from '../core/gc.ts';
+import type { Telemetry } from '../core/telemetry.ts';
 import type { RunningBatch } from './models/batch-cache.ts';
 import type { LanguageModel, PromptChunk } from './models/decoder.ts';
 import { mx } from './models/mx.ts';

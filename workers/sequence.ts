@@ -1,7 +1,7 @@
 /** One request's generation inside the worker: its cache, sampler, and the stream of its tokens. */
 import type { MessagePort } from 'node:worker_threads';
-import type { FinishReason, GenerationRequest } from '../src/engine/protocol.ts';
-import type { Telemetry } from '../src/telemetry/layout.ts';
+import type { FinishReason, GenerationRequest } from '../core/protocol.ts';
+import type { Telemetry } from '../core/telemetry.ts';
 import type { LanguageModel } from './models/decoder.ts';
 import type { KVCache } from './models/kv-cache.ts';
 import type { MxArray } from './models/mx.ts';

@@ -5,8 +5,8 @@
  * the events on the request's port. Both engines send exactly the same events.
  */
 import type { MessagePort } from 'node:worker_threads';
-import type { FinishReason, GenerationRequest, StreamEvent } from '../src/engine/protocol.ts';
-import type { Telemetry } from '../src/telemetry/layout.ts';
+import type { FinishReason, GenerationRequest, StreamEvent } from '../core/protocol.ts';
+import type { Telemetry } from '../core/telemetry.ts';
 import { closingReserve, type TokenConstraint } from './constraints/grammar.ts';
 import { StopMatcher } from './stop-matcher.ts';
 import { StreamingDetokenizer, type TokenText } from './tokenizer.ts';

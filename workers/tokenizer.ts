@@ -8,9 +8,9 @@ import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { Template } from '@huggingface/jinja';
 import { Tokenizer as JsTokenizer } from '@huggingface/tokenizers';
-import type { ChatMessage } from '../src/engine/protocol.ts';
-import { ServeError } from '../src/errors.ts';
-import { readJson } from './models/loader.ts';
+import type { ChatMessage } from '../core/protocol.ts';
+import { ServeError } from '../core/errors.ts';
+import { readJson } from '../core/model-folder.ts';
 
 export interface TokenizerJson {
   model: { type: string; vocab: Record<string, number> | [string, number][] };

@@ -3,12 +3,12 @@
  * alone; load and unload drive the engine. The probes (/health, /ready) are served on both ports.
  * Field names follow our API and, alongside, the names fleets' scripts read (docs/compatibility.md).
  */
-import { badRequest } from '../errors.ts';
+import { badRequest } from '../../core/errors.ts';
 import type { Exchange } from '../http/exchange.ts';
 import { openAiError, parseJsonObject, type Route } from '../http/server.ts';
 import { PACKAGE_VERSION } from '../paths.ts';
-import { deviceMemory } from '../runtime/device-memory.ts';
-import type { Telemetry } from '../telemetry/layout.ts';
+import { deviceMemory } from '../../core/device-memory.ts';
+import type { Telemetry } from '../../core/telemetry.ts';
 import type { ServeContext } from './context.ts';
 import { Fields } from './fields.ts';
 

@@ -1,13 +1,13 @@
 import type { Logger } from 'pino';
 import type { ServerConfig } from '../config.ts';
 import type { Engine, EngineEvent } from '../engine/engine.ts';
-import type { GenerationRequest, GenerationStats } from '../engine/protocol.ts';
-import { ServeError } from '../errors.ts';
-import { isGgufPath } from '../gguf/format.ts';
+import type { GenerationRequest, GenerationStats } from '../../core/protocol.ts';
+import { ServeError } from '../../core/errors.ts';
+import { isGgufPath } from '../../core/gguf/format.ts';
 import type { Exchange } from '../http/exchange.ts';
 import type { ModelEntry, ModelRegistry } from '../models/registry.ts';
 import type { LatencyRecorder } from '../telemetry/latency.ts';
-import type { Telemetry } from '../telemetry/layout.ts';
+import type { Telemetry } from '../../core/telemetry.ts';
 
 /** The ports this server listens on (known once it listens); main is null in single-port mode. */
 export interface ListeningPorts {

@@ -1,5 +1,5 @@
 /** Typed reading of a JSON request body: every wrong type or out-of-range value is a 400 naming the field. */
-import { badRequest } from '../errors.ts';
+import { badRequest } from '../../core/errors.ts';
 
 interface NumberRule {
   min?: number;

@@ -3,8 +3,8 @@
  * with a 400 rather than silently ignored: ignoring `pattern` or `format` would return output
  * that the client's own validator then rejects.
  */
-import type { JsonSchema } from '../engine/protocol.ts';
-import { badRequest } from '../errors.ts';
+import type { JsonSchema } from '../../core/protocol.ts';
+import { badRequest } from '../../core/errors.ts';
 
 const TYPES = new Set(['object', 'array', 'string', 'number', 'integer', 'boolean', 'null']);
 const ANNOTATIONS = ['title', 'description', 'default', 'examples', '$schema', '$id', '$comment'];

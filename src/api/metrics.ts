@@ -5,9 +5,9 @@
  */
 import { Counter, Gauge, Histogram, Registry, type MetricType } from 'prom-client';
 import { openAiError, type Route } from '../http/server.ts';
-import type { FinishReason } from '../engine/protocol.ts';
+import type { FinishReason } from '../../core/protocol.ts';
 import type { LatencyHistogram } from '../telemetry/latency.ts';
-import { ModelState, type ModelStateName } from '../telemetry/layout.ts';
+import { ModelState, type ModelStateName } from '../../core/telemetry.ts';
 import { sampleMemory } from './admin.ts';
 import type { ServeContext } from './context.ts';
 

@@ -3,18 +3,18 @@
  * GenerationRequest and back, and map keep_alive onto the engine's keep-alive window.
  */
 import { createHash } from 'node:crypto';
-import { existsSync, readFileSync } from 'node:fs';
+import { readOptionalJson } from '../../core/model-folder.ts';
 import { join } from 'node:path';
-import type { GenerationRequest, GenerationStats, PromptInput } from '../engine/protocol.ts';
-import { badRequest, errorHeaders } from '../errors.ts';
+import type { GenerationRequest, GenerationStats, PromptInput } from '../../core/protocol.ts';
+import { badRequest, errorHeaders } from '../../core/errors.ts';
 import type { Exchange } from '../http/exchange.ts';
 import { parseJsonObject, type ErrorWriter, type Route } from '../http/server.ts';
-import { describeGguf, type GgufDescription } from '../gguf/describe.ts';
-import { isGgufPath } from '../gguf/format.ts';
+import { describeGguf, type GgufDescription } from '../../core/gguf/describe.ts';
+import { isGgufPath } from '../../core/gguf/format.ts';
 import { parameterCount } from '../models/footprint.ts';
 import type { ModelEntry } from '../models/registry.ts';
 import { PACKAGE_VERSION } from '../paths.ts';
-import { deviceMemory } from '../runtime/device-memory.ts';
+import { deviceMemory } from '../../core/device-memory.ts';
 import { runGeneration, type ServeContext } from './context.ts';
 import { Fields } from './fields.ts';
 import { chatMessages } from './openai.ts';
@@ -202,10 +202,6 @@ async function respond(ctx: ServeContext, exchange: Exchange, shape: Shape, pars
   });
 }
 
-function readJson(path: string): Record<string, unknown> {
-  return existsSync(path) ? (JSON.parse(readFileSync(path, 'utf8')) as Record<string, unknown>) : {};
-}
-
 /** A parameter count as Ollama shows it: three significant figures with K, M, B or T (39.7M, 494M, 8.03B). */
 export function humanParameterCount(count: number): string {
   const scale = ([[1e12, 'T'], [1e9, 'B'], [1e6, 'M'], [1e3, 'K']] as const).find(([size]) => count >= size);
@@ -235,7 +231,7 @@ const ggufDetails = (gguf: GgufDescription): Record<string, unknown> => ({
 /** What Ollama calls a model's details, read from the folder's config.json and weight headers, or the GGUF header. */
 function details(model: ModelEntry): Record<string, unknown> {
   if (isGgufPath(model.path)) return ggufDetails(describeGguf(model.path));
-  const config = readJson(join(model.path, 'config.json'));
+  const config = readOptionalJson<Record<string, unknown>>(join(model.path, 'config.json'), 'config.json');
   const family = typeof config.model_type === 'string' ? config.model_type : 'unknown';
   const quantization = config.quantization as { bits?: number } | undefined;
   const dtype = typeof config.torch_dtype === 'string' ? config.torch_dtype : '';
@@ -268,9 +264,9 @@ function showGguf(model: ModelEntry): Record<string, unknown> {
 
 function show(model: ModelEntry): Record<string, unknown> {
   if (isGgufPath(model.path)) return showGguf(model);
-  const config = readJson(join(model.path, 'config.json'));
-  const tokenizerConfig = readJson(join(model.path, 'tokenizer_config.json'));
-  const generation = readJson(join(model.path, 'generation_config.json'));
+  const config = readOptionalJson<Record<string, unknown>>(join(model.path, 'config.json'), 'config.json');
+  const tokenizerConfig = readOptionalJson<Record<string, unknown>>(join(model.path, 'tokenizer_config.json'), 'tokenizer_config.json');
+  const generation = readOptionalJson<Record<string, unknown>>(join(model.path, 'generation_config.json'), 'generation_config.json');
   const arch = typeof config.model_type === 'string' ? config.model_type : 'unknown';
   const count = modelParameters(model);
   const info: Record<string, unknown> = { 'general.architecture': arch, ...(count === null ? {} : { 'general.parameter_count': count }) };

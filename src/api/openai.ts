@@ -1,8 +1,8 @@
 /** OpenAI-compatible routes: they translate wire shapes to one GenerationRequest and back, nothing more. */
-import type { ChatMessage, GenerationRequest, GenerationStats, PromptInput } from '../engine/protocol.ts';
-import { badRequest } from '../errors.ts';
-import { describeGguf } from '../gguf/describe.ts';
-import { isGgufPath } from '../gguf/format.ts';
+import type { ChatMessage, GenerationRequest, GenerationStats, PromptInput } from '../../core/protocol.ts';
+import { badRequest } from '../../core/errors.ts';
+import { describeGguf } from '../../core/gguf/describe.ts';
+import { isGgufPath } from '../../core/gguf/format.ts';
 import type { ModelEntry } from '../models/registry.ts';
 import type { Exchange } from '../http/exchange.ts';
 import { openAiError, parseJsonObject, type Route } from '../http/server.ts';

@@ -3,7 +3,7 @@
  * repository into the Hugging Face cache, streaming Ollama's progress objects as NDJSON
  * (`stream: false`: one object at the end). A client that goes away does not stop the download.
  */
-import { badRequest } from '../errors.ts';
+import { badRequest } from '../../core/errors.ts';
 import type { PullEvent } from '../hub/download.ts';
 import type { ModelPuller } from '../hub/puller.ts';
 import { parseRepoId } from '../hub/settings.ts';

@@ -1,6 +1,6 @@
 /** The structured-output fields of both APIs, translated to one output format. */
-import type { OutputFormat } from '../engine/protocol.ts';
-import { badRequest } from '../errors.ts';
+import type { OutputFormat } from '../../core/protocol.ts';
+import { badRequest } from '../../core/errors.ts';
 import { checkedSchema } from './json-schema.ts';
 
 /** Any JSON object: OpenAI's JSON mode and Ollama's format "json". */

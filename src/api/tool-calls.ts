@@ -16,10 +16,10 @@ import { randomBytes } from 'node:crypto';
 import { existsSync, readFileSync, statSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
-import type { JsonSchema, OutputFormat } from '../engine/protocol.ts';
-import { badRequest } from '../errors.ts';
-import { describeGguf } from '../gguf/describe.ts';
-import { isGgufPath } from '../gguf/format.ts';
+import type { JsonSchema, OutputFormat } from '../../core/protocol.ts';
+import { badRequest } from '../../core/errors.ts';
+import { describeGguf } from '../../core/gguf/describe.ts';
+import { isGgufPath } from '../../core/gguf/format.ts';
 import type { ModelEntry } from '../models/registry.ts';
 import { checkedSchema } from './json-schema.ts';
 

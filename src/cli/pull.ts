@@ -4,7 +4,7 @@
  * to stderr: a bar on a terminal, a line per file otherwise.
  */
 import { parseArgs } from 'node:util';
-import { ServeError } from '../errors.ts';
+import { ServeError } from '../../core/errors.ts';
 import { pullModel, type PulledModel, type PullEvent } from '../hub/download.ts';
 import { hubSettings, parseRepoId } from '../hub/settings.ts';
 import { BUILTIN_MODEL, huggingFaceModels } from '../models/registry.ts';

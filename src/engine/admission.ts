@@ -6,8 +6,8 @@
  * costs the worker nothing.
  */
 import { KV_ALLOCATION_TOKENS, describeKvBudget, type KvBudget } from '../models/footprint.ts';
-import { ServeError } from '../errors.ts';
-import type { GenerationRequest } from './protocol.ts';
+import { ServeError } from '../../core/errors.ts';
+import type { GenerationRequest } from '../../core/protocol.ts';
 
 /** A running place and its share of the KV budget; released when the worker is done with the sequence. */
 export interface Ticket {

@@ -9,16 +9,16 @@
 import { MessageChannel } from 'node:worker_threads';
 import { Piscina } from 'piscina';
 import type { Logger } from 'pino';
-import { ServeError } from '../errors.ts';
-import { collectGarbage } from '../runtime/gc.ts';
-import type { DeviceRelease } from '../runtime/device-memory.ts';
+import { ServeError } from '../../core/errors.ts';
+import { collectGarbage } from '../../core/gc.ts';
+import type { DeviceRelease } from '../../core/device-memory.ts';
 import { releaseFreeMemory } from '../runtime/malloc-trim.ts';
 import { kvBudget, planLoad, type KvBudget, type MemoryBudget, type WeightsPolicy } from '../models/footprint.ts';
 import { packagePath, WORKER_BUNDLE } from '../paths.ts';
 import type { ModelEntry, ModelRegistry } from '../models/registry.ts';
-import { CANCEL_SLOTS, Telemetry } from '../telemetry/layout.ts';
+import { CANCEL_SLOTS, Telemetry } from '../../core/telemetry.ts';
 import { Admission, KvNeed, promptTokenBound, type Ticket } from './admission.ts';
-import type { GenerationRequest, GenerationStats, LoadResult, StreamEvent, WorkerReply, WorkerSettings, WorkerTask } from './protocol.ts';
+import type { GenerationRequest, GenerationStats, LoadResult, StreamEvent, WorkerReply, WorkerSettings, WorkerTask } from '../../core/protocol.ts';
 
 /** Bundled, this file is dist/server.js and the worker is bundled beside it; through tsx, both are TypeScript. */
 const WORKER = import.meta.url.endsWith('.ts') ? packagePath('workers', 'mlx-worker.ts') : WORKER_BUNDLE;

@@ -5,9 +5,9 @@
  */
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { ServeError } from '../errors.ts';
-import { weightFiles } from '../models/footprint.ts';
-import { FILE_TYPE_OF, fitsType, writeGguf, type MetadataEntry, type TensorInput, type TensorType } from './format.ts';
+import { ServeError } from '../../core/errors.ts';
+import { weightFiles } from '../../core/model-folder.ts';
+import { FILE_TYPE_OF, fitsType, writeGguf, type MetadataEntry, type TensorInput, type TensorType } from '../../core/gguf/format.ts';
 
 interface HfConfig {
   model_type: string;

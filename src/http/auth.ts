@@ -5,7 +5,7 @@
  * how many leading bytes a guess gets right.
  */
 import { createHash, timingSafeEqual } from 'node:crypto';
-import { ServeError } from '../errors.ts';
+import { ServeError } from '../../core/errors.ts';
 
 export type Access = 'public' | 'client' | 'admin';
 

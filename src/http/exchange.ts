@@ -9,7 +9,7 @@
  * listeners (the engine cancels the generation).
  */
 import type { HttpRequest, HttpResponse } from 'uWebSockets.js';
-import { ServeError } from '../errors.ts';
+import { ServeError } from '../../core/errors.ts';
 
 const STATUS_TEXT: Record<number, string> = {
   200: '200 OK',

@@ -8,7 +8,7 @@ import { createServer } from 'node:net';
 import uWS from 'uWebSockets.js';
 import type { Logger } from 'pino';
 import type { ServerConfig } from '../config.ts';
-import { errorHeaders, ServeError } from '../errors.ts';
+import { errorHeaders, ServeError } from '../../core/errors.ts';
 import { Authenticator, routeAccess } from './auth.ts';
 import { CorsPolicy } from './cors.ts';
 import { Exchange } from './exchange.ts';

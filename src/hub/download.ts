@@ -18,7 +18,7 @@ import { createReadStream } from 'node:fs';
 import { mkdir, open, readFile, readlink, rename, rm, stat, statfs, symlink, writeFile } from 'node:fs/promises';
 import { basename, dirname, join, relative } from 'node:path';
 import { HubApiError, listFiles, modelInfo, type ListFileEntry } from '@huggingface/hub';
-import { ServeError } from '../errors.ts';
+import { ServeError } from '../../core/errors.ts';
 import type { HubSettings } from './settings.ts';
 
 export type PullEvent =

@@ -4,7 +4,7 @@
  * with asynchronous I/O only, so generations in the MLX worker and other requests go on meanwhile.
  */
 import type { Logger } from 'pino';
-import { ServeError } from '../errors.ts';
+import { ServeError } from '../../core/errors.ts';
 import { pullModel, type PulledModel, type PullEvent } from './download.ts';
 import { hubSettings, isPullable } from './settings.ts';
 

@@ -5,7 +5,7 @@
 import { existsSync, readFileSync } from 'node:fs';
 import { homedir } from 'node:os';
 import { join } from 'node:path';
-import { badRequest } from '../errors.ts';
+import { badRequest } from '../../core/errors.ts';
 import { huggingFaceHubCache } from '../models/registry.ts';
 
 export const DEFAULT_ENDPOINT = 'https://huggingface.co';

@@ -5,9 +5,10 @@
 import { closeSync, existsSync, openSync, readFileSync, readSync, statSync } from 'node:fs';
 import { freemem } from 'node:os';
 import { join } from 'node:path';
-import type { WeightPlacement } from '../engine/protocol.ts';
-import { ServeError } from '../errors.ts';
-import { isGgufPath, readGgufHeader } from '../gguf/format.ts';
+import type { WeightPlacement } from '../../core/protocol.ts';
+import { ServeError } from '../../core/errors.ts';
+import { isGgufPath, readGgufHeader } from '../../core/gguf/format.ts';
+import { readOptionalJson, weightFiles } from '../../core/model-folder.ts';
 
 const DTYPE_BYTES: Record<string, number> = { F64: 8, F32: 4, F16: 2, BF16: 2, I64: 8, I32: 4, U32: 4, I16: 2, U16: 2, I8: 1, U8: 1, BOOL: 1 };
 /** fp16/bf16 tensors are computed in fp32 on a CPU device (node-mlx 0.0.7 has no fp16 matmul there). */
@@ -44,19 +45,6 @@ function safetensorsHeader(file: string): Record<string, TensorHeader> {
   }
 }
 
-/** The safetensors files of a model folder: the shards its index names, else model.safetensors. */
-export function weightFiles(dir: string): string[] {
-  const index = join(dir, 'model.safetensors.index.json');
-  if (!existsSync(index)) return [join(dir, 'model.safetensors')];
-  let map: Record<string, string>;
-  try {
-    map = (JSON.parse(readFileSync(index, 'utf8')) as { weight_map: Record<string, string> }).weight_map;
-  } catch (error) {
-    throw new ServeError(422, 'model_load_failed', `cannot read the safetensors index (${index}): ${(error as Error).message}`);
-  }
-  return [...new Set(Object.values(map))].map((file) => join(dir, file));
-}
-
 /** config.json's numbers that size a model; empty for a model not yet on disk. */
 type SizingConfig = Record<string, number | undefined> & { quantization?: { bits?: number }; torch_dtype?: string; text_config?: SizingConfig };
 
@@ -86,8 +74,7 @@ function ggufSizingConfig(file: string): SizingConfig {
 /** A multimodal checkpoint (Gemma 3) keeps its language model's numbers under text_config. */
 function sizingConfig(dir: string): SizingConfig {
   if (isGgufPath(dir)) return ggufSizingConfig(dir);
-  const path = join(dir, 'config.json');
-  const config = existsSync(path) ? (JSON.parse(readFileSync(path, 'utf8')) as SizingConfig) : {};
+  const config: SizingConfig = readOptionalJson<SizingConfig>(join(dir, 'config.json'), 'config.json');
   return { ...config, ...config.text_config };
 }
 

@@ -6,9 +6,9 @@
 import { existsSync, readdirSync, readFileSync, realpathSync, statSync } from 'node:fs';
 import { homedir } from 'node:os';
 import { basename, extname, join, resolve, sep } from 'node:path';
-import type { ModelSource } from '../engine/protocol.ts';
-import { ServeError } from '../errors.ts';
-import { isGgufPath } from '../gguf/format.ts';
+import type { ModelSource } from '../../core/protocol.ts';
+import { ServeError } from '../../core/errors.ts';
+import { isGgufPath } from '../../core/gguf/format.ts';
 
 export const BUILTIN_MODEL = 'tiny-qwen3';
 

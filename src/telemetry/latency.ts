@@ -5,7 +5,7 @@
  */
 import { Int32Histogram } from 'hdr-histogram-js';
 import type { EngineEvent } from '../engine/engine.ts';
-import type { FinishReason, GenerationStats } from '../engine/protocol.ts';
+import type { FinishReason, GenerationStats } from '../../core/protocol.ts';
 
 /** Samples are stored in microseconds: HDR histograms hold integers. */
 const MICROS_PER_SECOND = 1e6;

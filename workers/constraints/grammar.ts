@@ -8,8 +8,8 @@
  * always-refused and context-dependent, so that a step walks only the few uncertain ones through
  * its pushdown automaton and returns a bitmask over the whole vocabulary.
  */
-import type { JsonSchema, OutputFormat } from '../../src/engine/protocol.ts';
-import { ServeError } from '../../src/errors.ts';
+import type { JsonSchema, OutputFormat } from '../../core/protocol.ts';
+import { ServeError } from '../../core/errors.ts';
 import { mx, type MxArray } from '../models/mx.ts';
 import type { ModelTokenizer } from '../tokenizer.ts';
 import { xgrammar, type CompiledGrammar, type GrammarCompiler, type GrammarMatcher, type StructuralTagFormat } from './xgrammar.ts';

@@ -1,4 +1,4 @@
-import { ServeError } from '../../src/errors.ts';
+import { ServeError } from '../../core/errors.ts';
 import { Attention, SeparateProjections } from './attention.ts';
 import type { DecoderConfig, LanguageModel } from './decoder.ts';
 import { loadGemmaStack, orDefault, softCappedKernel, type GemmaConfig, type LayerType } from './gemma.ts';

@@ -1,5 +1,5 @@
 /** The building blocks the architectures share: linear (dense or MLX affine-quantized), embedding, norms, MLP. */
-import { ServeError } from '../../src/errors.ts';
+import { ServeError } from '../../core/errors.ts';
 import { mx, type MxArray } from './mx.ts';
 import type { MatrixWeights, WeightStore } from './weights.ts';
 

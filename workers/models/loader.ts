@@ -1,8 +1,8 @@
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync } from 'node:fs';
 import { join } from 'node:path';
-import type { HeldWeights, WeightPlacement } from '../../src/engine/protocol.ts';
-import { ServeError } from '../../src/errors.ts';
-import { weightFiles } from '../../src/models/footprint.ts';
+import type { HeldWeights, WeightPlacement } from '../../core/protocol.ts';
+import { ServeError } from '../../core/errors.ts';
+import { readJson, weightFiles } from '../../core/model-folder.ts';
 import type { LanguageModel } from './decoder.ts';
 import * as gemma2 from './gemma2.ts';
 import * as gemma3 from './gemma3.ts';
@@ -34,14 +34,6 @@ export interface ModelConfig {
   quantization?: Record<string, unknown> | false;
   eos_token_id?: number | number[];
   [key: string]: unknown;
-}
-
-export function readJson<T>(path: string, what: string): T {
-  try {
-    return JSON.parse(readFileSync(path, 'utf8')) as T;
-  } catch (error) {
-    throw new ServeError(422, 'model_load_failed', `cannot read ${what} (${path}): ${(error as Error).message}`);
-  }
 }
 
 function existingWeightFiles(dir: string): string[] {

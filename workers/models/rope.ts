@@ -1,4 +1,4 @@
-import { ServeError } from '../../src/errors.ts';
+import { ServeError } from '../../core/errors.ts';
 import { mx, type MxArray } from './mx.ts';
 
 export interface RopeScaling {

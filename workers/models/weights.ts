@@ -1,5 +1,5 @@
-import type { HeldWeights, WeightPlacement } from '../../src/engine/protocol.ts';
-import { ServeError } from '../../src/errors.ts';
+import type { HeldWeights, WeightPlacement } from '../../core/protocol.ts';
+import { ServeError } from '../../core/errors.ts';
 import { mx, type MxArray } from './mx.ts';
 
 export interface QuantSpec {

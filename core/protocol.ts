@@ -1,8 +1,8 @@
 /** What crosses the thread boundary between the engine (main thread) and the MLX worker. */
 import type { MessagePort } from 'node:worker_threads';
-import type { ServeErrorShape } from '../errors.ts';
-import type { DeviceMemorySettings, DeviceRelease } from '../runtime/device-memory.ts';
-import type { TelemetryBuffers } from '../telemetry/layout.ts';
+import type { ServeErrorShape } from './errors.ts';
+import type { DeviceMemorySettings, DeviceRelease } from './device-memory.ts';
+import type { TelemetryBuffers } from './telemetry.ts';
 
 export interface ChatMessage {
   role: 'system' | 'user' | 'assistant' | 'tool';

@@ -10,7 +10,7 @@
  * set, which counts GPU buffers differently in unified memory. On the CPU build every counter is 0
  * and nothing here acts: the process figures stay the truth there.
  */
-import type { Telemetry } from '../telemetry/layout.ts';
+import type { Telemetry } from './telemetry.ts';
 
 export interface DeviceMemoryCounters {
   activeBytes: number;
