@@ -39,7 +39,7 @@ const progress = (message: string): void => {
   process.stderr.write(`[${((performance.now() - started) / 1000).toFixed(1).padStart(6)}s]${load} ${message}\n`);
 };
 
-function chooseModels(requested: string | undefined, quick: boolean, cacheDir: string): BenchModel[] {
+async function chooseModels(requested: string | undefined, quick: boolean, cacheDir: string): Promise<BenchModel[]> {
   if (!requested) {
     const tiny: BenchModel = { name: BUILTIN_MODEL, label: BUILTIN_MODEL, serverWeights: null, path: join(cacheDir, BUILTIN_MODEL), generated: null, workload: workloadFor(BUILTIN_MODEL, quick) };
     if (quick) return [tiny];
@@ -47,7 +47,8 @@ function chooseModels(requested: string | undefined, quick: boolean, cacheDir: s
     return [tiny, generatedModel(FP32_05B, cacheDir, false), generatedModel(Q4_05B, cacheDir, false), generatedModel(Q4_05B, cacheDir, false, 'native')];
   }
   if (requested === FP32_05B || requested === Q4_05B) return [generatedModel(requested, cacheDir, quick)];
-  const registry = new ModelRegistry({ model: requested, modelsDirs: [benchModelsDir(cacheDir)], cacheDir });
+  const registry = await ModelRegistry.open({ model: requested, modelsDirs: [benchModelsDir(cacheDir)], cacheDir });
+  registry.close();
   const name = registry.defaultName;
   let path: string | null = null;
   try {
@@ -78,7 +79,7 @@ function summary(result: BenchResult): string {
 async function bench(values: { quick: boolean; url?: string; model?: string; 'cache-dir'?: string; 'no-raw': boolean }, out: string, argv: string[]): Promise<BenchResult> {
   const quick = values.quick;
   const cacheDir = values['cache-dir'] ?? parseServerConfig([]).cacheDir;
-  const models = chooseModels(values.model, quick, cacheDir);
+  const models = await chooseModels(values.model, quick, cacheDir);
   progress(`bench ${quick ? '--quick ' : ''}on ${models.map((m) => m.name).join(', ')}; results to ${out}`);
   monitor = await LoadMonitor.baseline(quick ? 1000 : 3000);
   for (const model of models) await makeModel(model, cacheDir, progress);

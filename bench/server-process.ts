@@ -14,8 +14,9 @@ export interface BenchServer {
   stop(): Promise<void>;
 }
 
-export async function startBenchServer(args: string[]): Promise<BenchServer> {
-  const child = spawn(process.execPath, [BIN, 'serve', '--port', '0', '--idle-timeout', '0', ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+/** `bin`: another checkout's bin/mlx-server.js, to measure it against this one. */
+export async function startBenchServer(args: string[], bin = BIN): Promise<BenchServer> {
+  const child = spawn(process.execPath, [bin, 'serve', '--port', '0', '--idle-timeout', '0', ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
   const recent: string[] = [];
   const keep = (line: string): void => {
     recent.push(line);

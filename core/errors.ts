@@ -1,4 +1,4 @@
-/** Every failure a client can see is one of these codes; routes map them to their own wire shape. */
+/** Every failure a client can see is one of these codes; the HTTP edge maps them to a status and each API to its wire shape. */
 export type ErrorCode =
   | 'invalid_json'
   | 'invalid_request'
@@ -22,49 +22,46 @@ export type ErrorCode =
   | 'worker_failed'
   | 'runtime_check_failed'
   | 'hub_unauthorized'
+  | 'hub_forbidden'
+  | 'download_in_progress'
   | 'hub_unreachable'
   | 'download_failed'
   | 'disk_full'
   | 'internal_error';
 
+/** What crosses the thread boundary; the edge (src/http/status.ts) turns a code into its HTTP status. */
 export interface ServeErrorShape {
-  readonly status: number;
   readonly code: ErrorCode;
   readonly message: string;
   readonly param?: string;
 }
 
+/** A failure that says what went wrong, not how any transport reports it. */
 export class ServeError extends Error implements ServeErrorShape {
-  readonly status: number;
   readonly code: ErrorCode;
   readonly param?: string;
 
-  constructor(status: number, code: ErrorCode, message: string, param?: string) {
+  constructor(code: ErrorCode, message: string, param?: string) {
     super(message);
     this.name = 'ServeError';
-    this.status = status;
     this.code = code;
     if (param !== undefined) this.param = param;
   }
 
   toShape(): ServeErrorShape {
-    return { status: this.status, code: this.code, message: this.message, ...(this.param ? { param: this.param } : {}) };
+    return { code: this.code, message: this.message, ...(this.param ? { param: this.param } : {}) };
   }
 
   static fromShape(shape: ServeErrorShape): ServeError {
-    return new ServeError(shape.status, shape.code, shape.message, shape.param);
+    return new ServeError(shape.code, shape.message, shape.param);
   }
 
   /** Anything thrown that is not already a ServeError is an internal failure; its message is kept for the log. */
   static from(error: unknown): ServeError {
     if (error instanceof ServeError) return error;
     const message = error instanceof Error ? error.message : String(error);
-    return new ServeError(500, 'internal_error', message);
+    return new ServeError('internal_error', message);
   }
 }
 
-/** A client refused for being one too many may come back shortly: every API shape says so in Retry-After. */
-export const errorHeaders = (error: ServeError): Record<string, string> => (error.code === 'queue_full' ? { 'retry-after': '1' } : {});
-
-export const badRequest = (message: string, param?: string): ServeError =>
-  new ServeError(400, 'invalid_request', message, param);
+export const badRequest = (message: string, param?: string): ServeError => new ServeError('invalid_request', message, param);

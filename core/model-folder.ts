@@ -10,7 +10,7 @@ export function readJson<T>(path: string, what: string): T {
   try {
     return JSON.parse(readFileSync(path, 'utf8')) as T;
   } catch (error) {
-    throw new ServeError(422, 'model_load_failed', `cannot read ${what} (${path}): ${(error as Error).message}`);
+    throw new ServeError('model_load_failed', `cannot read ${what} (${path}): ${(error as Error).message}`);
   }
 }
 

@@ -117,17 +117,18 @@ export interface LoadResult {
   contextLength: number;
 }
 
+/** The engine loads a model before it sends any generation for it; a generation runs on the model loaded. */
 export type WorkerTask =
   /** Run once by each fresh worker before any model (workers/runtime-check.ts). */
-  | { op: 'check'; telemetry: TelemetryBuffers }
-  | { op: 'load'; model: LoadSpec; telemetry: TelemetryBuffers }
+  | { op: 'check' }
+  | { op: 'load'; model: LoadSpec }
   /** Run before the worker ends: drops the model, collects, and empties MLX's buffer cache. */
-  | { op: 'release'; telemetry: TelemetryBuffers }
-  | { op: 'generate'; model: LoadSpec; request: GenerationRequest; slot: number; port: MessagePort; telemetry: TelemetryBuffers };
+  | { op: 'release' }
+  | { op: 'generate'; request: GenerationRequest; slot: number; port: MessagePort };
 
 export type WorkerReply = { ok: true; load?: LoadResult; release?: DeviceRelease } | { ok: false; error: ServeErrorShape };
 
-/** Fixed for the worker's life; handed over as Piscina's workerData. */
+/** Fixed for the worker's life. */
 export interface WorkerSettings extends DeviceMemorySettings {
   /** Sequences decoded together in one forward pass; the rest wait their turn. */
   maxBatch: number;
@@ -135,4 +136,11 @@ export interface WorkerSettings extends DeviceMemorySettings {
   prefillChunk: number;
   /** Bound on the KV state kept for reuse by later requests sharing a prefix. */
   promptCacheBytes: number;
+}
+
+/** Piscina's workerData: the settings and the shared memory both threads map, handed over once. */
+export interface WorkerData {
+  settings: WorkerSettings;
+  telemetry: TelemetryBuffers;
+  cancelFlags: SharedArrayBuffer;
 }

@@ -43,32 +43,25 @@ const Float = {
 } as const;
 const FLOAT_FIELDS = Object.keys(Float).length;
 
-/** Cancellation flags, one per request slot: main sets 1, the worker's scheduler reads it each step. */
-export const CANCEL_SLOTS = 4096;
-
 export interface TelemetryBuffers {
   readonly ints: SharedArrayBuffer;
   readonly floats: SharedArrayBuffer;
-  readonly cancel: SharedArrayBuffer;
 }
 
 export function createTelemetryBuffers(): TelemetryBuffers {
   return {
     ints: new SharedArrayBuffer(INT_FIELDS * Int32Array.BYTES_PER_ELEMENT),
     floats: new SharedArrayBuffer(FLOAT_FIELDS * Float64Array.BYTES_PER_ELEMENT),
-    cancel: new SharedArrayBuffer(CANCEL_SLOTS * Int32Array.BYTES_PER_ELEMENT),
   };
 }
 
 export class Telemetry {
   private readonly ints: Int32Array;
   private readonly floats: Float64Array;
-  private readonly cancelFlags: Int32Array;
 
   constructor(readonly buffers: TelemetryBuffers) {
     this.ints = new Int32Array(buffers.ints);
     this.floats = new Float64Array(buffers.floats);
-    this.cancelFlags = new Int32Array(buffers.cancel);
   }
 
   get active(): number { return Atomics.load(this.ints, Int.activeRequests); }
@@ -82,8 +75,4 @@ export class Telemetry {
   read(field: keyof typeof Float): number { return this.floats[Float[field]] ?? 0; }
   write(field: keyof typeof Float, value: number): void { this.floats[Float[field]] = value; }
   increment(field: keyof typeof Float, by = 1): void { this.floats[Float[field]] = (this.floats[Float[field]] ?? 0) + by; }
-
-  requestCancel(slot: number): void { Atomics.store(this.cancelFlags, slot, 1); }
-  clearCancel(slot: number): void { Atomics.store(this.cancelFlags, slot, 0); }
-  isCancelled(slot: number): boolean { return Atomics.load(this.cancelFlags, slot) !== 0; }
 }

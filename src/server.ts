@@ -4,8 +4,9 @@
  * probes, so fleets can point clients at one port and operators at the other.
  */
 import type { Logger } from 'pino';
-import { adminRoutes, probeRoutes, sampleMemory } from './api/admin.ts';
+import { adminRoutes, probeRoutes } from './api/admin.ts';
 import { dashboardRoutes } from './api/dashboard.ts';
+import { openAiError } from './api/errors.ts';
 import { metricsRoutes } from './api/metrics.ts';
 import type { ListeningPorts, ServeContext } from './api/context.ts';
 import { ollamaRoutes } from './api/ollama.ts';
@@ -17,6 +18,7 @@ import { startHttpServer, type HttpServer } from './http/server.ts';
 import { ModelPuller } from './hub/puller.ts';
 import { ModelRegistry } from './models/registry.ts';
 import { LatencyRecorder } from './telemetry/latency.ts';
+import { sampleMemory } from './telemetry/memory.ts';
 import { createTelemetryBuffers, Telemetry } from '../core/telemetry.ts';
 
 export interface RunningServer {
@@ -27,8 +29,12 @@ export interface RunningServer {
 
 export async function startServer(config: ServerConfig, logger: Logger): Promise<RunningServer> {
   const telemetry = new Telemetry(createTelemetryBuffers());
-  const puller = new ModelPuller(logger, (): string[] => registry.list().map((m) => m.name));
-  const registry: ModelRegistry = new ModelRegistry({ model: config.model, modelsDirs: config.modelsDirs, cacheDir: config.cacheDir, ...(config.autoPull ? { fetchMissing: (name: string) => puller.fetcher(name) } : {}) });
+  const puller = new ModelPuller(
+    logger,
+    async () => registry.list().map((m) => m.name),
+    () => registry.refresh(),
+  );
+  const registry: ModelRegistry = await ModelRegistry.open({ model: config.model, modelsDirs: config.modelsDirs, cacheDir: config.cacheDir, ...(config.autoPull ? { fetchMissing: (name: string) => puller.fetcher(name) } : {}) });
   const engine = new Engine({
     registry,
     telemetry,
@@ -51,17 +57,21 @@ export async function startServer(config: ServerConfig, logger: Logger): Promise
   const closeListeners = (): void => {
     for (const listener of listeners.splice(0)) listener.close();
   };
+  // A path no route serves answers in OpenAI's shape: the one most clients of either family parse
+  // (Ollama's own server answers such paths with plain text, which no client reads as an error).
+  const unknownPathErrors = openAiError;
   try {
-    const admin = await startHttpServer([...adminRoutes(context), ...metricsRoutes(context), ...dashboardRoutes(context), ...clientRoutes], { ...config, port: config.port, logger });
+    const admin = await startHttpServer([...adminRoutes(context), ...metricsRoutes(context), ...dashboardRoutes(context), ...clientRoutes], { ...config, port: config.port, logger, unknownPathErrors });
     listeners.push(admin);
     ports.admin = admin.port;
     if (config.mainPort !== null) {
-      const main = await startHttpServer(clientRoutes, { ...config, port: config.mainPort, logger });
+      const main = await startHttpServer(clientRoutes, { ...config, port: config.mainPort, logger, unknownPathErrors });
       listeners.push(main);
       ports.main = main.port;
     }
   } catch (error) {
     closeListeners();
+    registry.close();
     await engine.close();
     throw error;
   }
@@ -74,6 +84,7 @@ export async function startServer(config: ServerConfig, logger: Logger): Promise
     close: async () => {
       clearInterval(sampler);
       closeListeners();
+      registry.close();
       await engine.close(config.shutdownTimeoutSeconds * 1000);
     },
   };

@@ -95,12 +95,14 @@ t.test('a .gguf file is a model named by its stem, in a models dir and as --mode
   mkdirSync(models, { recursive: true });
   convertToGguf(join(FIXTURES, 'qwen3'), join(models, 'small.Q8_0.gguf'), { type: 'Q8_0', tokenizerDir: QWEN3_TOKENIZER });
   writeFileSync(join(models, 'notes.txt'), 'not a model');
-  const fromDir = new ModelRegistry({ model: null, modelsDirs: [models], cacheDir: dir, hubCache: join(dir, 'no-hub') });
+  const fromDir = await ModelRegistry.open({ model: null, modelsDirs: [models], cacheDir: dir, hubCache: join(dir, 'no-hub') });
   const found = fromDir.resolve('small.Q8_0');
   t.equal(found.path, join(models, 'small.Q8_0.gguf'));
   t.equal(found.sizeBytes, statSync(found.path).size, 'the size is the file size');
   t.notOk(fromDir.list().some((m) => m.name.startsWith('notes')), 'other files are not models');
-  const flagged = new ModelRegistry({ model: found.path, modelsDirs: [], cacheDir: dir, hubCache: join(dir, 'no-hub') });
+  const flagged = await ModelRegistry.open({ model: found.path, modelsDirs: [], cacheDir: dir, hubCache: join(dir, 'no-hub') });
   t.equal(flagged.defaultName, 'small.Q8_0', '--model PATH.gguf is the default model, named by its stem');
   t.equal(flagged.resolve(undefined).path, found.path);
+  fromDir.close();
+  flagged.close();
 });

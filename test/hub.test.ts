@@ -7,6 +7,7 @@ import { createServer, type AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import t from 'tap';
 import type { ServeError } from '../core/errors.ts';
+import { httpStatus } from '../src/http/status.ts';
 import { pullModel, repoFolder, type PullEvent } from '../src/hub/download.ts';
 import { hubSettings, type HubSettings } from '../src/hub/settings.ts';
 import { huggingFaceModels } from '../src/models/registry.ts';
@@ -22,7 +23,7 @@ const hub = await new FakeHub({
 t.teardown(() => hub.close());
 
 const settingsFor = (cacheDir: string, extra: Partial<HubSettings> = {}): HubSettings => ({ endpoint: hub.url, token: null, offline: false, cacheDir, ...extra });
-const pull = (repo: string, settings: HubSettings, onEvent?: (e: PullEvent) => void) => pullModel(repo, { settings, cachedModels: () => huggingFaceModels(settings.cacheDir).map((m) => m.name), ...(onEvent ? { onEvent } : {}) });
+const pull = (repo: string, settings: HubSettings, onEvent?: (e: PullEvent) => void) => pullModel(repo, { settings, cachedModels: async () => (await huggingFaceModels(settings.cacheDir)).map((m) => m.name), ...(onEvent ? { onEvent } : {}) });
 const failure = async (promise: Promise<unknown>): Promise<ServeError> => {
   try {
     await promise;
@@ -58,7 +59,7 @@ t.test('a fresh pull lays out the cache exactly as huggingface_hub does', async 
     t.same(readFileSync(link), files[name], `${name} has the Hub's bytes`);
   }
   t.same(readdirSync(join(folder, 'blobs')).sort(), WANTED.map((n) => blobName(n, files[n] as Buffer)).sort(), 'no .incomplete left behind');
-  t.same(huggingFaceModels(cacheDir).map((m) => m.name), ['test/tiny'], 'the registry finds it by name');
+  t.same((await huggingFaceModels(cacheDir)).map((m) => m.name), ['test/tiny'], 'the registry finds it by name');
   const phases = [...new Set(events.map((e) => e.phase))];
   t.same(phases, ['manifest', 'download', 'verify', 'link', 'done']);
   const last = events.filter((e) => e.phase === 'download').at(-1);
@@ -81,7 +82,7 @@ t.test('a pull resumes after the connection drops mid-file', async (t) => {
   t.match(error.message, /interrupted at 300000 of \d+ bytes.*pull 'test\/drop' again to resume/);
   t.equal(readFileSync(`${blob}.incomplete`).length, 300_000, 'three attempts, each resumed where the last stopped');
   t.notOk(existsSync(join(repoFolder(cacheDir, 'test/drop'), 'refs', 'main')), 'no ref: the snapshot does not look complete');
-  t.same(huggingFaceModels(cacheDir), [], 'the registry does not see a half-pulled model');
+  t.same(await huggingFaceModels(cacheDir), [], 'the registry does not see a half-pulled model');
 
   const pulled = await pull('test/drop', settingsFor(cacheDir));
   t.same(readFileSync(join(pulled.path, 'model.safetensors')), weights);
@@ -94,17 +95,18 @@ t.test('a corrupt file is caught by its sha256 and removed', async (t) => {
   const cacheDir = tempDir('hf-cache-');
   hub.corrupt('test/corrupt', 'model.safetensors');
   const error = await failure(pull('test/corrupt', settingsFor(cacheDir)));
-  t.equal(error.status, 502);
+  t.equal(error.code, 'download_failed');
+  t.equal(httpStatus(error), 502);
   t.match(error.message, /model\.safetensors of 'test\/corrupt' arrived corrupt: its sha256 is [0-9a-f]{64}, the Hub lists [0-9a-f]{64}/);
   const blobs = readdirSync(join(repoFolder(cacheDir, 'test/corrupt'), 'blobs'));
   t.notOk(blobs.some((b) => b.startsWith(blobName('model.safetensors', files['model.safetensors'] as Buffer))), 'no blob, complete or partial, for the bad file');
-  t.same(huggingFaceModels(cacheDir), []);
+  t.same(await huggingFaceModels(cacheDir), []);
 });
 
 t.test('errors say what happened and what to do', async (t) => {
   const cacheDir = tempDir('hf-cache-');
   const unauthorized = await failure(pull('test/private', settingsFor(cacheDir)));
-  t.equal(unauthorized.status, 401);
+  t.equal(httpStatus(unauthorized), 401);
   t.match(unauthorized.message, /private or gated.*Set HF_TOKEN/);
   const refused = await failure(pull('test/private', settingsFor(cacheDir, { token: 'hf_wrong' })));
   t.match(refused.message, /refused the token/);
@@ -112,7 +114,7 @@ t.test('errors say what happened and what to do', async (t) => {
   t.ok(existsSync(join(granted.path, 'config.json')), 'the right token pulls it');
 
   const missing = await failure(pull('test/nothing', settingsFor(cacheDir)));
-  t.equal(missing.status, 404);
+  t.equal(httpStatus(missing), 404);
   t.match(missing.message, /no model repository named 'test\/nothing'/);
 
   const closed = createServer();
@@ -136,7 +138,7 @@ t.test('a full disk is reported as such, and the partial file is kept for later'
   mkdirSync(blobs, { recursive: true });
   symlinkSync('/dev/full', join(blobs, `${blobName('model.safetensors', weights)}.incomplete`));
   const error = await failure(pull('test/full', settingsFor(cacheDir)));
-  t.equal(error.status, 507);
+  t.equal(httpStatus(error), 507);
   t.equal(error.code, 'disk_full');
   t.match(error.message, /is full; free some space .* it resumes where it stopped/);
 });

@@ -2,7 +2,8 @@ import net from 'node:net';
 import { pino } from 'pino';
 import t from 'tap';
 import type { Exchange } from '../src/http/exchange.ts';
-import { openAiError, startHttpServer, type HttpOptions, type Route } from '../src/http/server.ts';
+import { openAiError } from '../src/api/errors.ts';
+import { startHttpServer, type HttpOptions, type Route } from '../src/http/server.ts';
 import { parseResponses } from './helpers/raw-http.ts';
 import { json, post, startServer } from './helpers/server.ts';
 
@@ -10,7 +11,7 @@ const KB = 1024;
 const MB = 1024 * KB;
 
 function httpOptions(maxStreamBufferBytes: number): HttpOptions {
-  return { host: '127.0.0.1', port: 0, apiKey: null, adminKey: null, corsOrigins: [], bodyTimeoutSeconds: 60, maxStreamBufferBytes, logger: pino({ level: 'silent' }) };
+  return { host: '127.0.0.1', port: 0, apiKey: null, adminKey: null, corsOrigins: [], bodyTimeoutSeconds: 60, maxStreamBufferBytes, logger: pino({ level: 'silent' }), unknownPathErrors: openAiError };
 }
 
 /** Opens a request and never reads the answer: the socket stays paused until destroyed. */

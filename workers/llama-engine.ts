@@ -16,6 +16,7 @@ import type { ChatMessage, GenerationRequest, LoadResult, LoadSpec, WorkerSettin
 import { ServeError } from '../core/errors.ts';
 import { describeGguf } from '../core/gguf/describe.ts';
 import { readGgufHeader, type GgufHeader } from '../core/gguf/format.ts';
+import type { CancelFlags } from '../core/cancel-flags.ts';
 import type { Telemetry } from '../core/telemetry.ts';
 import { promptIds, validatePrompt, type PromptTokenizer } from './prompt.ts';
 import { TokenStream } from './token-stream.ts';
@@ -35,9 +36,7 @@ function llamaRuntime(): Promise<Llama> {
   runtime ??= getLlama({ gpu: 'auto', build: 'never', skipDownload: true, progressLogs: false, logLevel: LlamaLogLevel.error }).catch((error: unknown) => {
     runtime = null;
     const target = `${process.platform}-${process.arch}`;
-    throw new ServeError(
-      500,
-      'runtime_check_failed',
+    throw new ServeError('runtime_check_failed',
       `no prebuilt llama.cpp binary loads on ${target} (${(error as Error).message.split('\n')[0]}); install the matching @node-llama-cpp/${target} package to serve GGUF models`,
     );
   });
@@ -142,13 +141,13 @@ export class LlamaEngine implements PromptTokenizer {
     try {
       model = await llama.loadModel({ modelPath: spec.path });
     } catch (error) {
-      throw new ServeError(422, 'model_load_failed', `llama.cpp could not load ${spec.path}: ${(error as Error).message}`);
+      throw new ServeError('model_load_failed', `llama.cpp could not load ${spec.path}: ${(error as Error).message}`);
     }
     const context = await model
       .createContext({ contextSize: Math.min(model.trainContextSize, MAX_CONTEXT_PER_SEQUENCE), sequences: settings.maxBatch, threads: computeThreads(llama) })
       .catch(async (error: unknown) => {
         await model.dispose();
-        throw new ServeError(503, 'insufficient_memory', `llama.cpp could not create a context for ${spec.name}: ${(error as Error).message}`);
+        throw new ServeError('insufficient_memory', `llama.cpp could not create a context for ${spec.name}: ${(error as Error).message}`);
       });
     telemetry.write('modelBytes', model.size);
     const info: LoadResult = {
@@ -176,7 +175,7 @@ export class LlamaEngine implements PromptTokenizer {
   }
 
   /** Runs one request to its end; its events go to `port`, as the MLX engine's do. */
-  async generate(request: GenerationRequest, slot: number, port: MessagePort, telemetry: Telemetry): Promise<void> {
+  async generate(request: GenerationRequest, slot: number, port: MessagePort, telemetry: Telemetry, cancelFlags: CancelFlags): Promise<void> {
     // node-llama-cpp brands its token ids; ours are the same numbers, checked against the vocabulary.
     const ids = promptIds(this, request) as Token[];
     validatePrompt(ids, request, { contextLength: this.context.contextSize, vocabSize: this.text.size });
@@ -197,12 +196,12 @@ export class LlamaEngine implements PromptTokenizer {
         port,
         telemetry,
       });
-      if (telemetry.isCancelled(slot)) return stream.finish('cancelled');
+      if (cancelFlags.isSet(slot)) return stream.finish('cancelled');
       let first = true;
       for await (const token of sequence.evaluate(ids.slice(reused), this.samplingOptions(request, ids, stream))) {
         if (first) stream.promptDone();
         first = false;
-        if (telemetry.isCancelled(slot)) stream.finish('cancelled');
+        if (cancelFlags.isSet(slot)) stream.finish('cancelled');
         else stream.accept(token);
         if (stream.finished) break;
       }

@@ -5,7 +5,8 @@
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { workerData } from 'node:worker_threads';
-import type { LoadResult, LoadSpec, WorkerReply, WorkerSettings, WorkerTask } from '../core/protocol.ts';
+import type { LoadResult, LoadSpec, WorkerData, WorkerReply, WorkerTask } from '../core/protocol.ts';
+import { CancelFlags } from '../core/cancel-flags.ts';
 import { ServeError } from '../core/errors.ts';
 import { configureDeviceMemory, publishDeviceMemory, releaseDeviceMemory } from '../core/device-memory.ts';
 import { collectGarbage } from '../core/gc.ts';
@@ -25,7 +26,10 @@ import { Scheduler } from './scheduler.ts';
 import { Sequence } from './sequence.ts';
 import { ModelTokenizer } from './tokenizer.ts';
 
-const settings = workerData as WorkerSettings;
+const shared = workerData as WorkerData;
+const { settings } = shared;
+const telemetry = new Telemetry(shared.telemetry);
+const cancelFlags = new CancelFlags(shared.cancelFlags);
 
 interface LoadedModel {
   source: LoadSpec;
@@ -48,7 +52,7 @@ async function dropGguf(): Promise<void> {
   await engine?.dispose();
 }
 
-async function loadGguf(source: LoadSpec, telemetry: Telemetry): Promise<LlamaEngine> {
+async function loadGguf(source: LoadSpec): Promise<LlamaEngine> {
   const current = await gguf?.catch(() => null);
   if (current?.path === source.path) return current;
   await dropGguf();
@@ -75,7 +79,7 @@ function eosIds(dir: string, config: ModelConfig, tokenizer: ModelTokenizer): Se
   return ids;
 }
 
-function load(source: LoadSpec, telemetry: Telemetry): LoadedModel {
+function load(source: LoadSpec): LoadedModel {
   if (loaded?.source.path === source.path && loaded.source.placement === source.placement) return loaded;
   loaded = null;
   const started = performance.now();
@@ -83,7 +87,7 @@ function load(source: LoadSpec, telemetry: Telemetry): LoadedModel {
   const { model, config, weights } = loadModel(source.path, source.placement);
   const tokenizer = new ModelTokenizer(source.path);
   if (tokenizer.vocabSize > model.vocabSize) {
-    throw new ServeError(422, 'model_load_failed', `tokenizer has ${tokenizer.vocabSize} tokens but the embedding only ${model.vocabSize} rows`);
+    throw new ServeError('model_load_failed', `tokenizer has ${tokenizer.vocabSize} tokens but the embedding only ${model.vocabSize} rows`);
   }
   const bytes = parameterBytes(model);
   telemetry.write('modelBytes', bytes);
@@ -96,21 +100,22 @@ function load(source: LoadSpec, telemetry: Telemetry): LoadedModel {
   return loaded;
 }
 
-async function generate(task: Extract<WorkerTask, { op: 'generate' }>, telemetry: Telemetry): Promise<WorkerReply> {
-  const { port, request } = task;
+async function generate({ request, slot, port }: Extract<WorkerTask, { op: 'generate' }>): Promise<WorkerReply> {
   try {
-    if (isGgufPath(task.model.path)) {
-      await (await loadGguf(task.model, telemetry)).generate(request, task.slot, port, telemetry);
+    const llama = await gguf?.catch(() => null);
+    if (llama) {
+      await llama.generate(request, slot, port, telemetry, cancelFlags);
       return { ok: true };
     }
-    await dropGguf();
-    const target = load(task.model, telemetry);
+    // The engine loads before it generates; a worker without a model is one Piscina started again after a crash.
+    if (!loaded) throw new ServeError('worker_failed', 'the worker holds no model (it was restarted); the next request reloads it');
+    const target = loaded;
     const ids = promptIds(target.tokenizer, request);
     validatePrompt(ids, request, target.model);
     const constraint = request.format ? await target.grammars.constraint(request.format) : null;
     await constraint?.ready();
-    scheduler ??= new Scheduler(telemetry, settings);
-    const sequence = new Sequence(target.model, target.tokenizer, request, ids, target.eosIds, task.slot, port, telemetry, target.promptCache.lookup(ids), constraint);
+    scheduler ??= new Scheduler(telemetry, cancelFlags, settings);
+    const sequence = new Sequence(target.model, target.tokenizer, request, ids, target.eosIds, slot, port, telemetry, target.promptCache.lookup(ids), constraint);
     await scheduler.run(sequence);
     target.promptCache.store(sequence.tokens, sequence.cache);
     publishDeviceMemory(metalMemory, telemetry);
@@ -135,7 +140,6 @@ export default async function handle(task: WorkerTask): Promise<WorkerReply> {
   switch (task.op) {
     case 'check':
       return reply(() => {
-        const telemetry = new Telemetry(task.telemetry);
         configureDeviceMemory(metalMemory, settings, telemetry);
         checkRuntime();
         collectGarbage(true);
@@ -143,23 +147,22 @@ export default async function handle(task: WorkerTask): Promise<WorkerReply> {
         return { ok: true };
       });
     case 'load': {
-      const telemetry = new Telemetry(task.telemetry);
       if (isGgufPath(task.model.path)) {
         try {
-          return { ok: true, load: (await loadGguf(task.model, telemetry)).info };
+          return { ok: true, load: (await loadGguf(task.model)).info };
         } catch (error) {
           return { ok: false, error: ServeError.from(error).toShape() };
         }
       }
       await dropGguf();
-      return reply(() => ({ ok: true, load: load(task.model, telemetry).info }));
+      return reply(() => ({ ok: true, load: load(task.model).info }));
     }
     case 'generate':
-      return generate(task, new Telemetry(task.telemetry));
+      return generate(task);
     case 'release':
       await dropGguf();
       loaded = null;
       scheduler = null;
-      return { ok: true, release: await releaseDeviceMemory(metalMemory, new Telemetry(task.telemetry), () => collectGarbage(true)) };
+      return { ok: true, release: await releaseDeviceMemory(metalMemory, telemetry, () => collectGarbage(true)) };
   }
 }

@@ -22,15 +22,13 @@ export function promptIds(tokenizer: PromptTokenizer, request: GenerationRequest
 
 export function validatePrompt(ids: number[], request: GenerationRequest, limits: { contextLength: number; vocabSize: number }): void {
   const { contextLength, vocabSize } = limits;
-  if (ids.length === 0) throw new ServeError(400, 'invalid_request', 'the prompt is empty after tokenization', 'prompt');
+  if (ids.length === 0) throw new ServeError('invalid_request', 'the prompt is empty after tokenization', 'prompt');
   const bad = ids.find((id) => !Number.isInteger(id) || id < 0 || id >= vocabSize);
-  if (bad !== undefined) throw new ServeError(400, 'invalid_request', `token id ${bad} is outside the vocabulary (0..${vocabSize - 1})`, 'prompt');
+  if (bad !== undefined) throw new ServeError('invalid_request', `token id ${bad} is outside the vocabulary (0..${vocabSize - 1})`, 'prompt');
   const asked = typeof request.maxTokens === 'number' ? request.maxTokens : 1;
   const wanted = ids.length + asked;
   if (wanted > contextLength) {
-    throw new ServeError(
-      400,
-      'context_length_exceeded',
+    throw new ServeError('context_length_exceeded',
       `this model's maximum context length is ${contextLength} tokens, but the request needs ${wanted} (${ids.length} in the prompt, ${asked} to generate)`,
       'messages',
     );

@@ -36,7 +36,7 @@ function checkMatmul(): void {
     for (let j = 0; j < n; j++) {
       const want = a[i]?.reduce((sum, x, t) => sum + x * (b[t]?.[j] ?? 0), 0);
       if (got[i]?.[j] !== want) {
-        throw new ServeError(500, 'runtime_check_failed', `MLX's matrix product is wrong at [${i},${j}]: ${got[i]?.[j]} instead of ${want}; check the BLAS library`);
+        throw new ServeError('runtime_check_failed', `MLX's matrix product is wrong at [${i},${j}]: ${got[i]?.[j]} instead of ${want}; check the BLAS library`);
       }
     }
   }

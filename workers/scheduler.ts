@@ -10,6 +10,7 @@
 import { setImmediate as yieldToEventLoop } from 'node:timers/promises';
 import type { WorkerSettings } from '../core/protocol.ts';
 import { collectGarbage } from '../core/gc.ts';
+import type { CancelFlags } from '../core/cancel-flags.ts';
 import type { Telemetry } from '../core/telemetry.ts';
 import type { RunningBatch } from './models/batch-cache.ts';
 import type { LanguageModel, PromptChunk } from './models/decoder.ts';
@@ -39,6 +40,7 @@ export class Scheduler {
 
   constructor(
     private readonly telemetry: Telemetry,
+    private readonly cancelFlags: CancelFlags,
     private readonly limits: WorkerSettings,
   ) {}
 
@@ -75,13 +77,13 @@ export class Scheduler {
 
   private round(): void {
     for (const entry of [...this.waiting]) {
-      if (this.telemetry.isCancelled(entry.sequence.slot)) {
+      if (this.cancelFlags.isSet(entry.sequence.slot)) {
         entry.sequence.cancel();
         this.waiting.splice(this.waiting.indexOf(entry), 1);
         entry.done();
       }
     }
-    for (const entry of this.running) if (this.telemetry.isCancelled(entry.sequence.slot)) entry.sequence.cancel();
+    for (const entry of this.running) if (this.cancelFlags.isSet(entry.sequence.slot)) entry.sequence.cancel();
     this.release();
     while (this.running.length < this.limits.maxBatch && this.waiting.length > 0) this.running.push(this.waiting.shift() as Entry);
     const first = this.running[0];

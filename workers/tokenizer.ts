@@ -181,7 +181,7 @@ export function renderChatTemplate(
   addGenerationPrompt = true,
 ): string {
   if (!template) {
-    throw new ServeError(400, 'invalid_request', 'this model has no chat template; use the completions route with a plain prompt');
+    throw new ServeError('invalid_request', 'this model has no chat template; use the completions route with a plain prompt');
   }
   try {
     return template.render({
@@ -193,7 +193,7 @@ export function renderChatTemplate(
       eos_token: specials.eosToken ?? '',
     });
   } catch (error) {
-    throw new ServeError(400, 'invalid_request', `the chat template rejected these messages: ${(error as Error).message}`);
+    throw new ServeError('invalid_request', `the chat template rejected these messages: ${(error as Error).message}`);
   }
 }
 
@@ -208,7 +208,7 @@ export class ModelTokenizer implements TokenText {
 
   constructor(private readonly dir: string) {
     const path = join(dir, 'tokenizer.json');
-    if (!existsSync(path)) throw new ServeError(422, 'model_load_failed', `no tokenizer.json in ${dir}`);
+    if (!existsSync(path)) throw new ServeError('model_load_failed', `no tokenizer.json in ${dir}`);
     const json = readJson<TokenizerJson>(path, 'tokenizer.json');
     this.tokenText = new TokenBytesTable(tokenBytesTable(json));
     this.stripsLeadingSpace = this.tokenText.stripsLeadingSpace;
@@ -224,7 +224,7 @@ export class ModelTokenizer implements TokenText {
     try {
       this.encoder = new JsTokenizer(json, config);
     } catch (error) {
-      throw new ServeError(422, 'model_load_failed', `unsupported tokenizer.json: ${(error as Error).message}`);
+      throw new ServeError('model_load_failed', `unsupported tokenizer.json: ${(error as Error).message}`);
     }
   }
 

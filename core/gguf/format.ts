@@ -377,7 +377,7 @@ export function readGgufHeader(path: string, keepArrays = false): GgufHeader {
       }
     }
   } catch (error) {
-    throw new ServeError(422, 'model_load_failed', `cannot read the GGUF header of ${path}: ${(error as Error).message}`);
+    throw new ServeError('model_load_failed', `cannot read the GGUF header of ${path}: ${(error as Error).message}`);
   } finally {
     closeSync(fd);
   }

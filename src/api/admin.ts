@@ -5,34 +5,81 @@
  */
 import { badRequest } from '../../core/errors.ts';
 import type { Exchange } from '../http/exchange.ts';
-import { openAiError, parseJsonObject, type Route } from '../http/server.ts';
+import { parseJsonObject, type Route } from '../http/server.ts';
+import { openAiError } from './errors.ts';
 import { PACKAGE_VERSION } from '../paths.ts';
 import { deviceMemory } from '../../core/device-memory.ts';
-import type { Telemetry } from '../../core/telemetry.ts';
-import type { ServeContext } from './context.ts';
+import type { HeldWeights } from '../../core/protocol.ts';
+import type { ModelStateName, Telemetry } from '../../core/telemetry.ts';
+import type { Engine } from '../engine/engine.ts';
+import type { WeightsPolicy } from '../models/footprint.ts';
+import { sampleMemory } from '../telemetry/memory.ts';
+import type { ListeningPorts, ServeContext } from './context.ts';
 import { Fields } from './fields.ts';
+
+/** GET /admin/status's answer: declared once, for the server that writes it and every client of ours that reads it. */
+export interface ServerStatus {
+  status: 'healthy';
+  memory: MemoryStatus;
+  requests: {
+    total: number;
+    active: number;
+    active_requests: number;
+    queued: number;
+    failed: number;
+    rejected: number;
+    uptime: number;
+    uptime_seconds: number;
+    last_activity: string;
+    idle_seconds: number;
+  };
+  model: {
+    loaded: boolean;
+    name: string | null;
+    memory_gb: number;
+    default: string;
+    state: ModelStateName;
+    type: string | null;
+    weights: (HeldWeights & { policy: WeightsPolicy }) | null;
+    context_length: number | null;
+    loaded_at: string | null;
+    load_seconds: number | null;
+    loads: number;
+    unloads: number;
+  };
+  tokens: { generated: number; prompt: number };
+  worker: { healthy: boolean; status: Engine['workerStatus'] };
+  ports: ListeningPorts;
+  config: { idle_timeout_seconds: number; max_queue: number; max_batch: number; weights: WeightsPolicy; request_timeout_seconds: number };
+  version: string;
+  kv_cache: KvCacheStatus | null;
+  idle_timeout_seconds: number;
+}
+
+export interface MemoryStatus {
+  active_memory_gb: number;
+  peak_memory_gb: number;
+  cache_memory_gb: number;
+  process_active_memory_gb: number;
+  rss_gb: number;
+  baseline_rss_gb: number;
+  model_loaded: boolean;
+  model_memory_gb: number;
+  device: 'gpu' | 'cpu';
+  working_set_gb: number;
+  source: string;
+}
+
+export interface KvCacheStatus {
+  budget_bytes: number;
+  reserved_bytes: number;
+  bytes_per_token: number;
+  max_running: number;
+  max_waiting: number;
+}
 
 const GB = 1024 ** 3;
 const gb = (bytes: number): number => Math.round((bytes / GB) * 10000) / 10000;
-
-/**
- * Samples process memory into telemetry. What a model holds is measured against the pre-load
- * baseline: the lowest resident memory seen before the first load began (the server samples once
- * before it listens), since V8 returns some of start-up's heap only seconds later.
- */
-export function sampleMemory(telemetry: Telemetry): { rss: number; active: number; peak: number } {
-  const rss = process.memoryUsage.rss();
-  telemetry.write('rssBytes', rss);
-  let baseline = telemetry.read('baselineRssBytes');
-  const beforeFirstLoad = telemetry.read('modelLoads') === 0 && telemetry.modelState === 'unloaded';
-  if (beforeFirstLoad && (baseline === 0 || rss < baseline)) {
-    baseline = rss;
-    telemetry.write('baselineRssBytes', rss);
-  }
-  const active = telemetry.modelState === 'unloaded' ? 0 : Math.max(0, rss - baseline);
-  if (active > telemetry.read('peakRssBytes')) telemetry.write('peakRssBytes', active);
-  return { rss, active, peak: telemetry.read('peakRssBytes') };
-}
 
 const uptimeSeconds = (telemetry: Telemetry): number => Math.round((Date.now() - telemetry.read('startedAtMs')) / 1000);
 
@@ -41,7 +88,7 @@ const uptimeSeconds = (telemetry: Telemetry): number => Math.round((Date.now() -
  * reports them, with its buffer cache and the process figure beside them; on a CPU, where MLX
  * counts nothing, they are the process's resident memory above the pre-load baseline.
  */
-export function memoryStatus(telemetry: Telemetry): Record<string, unknown> {
+export function memoryStatus(telemetry: Telemetry): MemoryStatus {
   const memory = sampleMemory(telemetry);
   const device = deviceMemory(telemetry);
   return {
@@ -60,12 +107,12 @@ export function memoryStatus(telemetry: Telemetry): Record<string, unknown> {
 }
 
 /** The loaded model's KV budget and what running requests hold of it; null when none is loaded. */
-function kvCacheBody(ctx: ServeContext): Record<string, number> | null {
+function kvCacheBody(ctx: ServeContext): KvCacheStatus | null {
   const kv = ctx.engine.kvUsage;
   return kv && { budget_bytes: kv.budgetBytes, reserved_bytes: kv.reservedBytes, bytes_per_token: kv.bytesPerToken, max_running: ctx.config.maxBatch, max_waiting: ctx.config.maxQueue };
 }
 
-export function statusBody(ctx: ServeContext): Record<string, unknown> {
+export function statusBody(ctx: ServeContext): ServerStatus {
   const { telemetry, engine } = ctx;
   const loaded = engine.loadedModel;
   const state = telemetry.modelState;
@@ -128,7 +175,7 @@ const health = (ctx: ServeContext): Record<string, unknown> => ({
 });
 
 /** A polled read answered from shared memory: logged at debug, always 200. */
-const readRoute = (path: string, answer: () => Record<string, unknown>): Route => ({ method: 'GET', path, errors: openAiError, quiet: true, handler: (exchange) => exchange.json(200, answer()) });
+const readRoute = (path: string, answer: () => object): Route => ({ method: 'GET', path, errors: openAiError, quiet: true, handler: (exchange) => exchange.json(200, answer()) });
 
 /**
  * Load balancers' probes, on both ports and open without a key. Ready means a request sent now

@@ -35,7 +35,7 @@ export async function runGeneration(
   onEvent: (event: EngineEvent) => void,
 ): Promise<GenerationStats> {
   if (request.format && isGgufPath(model.path)) {
-    throw new ServeError(400, 'unsupported', `structured output (a response format, or a required tool call) is not supported for GGUF models such as '${model.name}'; use an MLX model, or ask without it`);
+    throw new ServeError('unsupported', `structured output (a response format, or a required tool call) is not supported for GGUF models such as '${model.name}'; use an MLX model, or ask without it`);
   }
   const timing = ctx.latency.track();
   const handle = ctx.engine.generate(request, model, (event) => {

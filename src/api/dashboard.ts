@@ -4,7 +4,8 @@
  * status (shared-memory telemetry) plus latency percentiles from the main thread's histograms.
  */
 import { readFileSync } from 'node:fs';
-import { openAiError, type Route } from '../http/server.ts';
+import type { Route } from '../http/server.ts';
+import { openAiError } from './errors.ts';
 import { packagePath } from '../paths.ts';
 import { statusBody } from './admin.ts';
 import type { ServeContext } from './context.ts';

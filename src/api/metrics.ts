@@ -4,11 +4,12 @@
  * thread's latency histograms, so a scrape never messages the worker.
  */
 import { Counter, Gauge, Histogram, Registry, type MetricType } from 'prom-client';
-import { openAiError, type Route } from '../http/server.ts';
+import type { Route } from '../http/server.ts';
+import { openAiError } from './errors.ts';
 import type { FinishReason } from '../../core/protocol.ts';
 import type { LatencyHistogram } from '../telemetry/latency.ts';
 import { ModelState, type ModelStateName } from '../../core/telemetry.ts';
-import { sampleMemory } from './admin.ts';
+import { sampleMemory } from '../telemetry/memory.ts';
 import type { ServeContext } from './context.ts';
 
 /** vLLM's buckets, widened at the fast end: a small model on a CPU answers in milliseconds. */

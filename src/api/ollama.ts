@@ -6,9 +6,10 @@ import { createHash } from 'node:crypto';
 import { readOptionalJson } from '../../core/model-folder.ts';
 import { join } from 'node:path';
 import type { GenerationRequest, GenerationStats, PromptInput } from '../../core/protocol.ts';
-import { badRequest, errorHeaders } from '../../core/errors.ts';
+import { badRequest } from '../../core/errors.ts';
 import type { Exchange } from '../http/exchange.ts';
-import { parseJsonObject, type ErrorWriter, type Route } from '../http/server.ts';
+import { parseJsonObject, type Route } from '../http/server.ts';
+import { ollamaError } from './errors.ts';
 import { describeGguf, type GgufDescription } from '../../core/gguf/describe.ts';
 import { isGgufPath } from '../../core/gguf/format.ts';
 import { parameterCount } from '../models/footprint.ts';
@@ -22,8 +23,6 @@ import { ollamaFormat } from './response-format.ts';
 import { parseToolCalls, planToolUse, ToolCallParser, type ParsedText, type ToolCall, type ToolUse } from './tool-calls.ts';
 
 
-/** Ollama's error shape: one string. */
-export const ollamaError: ErrorWriter = (exchange, error) => exchange.json(error.status, { error: error.message }, errorHeaders(error));
 
 const COMMON_FIELDS = ['model', 'stream', 'format', 'keep_alive', 'options', 'think', 'logprobs', 'top_logprobs'] as const;
 const GENERATE_FIELDS = [...COMMON_FIELDS, 'prompt', 'suffix', 'system', 'template', 'context', 'raw', 'images'] as const;

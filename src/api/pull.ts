@@ -9,7 +9,7 @@ import type { ModelPuller } from '../hub/puller.ts';
 import { parseRepoId } from '../hub/settings.ts';
 import { parseJsonObject, type Route } from '../http/server.ts';
 import type { ServeContext } from './context.ts';
-import { ollamaError } from './ollama.ts';
+import { ollamaError } from './errors.ts';
 import { Fields } from './fields.ts';
 
 /** One of Ollama's progress objects for a pull event, or null for events it has none for. */

@@ -93,7 +93,7 @@ export function pullWithProgress(model: string, out: NodeJS.WriteStream = proces
     settings,
     onEvent: new PullProgress(out).onEvent,
     // What a server started here would serve by default, so this answer and the server's agree.
-    cachedModels: () => [...huggingFaceModels(settings.cacheDir).map((m) => m.name), BUILTIN_MODEL],
+    cachedModels: async () => [...(await huggingFaceModels(settings.cacheDir)).map((m) => m.name), BUILTIN_MODEL],
   });
 }
 

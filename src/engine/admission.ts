@@ -74,7 +74,7 @@ export class KvNeed {
   }
 
   /**
-   * The 400 for a request whose cache could not fit in the budget even alone; null when it
+   * The refusal (kv_budget_exceeded) of a request whose cache could not fit in the budget even alone; null when it
    * fits. `promptTokens` is null before the worker has counted them, which only a request with
    * no token limit can be judged without (it may fill the whole context).
    */
@@ -83,9 +83,7 @@ export class KvNeed {
     const bytes = this.bytes(tokens);
     if (bytes <= this.budget.budgetBytes) return null;
     const parts = maxTokens === null ? `the model's whole context, since it sets no limit on new tokens` : `${promptTokens} in the prompt, ${maxTokens} to generate`;
-    return new ServeError(
-      400,
-      'kv_budget_exceeded',
+    return new ServeError('kv_budget_exceeded',
       `this request needs a KV cache of ${tokens} tokens (${parts}): ${mib(bytes)} at ${this.budget.bytesPerToken} bytes a token, but the KV budget is ${mib(this.budget.budgetBytes)} (${this.budgetTokens} tokens: ${describeKvBudget(this.budget)}); ask for fewer tokens or send a shorter prompt`,
     );
   }

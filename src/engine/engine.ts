@@ -16,9 +16,10 @@ import { releaseFreeMemory } from '../runtime/malloc-trim.ts';
 import { kvBudget, planLoad, type KvBudget, type MemoryBudget, type WeightsPolicy } from '../models/footprint.ts';
 import { packagePath, WORKER_BUNDLE } from '../paths.ts';
 import type { ModelEntry, ModelRegistry } from '../models/registry.ts';
-import { CANCEL_SLOTS, Telemetry } from '../../core/telemetry.ts';
+import { CANCEL_SLOTS, CancelFlags, createCancelBuffer } from '../../core/cancel-flags.ts';
+import type { Telemetry } from '../../core/telemetry.ts';
 import { Admission, KvNeed, promptTokenBound, type Ticket } from './admission.ts';
-import type { GenerationRequest, GenerationStats, LoadResult, StreamEvent, WorkerReply, WorkerSettings, WorkerTask } from '../../core/protocol.ts';
+import type { GenerationRequest, GenerationStats, LoadResult, StreamEvent, WorkerData, WorkerReply, WorkerTask } from '../../core/protocol.ts';
 
 /** Bundled, this file is dist/server.js and the worker is bundled beside it; through tsx, both are TypeScript. */
 const WORKER = import.meta.url.endsWith('.ts') ? packagePath('workers', 'mlx-worker.ts') : WORKER_BUNDLE;
@@ -60,7 +61,7 @@ export interface EngineOptions {
   maxQueue: number;
   /** 0: no limit. */
   requestTimeoutSeconds: number;
-  /** Requests running in the worker at once; also handed to it (see WorkerSettings). */
+  /** Requests running in the worker at once; also handed to it (see WorkerData). */
   maxBatch: number;
   defaultMaxTokens: number;
   memory: MemoryBudget;
@@ -73,8 +74,8 @@ export interface EngineOptions {
 type CancelReason = 'client' | 'timeout' | 'shutdown' | 'kv_budget';
 
 const cancellationError: Record<Exclude<CancelReason, 'client' | 'kv_budget'>, () => ServeError> = {
-  timeout: () => new ServeError(504, 'request_timeout', 'the request took longer than --request-timeout and was cancelled'),
-  shutdown: () => new ServeError(503, 'shutting_down', 'the server is shutting down; the generation was cancelled'),
+  timeout: () => new ServeError('request_timeout', 'the request took longer than --request-timeout and was cancelled'),
+  shutdown: () => new ServeError('shutting_down', 'the server is shutting down; the generation was cancelled'),
 };
 
 /** What MLX holds on the GPU: in use, and freed but cached for reuse. */
@@ -99,6 +100,7 @@ export class Engine {
   private drained: (() => void)[] = [];
   private readonly lifecycle = new SerialQueue();
   private readonly freeSlots: number[] = Array.from({ length: CANCEL_SLOTS }, (_, i) => CANCEL_SLOTS - 1 - i);
+  private readonly cancelFlags = new CancelFlags(createCancelBuffer());
   private idleTimer: NodeJS.Timeout | null = null;
   /** How long the loaded model stays after its last request (Ollama's keep_alive); null: until unloaded on request. */
   private keepAliveMs: number | null;
@@ -187,7 +189,7 @@ export class Engine {
     if (this.closed) throw cancellationError.shutdown();
     if (telemetry.queued >= this.options.maxQueue) {
       telemetry.increment('requestsRejected');
-      throw new ServeError(503, 'queue_full', `the server is at capacity (${this.options.maxQueue} requests waiting, --max-queue); retry shortly`);
+      throw new ServeError('queue_full', `the server is at capacity (${this.options.maxQueue} requests waiting, --max-queue); retry shortly`);
     }
     telemetry.increment('requestsTotal');
     telemetry.addQueued(1);
@@ -200,7 +202,7 @@ export class Engine {
     const cancel = (reason: CancelReason, error: ServeError | null = null): void => {
       if (cancellation.reason) return;
       Object.assign(cancellation, { reason, error, tokensSeen });
-      if (slot !== null) telemetry.requestCancel(slot);
+      if (slot !== null) this.cancelFlags.request(slot);
       leaveQueue.abort();
     };
     this.inFlight.add(cancel);
@@ -218,12 +220,12 @@ export class Engine {
         if (ticket) {
           const admitted = ticket;
           slot = this.freeSlots.pop() as number;
-          telemetry.clearCancel(slot);
+          this.cancelFlags.clear(slot);
           telemetry.addQueued(-1);
           telemetry.addActive(1);
           logger.debug({ event: 'admitted', reqId: request.id, waitedMs: Math.round(performance.now() - arrivedAt), kvBytes: admitted.bytes }, 'request admitted to the worker');
           onEvent({ type: 'admitted' });
-          stats = await this.run(request, model, slot, (event) => {
+          stats = await this.run(request, slot, (event) => {
             if (cancellation.reason === 'kv_budget') return;
             if (event.type === 'started') {
               logger.debug({ event: 'generation_start', reqId: request.id, promptTokens: event.promptTokens, cachedTokens: event.cachedTokens }, 'the worker took the request');
@@ -307,7 +309,7 @@ export class Engine {
   /** Unloads at once when idle, else after the running generations finish. */
   unload(): Promise<UnloadResult> {
     return this.lifecycle.run(async () => {
-      if (!this.loaded) throw new ServeError(409, 'nothing_loaded', 'no model is loaded');
+      if (!this.loaded) throw new ServeError('nothing_loaded', 'no model is loaded');
       return this.unloadNow();
     });
   }
@@ -352,7 +354,7 @@ export class Engine {
 
   /** Takes a lease on `model`, loading or switching to it first; the lease blocks unloading. */
   private acquire(model: ModelEntry): Promise<void> {
-    if (this.closed) return Promise.reject(new ServeError(503, 'queue_full', 'the server is shutting down'));
+    if (this.closed) return Promise.reject(new ServeError('queue_full', 'the server is shutting down'));
     return this.lifecycle.run(async () => {
       if (this.workerLost) {
         this.workerLost = false;
@@ -385,12 +387,16 @@ export class Engine {
       atomics: 'async',
       idleTimeout: Number.POSITIVE_INFINITY,
       workerData: {
-        maxBatch: this.options.maxBatch,
-        prefillChunk: this.options.memory.prefillChunk,
-        promptCacheBytes: this.options.memory.promptCacheBytes,
-        cacheLimitBytes: this.options.mlxCacheLimitBytes,
-        memoryLimitBytes: this.options.memory.limitBytes,
-      } satisfies WorkerSettings,
+        settings: {
+          maxBatch: this.options.maxBatch,
+          prefillChunk: this.options.memory.prefillChunk,
+          promptCacheBytes: this.options.memory.promptCacheBytes,
+          cacheLimitBytes: this.options.mlxCacheLimitBytes,
+          memoryLimitBytes: this.options.memory.limitBytes,
+        },
+        telemetry: this.options.telemetry.buffers,
+        cancelFlags: this.cancelFlags.buffer,
+      } satisfies WorkerData,
     });
   }
 
@@ -406,7 +412,7 @@ export class Engine {
   private async startWorker(): Promise<Piscina> {
     const started = performance.now();
     const pool = this.createPool();
-    const reply = (await pool.run({ op: 'check', telemetry: this.options.telemetry.buffers } satisfies WorkerTask)) as WorkerReply;
+    const reply = (await pool.run({ op: 'check' } satisfies WorkerTask)) as WorkerReply;
     if (!reply.ok) {
       await pool.destroy();
       this.options.logger.error({ event: 'runtime_check_failed', err: reply.error.message }, 'the MLX worker failed its runtime check');
@@ -423,7 +429,7 @@ export class Engine {
     } catch (error) {
       this.workerLost = true;
       this.options.logger.error({ event: 'worker_failed', err: error }, 'the MLX worker failed; the model will be reloaded on the next request');
-      throw new ServeError(500, 'worker_failed', `the MLX worker failed: ${(error as Error).message}`);
+      throw new ServeError('worker_failed', `the MLX worker failed: ${(error as Error).message}`);
     }
   }
 
@@ -435,14 +441,14 @@ export class Engine {
     const started = performance.now();
     let reply: WorkerReply;
     try {
-      reply = await this.task({ op: 'load', model: { name: model.name, path: model.path, builtin: model.builtin, placement: plan.placement }, telemetry: telemetry.buffers });
+      reply = await this.task({ op: 'load', model: { name: model.name, path: model.path, builtin: model.builtin, placement: plan.placement } });
     } catch (error) {
       await this.discardWorker();
       throw error;
     }
     if (!reply.ok || !reply.load) {
       await this.discardWorker();
-      const error = reply.ok ? new ServeError(500, 'model_load_failed', 'the worker returned no load result') : ServeError.fromShape(reply.error);
+      const error = reply.ok ? new ServeError('worker_failed', 'the worker returned no load result') : ServeError.fromShape(reply.error);
       logger.warn({ event: 'load_failed', model: model.name, err: error.message }, 'model load failed');
       throw error;
     }
@@ -497,7 +503,7 @@ export class Engine {
     if (ready) {
       const pool = await ready.catch(() => null);
       if (pool) {
-        const reply = (await pool.run({ op: 'release', telemetry: this.options.telemetry.buffers } satisfies WorkerTask).catch(() => null)) as WorkerReply | null;
+        const reply = (await pool.run({ op: 'release' } satisfies WorkerTask).catch(() => null)) as WorkerReply | null;
         if (reply?.ok && reply.release && this.options.telemetry.read('deviceWorkingSetBytes') > 0) device = reply.release;
         await pool.destroy();
       }
@@ -508,7 +514,7 @@ export class Engine {
     return device;
   }
 
-  private async run(request: GenerationRequest, model: ModelEntry, slot: number, onEvent: (event: StreamEvent) => void): Promise<GenerationStats> {
+  private async run(request: GenerationRequest, slot: number, onEvent: (event: StreamEvent) => void): Promise<GenerationStats> {
     const { port1, port2 } = new MessageChannel();
     const finished = new Promise<GenerationStats>((resolve, reject) => {
       port1.on('message', (event: StreamEvent) => {
@@ -521,15 +527,13 @@ export class Engine {
           }
         }
       });
-      port1.on('close', () => reject(new ServeError(500, 'worker_failed', 'the MLX worker stopped before the generation finished')));
+      port1.on('close', () => reject(new ServeError('worker_failed', 'the MLX worker stopped before the generation finished')));
     });
     const task: WorkerTask = {
       op: 'generate',
-      model: { name: model.name, path: model.path, builtin: model.builtin, placement: this.loaded?.placement ?? 'native' },
       request,
       slot,
       port: port2,
-      telemetry: this.options.telemetry.buffers,
     };
     const reply = this.task(task, [port2 as unknown as Transferable]);
     try {

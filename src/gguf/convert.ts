@@ -109,7 +109,7 @@ function readSafetensors(file: string, into: Map<string, Tensor>): void {
           data[i] = new Float32Array(new Uint32Array([raw.readUInt16LE(i * 2) << 16]).buffer)[0] as number;
           break;
         default:
-          throw new ServeError(422, 'unsupported_model', `tensor ${name} is ${info.dtype}; only F32, F16 and BF16 weights convert to GGUF`);
+          throw new ServeError('unsupported_model', `tensor ${name} is ${info.dtype}; only F32, F16 and BF16 weights convert to GGUF`);
       }
     }
     into.set(name, { shape: info.shape, data });
@@ -152,7 +152,7 @@ function vocabulary(tokenizerDir: string, config: HfConfig): [string, MetadataEn
   const json = JSON.parse(readFileSync(join(tokenizerDir, 'tokenizer.json'), 'utf8')) as TokenizerJson;
   const configPath = join(tokenizerDir, 'tokenizer_config.json');
   const tokenizerConfig = existsSync(configPath) ? (JSON.parse(readFileSync(configPath, 'utf8')) as TokenizerConfig) : {};
-  if (json.model.type !== 'BPE') throw new ServeError(422, 'unsupported_model', `tokenizer model ${json.model.type} does not convert; only byte-level BPE does`);
+  if (json.model.type !== 'BPE') throw new ServeError('unsupported_model', `tokenizer model ${json.model.type} does not convert; only byte-level BPE does`);
   const tokens: string[] = Array.from({ length: config.vocab_size }, (_, i) => `[PAD${i}]`);
   const types: number[] = new Array<number>(config.vocab_size).fill(TOKEN_TYPE.unused);
   const ids = new Map<string, number>();
@@ -202,11 +202,11 @@ export interface ConvertOptions {
 export function convertToGguf(modelDir: string, outPath: string, options: ConvertOptions): void {
   const config = JSON.parse(readFileSync(join(modelDir, 'config.json'), 'utf8')) as HfConfig;
   const target = ARCHITECTURES[config.model_type];
-  if (!target) throw new ServeError(422, 'unsupported_model', `model type ${config.model_type} does not convert to GGUF; these do: ${convertibleArchitectures().join(', ')}`);
-  if (config.rope_scaling) throw new ServeError(422, 'unsupported_model', 'models with rope scaling do not convert to GGUF yet');
+  if (!target) throw new ServeError('unsupported_model', `model type ${config.model_type} does not convert to GGUF; these do: ${convertibleArchitectures().join(', ')}`);
+  if (config.rope_scaling) throw new ServeError('unsupported_model', 'models with rope scaling do not convert to GGUF yet');
   // llama.cpp's llama architecture has no sliding window: Mistral's would silently change the model.
   const slidingWindow = config.model_type === 'qwen2' ? config.use_sliding_window === true : typeof config.sliding_window === 'number';
-  if (slidingWindow) throw new ServeError(422, 'unsupported_model', 'models with sliding-window attention do not convert to GGUF');
+  if (slidingWindow) throw new ServeError('unsupported_model', 'models with sliding-window attention do not convert to GGUF');
   const source = new Map<string, Tensor>();
   for (const file of weightFiles(modelDir)) readSafetensors(file, source);
   const heads = config.num_attention_heads;

@@ -43,11 +43,11 @@ export class Authenticator {
     const keys = this.keysOpening(access);
     if (keys.length === 0) return;
     const match = /^Bearer[ \t]+(\S+)\s*$/i.exec(authorization ?? '');
-    if (!match) throw new ServeError(401, 'invalid_api_key', 'missing API key: send Authorization: Bearer <key>');
+    if (!match) throw new ServeError('invalid_api_key', 'missing API key: send Authorization: Bearer <key>');
     const given = digest(match[1] as string);
     // Every key is compared, so the time taken does not say which one matched.
     const matched = keys.map((key) => timingSafeEqual(key, given)).includes(true);
-    if (!matched) throw new ServeError(401, 'invalid_api_key', access === 'admin' && this.adminKey ? 'this route needs the admin key' : 'invalid API key');
+    if (!matched) throw new ServeError('invalid_api_key', access === 'admin' && this.adminKey ? 'this route needs the admin key' : 'invalid API key');
   }
 
   /** No keys: the route is open. */

@@ -105,10 +105,10 @@ export class Exchange {
       const timer = setTimeout(() => {
         this.closeAfterResponse = true;
         this.dropped = 'body_timeout';
-        settle(new ServeError(408, 'body_timeout', `request body did not arrive within ${this.options.bodyTimeoutMs / 1000} s`));
+        settle(new ServeError('body_timeout', `request body did not arrive within ${this.options.bodyTimeoutMs / 1000} s`));
       }, this.options.bodyTimeoutMs);
       this.onAbort(() => {
-        if (!done) settle(new ServeError(400, 'cancelled', 'client went away'));
+        if (!done) settle(new ServeError('cancelled', 'client went away'));
       });
       this.res.onData((chunk, isLast) => {
         if (done) return;
@@ -124,7 +124,7 @@ export class Exchange {
   }
 
   private tooLarge(limit: number): ServeError {
-    return new ServeError(413, 'body_too_large', `request body is larger than the limit of ${limit} bytes`);
+    return new ServeError('body_too_large', `request body is larger than the limit of ${limit} bytes`);
   }
 
   send(status: number, body: string | Buffer, contentType: string, headers: Record<string, string> = {}): void {

@@ -8,10 +8,11 @@ import { createServer } from 'node:net';
 import uWS from 'uWebSockets.js';
 import type { Logger } from 'pino';
 import type { ServerConfig } from '../config.ts';
-import { errorHeaders, ServeError } from '../../core/errors.ts';
+import { ServeError } from '../../core/errors.ts';
 import { Authenticator, routeAccess } from './auth.ts';
 import { CorsPolicy } from './cors.ts';
 import { Exchange } from './exchange.ts';
+import { httpStatus } from './status.ts';
 
 export type Method = 'GET' | 'POST' | 'HEAD' | 'DELETE';
 export type ErrorWriter = (exchange: Exchange, error: ServeError) => void;
@@ -25,18 +26,17 @@ export interface Route {
   quiet?: boolean;
 }
 
-export type HttpOptions = Pick<ServerConfig, 'host' | 'apiKey' | 'adminKey' | 'corsOrigins' | 'bodyTimeoutSeconds' | 'maxStreamBufferBytes'> & { port: number; logger: Logger };
+export type HttpOptions = Pick<ServerConfig, 'host' | 'apiKey' | 'adminKey' | 'corsOrigins' | 'bodyTimeoutSeconds' | 'maxStreamBufferBytes'> & {
+  port: number;
+  logger: Logger;
+  /** The error shape of a path no route serves: the caller's choice, as no API family owns it. */
+  unknownPathErrors: ErrorWriter;
+};
 
 export interface HttpServer {
   readonly port: number;
   close(): void;
 }
-
-/** OpenAI's error shape; the admin routes use it too. */
-export const openAiError: ErrorWriter = (exchange, error) => {
-  const type = error.status >= 500 ? 'server_error' : error.status === 404 && error.code !== 'model_not_found' ? 'not_found_error' : error.status === 401 ? 'authentication_error' : 'invalid_request_error';
-  exchange.json(error.status, { error: { message: error.message, type, param: error.param ?? null, code: error.code } }, errorHeaders(error));
-};
 
 declare module 'uWebSockets.js' {
   interface TemplatedApp {
@@ -77,10 +77,10 @@ export function parseJsonObject(body: Buffer): Record<string, unknown> {
   try {
     parsed = JSON.parse(body.toString('utf8'));
   } catch (error) {
-    throw new ServeError(400, 'invalid_json', `request body is not valid JSON: ${(error as Error).message}`);
+    throw new ServeError('invalid_json', `request body is not valid JSON: ${(error as Error).message}`);
   }
   if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed)) {
-    throw new ServeError(400, 'invalid_json', 'request body must be a JSON object');
+    throw new ServeError('invalid_json', 'request body must be a JSON object');
   }
   return parsed as Record<string, unknown>;
 }
@@ -117,7 +117,7 @@ export function startHttpServer(routes: Route[], options: HttpOptions): Promise<
     };
     const fail = (error: unknown): void => {
       const serveError = ServeError.from(error);
-      if (serveError.status >= 500) logger.error({ reqId: exchange.requestId, err: serveError }, 'request failed');
+      if (httpStatus(serveError) >= 500) logger.error({ reqId: exchange.requestId, err: serveError }, 'request failed');
       if (!exchange.hasResponded && !exchange.isStreaming) route.errors(exchange, serveError);
       else if (exchange.isStreaming) exchange.end();
     };
@@ -145,10 +145,10 @@ export function startHttpServer(routes: Route[], options: HttpOptions): Promise<
       const preflight = (exchange: Exchange): void => exchange.send(204, '', 'text/plain', cors.preflightHeaders(exchange.headers.get('origin'), [...pathRoutes.map((r) => r.method), 'OPTIONS']));
       app.options(path, serve({ ...first, handler: preflight }));
     }
-    app.any(path, serve({ ...first, method: 'GET', handler: () => { throw new ServeError(405, 'method_not_allowed', `method not allowed; ${path} accepts ${allowed}`); } }));
+    app.any(path, serve({ ...first, method: 'GET', handler: () => { throw new ServeError('method_not_allowed', `method not allowed; ${path} accepts ${allowed}`); } }));
   }
   logger.debug({ event: 'routes', routes: routes.map((r) => ({ method: r.method, path: r.path, errors: r.errors.name })) }, 'routes');
-  app.any('/*', serve({ method: 'GET', path: '/*', errors: openAiError, handler: (exchange) => { throw new ServeError(404, 'not_found', `no route for ${exchange.method} ${exchange.path}`); } }));
+  app.any('/*', serve({ method: 'GET', path: '/*', errors: options.unknownPathErrors, handler: (exchange) => { throw new ServeError('not_found', `no route for ${exchange.method} ${exchange.path}`); } }));
 
   return new Promise((resolve, reject) => {
     app.listen(options.host, options.port, LISTEN_EXCLUSIVE_PORT, (socket) => {

@@ -42,7 +42,7 @@ export interface PullOptions {
   settings: HubSettings;
   onEvent?: (event: PullEvent) => void;
   /** Names of the models on disk, for the message when the Hub cannot be reached. */
-  cachedModels: () => string[];
+  cachedModels: () => Promise<string[]>;
 }
 
 /** Files a model needs besides its weights; anything else in a repository (README, images, PyTorch or GGUF weights) is left. */
@@ -75,18 +75,16 @@ export const repoFolder = (cacheDir: string, repo: string): string => join(cache
 const megabytes = (bytes: number): string => `${(bytes / 1e6).toFixed(1)} MB`;
 
 /** Turns what the Hub, the network or the disk threw into an error that says what to do. */
-function pullFailure(error: unknown, repo: string, options: PullOptions): ServeError {
+async function pullFailure(error: unknown, repo: string, options: PullOptions): Promise<ServeError> {
   if (error instanceof ServeError) return error;
   const { settings } = options;
   if (error instanceof HubApiError) return hubStatusFailure(error.statusCode, repo, settings);
   const code = (error as NodeJS.ErrnoException).code;
-  if (code === 'ENOSPC') return new ServeError(507, 'disk_full', `the disk holding ${settings.cacheDir} is full; free some space (or set HF_HUB_CACHE to another disk) and pull '${repo}' again: it resumes where it stopped`);
+  if (code === 'ENOSPC') return new ServeError('disk_full', `the disk holding ${settings.cacheDir} is full; free some space (or set HF_HUB_CACHE to another disk) and pull '${repo}' again: it resumes where it stopped`);
   if (error instanceof TypeError && error.message === 'fetch failed') {
     const cause = error.cause as { code?: string; message?: string } | undefined;
-    const cached = options.cachedModels();
-    return new ServeError(
-      503,
-      'hub_unreachable',
+    const cached = await options.cachedModels();
+    return new ServeError('hub_unreachable',
       `cannot reach the Hugging Face Hub at ${settings.endpoint} (${cause?.code ?? cause?.message ?? 'network error'}): this machine is offline or the Hub is down, so '${repo}' cannot be downloaded. Models available here: ${cached.join(', ') || 'none'}`,
     );
   }
@@ -95,18 +93,16 @@ function pullFailure(error: unknown, repo: string, options: PullOptions): ServeE
 
 function hubStatusFailure(status: number, repo: string, settings: HubSettings): ServeError {
   const page = `${settings.endpoint}/${repo}`;
-  if (status === 404) return new ServeError(404, 'model_not_found', `no model repository named '${repo}' on ${settings.endpoint}`, 'model');
+  if (status === 404) return new ServeError('model_not_found', `no model repository named '${repo}' on ${settings.endpoint}`, 'model');
   if (status === 401) {
-    return new ServeError(
-      401,
-      'hub_unauthorized',
+    return new ServeError('hub_unauthorized',
       settings.token
         ? `the Hub refused the token (HF_TOKEN) for '${repo}': it is not valid, or it cannot read this private or gated repository (401)`
         : `'${repo}' does not exist or is private or gated: the Hub wants a token (401). Set HF_TOKEN to a token from ${settings.endpoint}/settings/tokens that can read it`,
     );
   }
-  if (status === 403) return new ServeError(403, 'hub_unauthorized', `access to '${repo}' is restricted (403): it is gated; accept its conditions at ${page} with the account whose token is in HF_TOKEN`);
-  return new ServeError(502, 'download_failed', `the Hub answered ${status} for '${repo}'`);
+  if (status === 403) return new ServeError('hub_forbidden', `access to '${repo}' is restricted (403): it is gated; accept its conditions at ${page} with the account whose token is in HF_TOKEN`);
+  return new ServeError('download_failed', `the Hub answered ${status} for '${repo}'`);
 }
 
 const sizeOf = (path: string): Promise<number | null> => stat(path).then((s) => s.size, () => null);
@@ -128,7 +124,7 @@ async function lockRepository(settings: HubSettings, repo: string): Promise<() =
     }
     const holder = Number(await readFile(path, 'utf8').catch(() => ''));
     if (holder > 0 && holder !== process.pid && processAlive(holder)) {
-      throw new ServeError(409, 'download_failed', `'${repo}' is being downloaded by another process (pid ${holder}); wait for it to finish`);
+      throw new ServeError('download_in_progress', `'${repo}' is being downloaded by another process (pid ${holder}); wait for it to finish`);
     }
     await rm(path, { force: true });
   }
@@ -183,7 +179,7 @@ class PullJob {
           const reached = (await sizeOf(partial)) ?? 0;
           if (attempt >= DOWNLOAD_ATTEMPTS) {
             const cause = (error as Error & { cause?: { message?: string } }).cause?.message ?? (error as Error).message;
-            throw new ServeError(502, 'download_failed', `the download of ${file.path} from ${this.options.settings.endpoint} was interrupted at ${reached} of ${file.size} bytes (${cause}); pull '${this.repo}' again to resume`);
+            throw new ServeError('download_failed', `the download of ${file.path} from ${this.options.settings.endpoint} was interrupted at ${reached} of ${file.size} bytes (${cause}); pull '${this.repo}' again to resume`);
           }
           await new Promise((resolve) => setTimeout(resolve, 500 * attempt));
         }
@@ -191,7 +187,7 @@ class PullJob {
       this.options.onEvent?.({ phase: 'verify', repo: this.repo, file: file.path, digest: digestOf(file) });
       if (digest !== file.blob) {
         await rm(partial, { force: true });
-        throw new ServeError(502, 'download_failed', `${file.path} of '${this.repo}' arrived corrupt: its ${file.lfs ? 'sha256' : 'git sha1'} is ${digest}, the Hub lists ${file.blob}. The bad copy was removed; pull again`);
+        throw new ServeError('download_failed', `${file.path} of '${this.repo}' arrived corrupt: its ${file.lfs ? 'sha256' : 'git sha1'} is ${digest}, the Hub lists ${file.blob}. The bad copy was removed; pull again`);
       }
       await rename(partial, blobPath);
     }
@@ -241,7 +237,7 @@ class PullJob {
     if (fileCompleted < file.size) throw new TypeError('terminated', { cause: new Error(`the Hub closed the connection after ${fileCompleted} bytes`) });
     if (fileCompleted > file.size) {
       await rm(partial);
-      throw new ServeError(502, 'download_failed', `${file.path} of '${this.repo}' arrived with ${fileCompleted} bytes, the Hub lists ${file.size}; pull again`);
+      throw new ServeError('download_failed', `${file.path} of '${this.repo}' arrived with ${fileCompleted} bytes, the Hub lists ${file.size}; pull again`);
     }
     return hash.digest('hex');
   }
@@ -249,7 +245,7 @@ class PullJob {
 
 function planned(entry: ListFileEntry): PlannedFile {
   if (entry.lfs) return { path: entry.path, size: entry.lfs.size, blob: entry.lfs.oid, lfs: true };
-  if (!entry.oid) throw new ServeError(502, 'download_failed', `the Hub listed ${entry.path} without a hash`);
+  if (!entry.oid) throw new ServeError('download_failed', `the Hub listed ${entry.path} without a hash`);
   return { path: entry.path, size: entry.size, blob: entry.oid, lfs: false };
 }
 
@@ -260,7 +256,7 @@ async function chooseWeights(files: Map<string, PlannedFile>, indexJob: PullJob,
     const { weight_map: weightMap } = JSON.parse(await readFile(await indexJob.fetchBlob(index), 'utf8')) as { weight_map?: Record<string, string> };
     const shards = [...new Set(Object.values(weightMap ?? {}))];
     const missing = shards.filter((shard) => !files.has(shard));
-    if (shards.length === 0 || missing.length > 0) throw new ServeError(422, 'unsupported_model', `'${repo}' has a ${WEIGHTS_INDEX} naming shards it does not hold: ${missing.join(', ') || '(none)'}`);
+    if (shards.length === 0 || missing.length > 0) throw new ServeError('unsupported_model', `'${repo}' has a ${WEIGHTS_INDEX} naming shards it does not hold: ${missing.join(', ') || '(none)'}`);
     return [index, ...shards.map((shard) => files.get(shard) as PlannedFile)];
   }
   const single = files.get('model.safetensors');
@@ -301,7 +297,7 @@ async function assertSpace(settings: HubSettings, folder: string, files: Planned
   }
   const disk = await statfs(folder);
   const free = disk.bavail * disk.bsize;
-  if (needed > free) throw new ServeError(507, 'disk_full', `not enough disk space for '${repo}' in ${settings.cacheDir}: it needs ${megabytes(needed)} more, ${megabytes(free)} is free`);
+  if (needed > free) throw new ServeError('disk_full', `not enough disk space for '${repo}' in ${settings.cacheDir}: it needs ${megabytes(needed)} more, ${megabytes(free)} is free`);
 }
 
 /** Pulls `repo` (an ORG/NAME id) at its main branch into the cache; returns the snapshot folder. */
@@ -311,25 +307,25 @@ export async function pullModel(repo: string, options: PullOptions): Promise<Pul
   if (settings.offline) {
     const commit = await cachedSnapshot(folder);
     if (commit) return { repo, commit, path: join(folder, 'snapshots', commit), totalBytes: 0, downloadedBytes: 0 };
-    throw new ServeError(503, 'hub_unreachable', `HF_HUB_OFFLINE is set, so '${repo}' cannot be downloaded. Models available here: ${options.cachedModels().join(', ') || 'none'}`);
+    throw new ServeError('hub_unreachable', `HF_HUB_OFFLINE is set, so '${repo}' cannot be downloaded. Models available here: ${(await options.cachedModels()).join(', ') || 'none'}`);
   }
-  if (settings.token && !settings.token.startsWith('hf_')) throw new ServeError(401, 'hub_unauthorized', "HF_TOKEN does not hold a Hugging Face token (they start with 'hf_')");
+  if (settings.token && !settings.token.startsWith('hf_')) throw new ServeError('hub_unauthorized', "HF_TOKEN does not hold a Hugging Face token (they start with 'hf_')");
   try {
     options.onEvent?.({ phase: 'manifest', repo });
     const credentials = { hubUrl: settings.endpoint, ...(settings.token ? { accessToken: settings.token } : {}) };
     const { sha: commit } = await modelInfo({ name: repo, revision: 'main', additionalFields: ['sha'], ...credentials });
-    if (typeof commit !== 'string' || !/^[0-9a-f]{40}$/.test(commit)) throw new ServeError(502, 'download_failed', `the Hub gave no commit for '${repo}'`);
+    if (typeof commit !== 'string' || !/^[0-9a-f]{40}$/.test(commit)) throw new ServeError('download_failed', `the Hub gave no commit for '${repo}'`);
     const files = new Map<string, PlannedFile>();
     for await (const entry of listFiles({ repo, revision: commit, ...credentials })) {
       if (entry.type === 'file' && (MODEL_FILES.has(entry.path) || entry.path.endsWith('.safetensors') || entry.path === WEIGHTS_INDEX)) files.set(entry.path, planned(entry));
     }
-    if (!files.has('config.json')) throw new ServeError(422, 'unsupported_model', `'${repo}' has no config.json: it is not a transformers or MLX model repository`);
+    if (!files.has('config.json')) throw new ServeError('unsupported_model', `'${repo}' has no config.json: it is not a transformers or MLX model repository`);
     await mkdir(folder, { recursive: true });
     const release = await lockRepository(settings, repo);
     try {
       const job = new PullJob(repo, commit, folder, options);
       const weights = await chooseWeights(files, new PullJob(repo, commit, folder, { ...options, onEvent: () => {} }), repo);
-      if (weights.length === 0) throw new ServeError(422, 'unsupported_model', `'${repo}' has no .safetensors weights (GGUF and PyTorch .bin repositories cannot be served; look for an MLX or safetensors version, e.g. under mlx-community/)`);
+      if (weights.length === 0) throw new ServeError('unsupported_model', `'${repo}' has no .safetensors weights (GGUF and PyTorch .bin repositories cannot be served; look for an MLX or safetensors version, e.g. under mlx-community/)`);
       const wanted = [...[...files.values()].filter((f) => MODEL_FILES.has(f.path)), ...weights];
       job.total = wanted.reduce((sum, file) => sum + file.size, 0);
       await assertSpace(settings, folder, wanted, repo);
@@ -342,6 +338,6 @@ export async function pullModel(repo: string, options: PullOptions): Promise<Pul
       await release();
     }
   } catch (error) {
-    throw pullFailure(error, repo, options);
+    throw await pullFailure(error, repo, options);
   }
 }

@@ -21,7 +21,9 @@ export class ModelPuller {
   constructor(
     private readonly logger: Logger,
     /** Names of the models on disk, for the message when the Hub cannot be reached. */
-    private readonly cachedModels: () => string[],
+    private readonly cachedModels: () => Promise<string[]>,
+    /** Run when a pull has finished, before its callers hear of it: the registry indexes the new model. */
+    private readonly pulled: () => Promise<void>,
   ) {}
 
   /** Pulls `repo`, or joins the pull of it already running. */
@@ -58,13 +60,14 @@ export class ModelPuller {
       this.logger.info({ event: 'pull_progress', repo, file: event.file, completed: event.completed, total: event.total, percent, seconds: Math.round(performance.now() - started) / 1000 }, 'pulling model');
     };
     const done = pullModel(repo, { settings, onEvent, cachedModels: this.cachedModels }).then(
-      (pulled) => {
+      async (pulled) => {
+        await this.pulled();
         this.logger.info({ event: 'pull_done', repo, commit: pulled.commit, path: pulled.path, totalBytes: pulled.totalBytes, downloadedBytes: pulled.downloadedBytes, seconds: Math.round(performance.now() - started) / 1000 }, 'model pulled');
         return pulled;
       },
       (error: unknown) => {
         const failure = ServeError.from(error);
-        this.logger.warn({ event: 'pull_failed', repo, status: failure.status, code: failure.code, err: failure.message }, 'pull failed');
+        this.logger.warn({ event: 'pull_failed', repo, code: failure.code, err: failure.message }, 'pull failed');
         throw failure;
       },
     );

@@ -39,7 +39,7 @@ function safetensorsHeader(file: string): Record<string, TensorHeader> {
     delete parsed.__metadata__;
     return parsed;
   } catch (error) {
-    throw new ServeError(422, 'model_load_failed', `cannot read safetensors header of ${file}: ${(error as Error).message}`);
+    throw new ServeError('model_load_failed', `cannot read safetensors header of ${file}: ${(error as Error).message}`);
   } finally {
     closeSync(fd);
   }
@@ -249,9 +249,7 @@ export function planLoad(name: string, dir: string, policy: WeightsPolicy, memor
     : policy === 'fp32' ? 'dequantized' : policy === 'native' || !onCpu ? 'native' : estimates.dequantized <= room ? 'dequantized' : 'native';
   const estimatedBytes = estimates[wanted];
   if (estimatedBytes > room) {
-    throw new ServeError(
-      503,
-      'insufficient_memory',
+    throw new ServeError('insufficient_memory',
       `model '${name}' needs about ${gib(estimatedBytes)} GiB (${wanted === 'native' ? 'weights as stored' : 'weights dequantized to fp32'}) plus ${gib(activations)} GiB for a prefill step's activations and ${gib(minimumKv)} GiB for one sequence's KV cache, but only ${gib(available)} GiB is ${what}, ${gib(reserveBytes)} GiB is kept in reserve (--memory-reserve) and ${gib(promptCacheBytes)} GiB is set aside for the prompt cache (--prompt-cache-bytes)`,
     );
   }

@@ -3,7 +3,8 @@
  * the Hugging Face cache, and the built-in tiny model. A client only ever names a model; the
  * registry turns the name into a folder it found itself, so no request reaches another path.
  */
-import { existsSync, readdirSync, readFileSync, realpathSync, statSync } from 'node:fs';
+import { watch, type FSWatcher } from 'node:fs';
+import { access, readdir, readFile, realpath, stat } from 'node:fs/promises';
 import { homedir } from 'node:os';
 import { basename, extname, join, resolve, sep } from 'node:path';
 import type { ModelSource } from '../../core/protocol.ts';
@@ -14,8 +15,8 @@ export const BUILTIN_MODEL = 'tiny-qwen3';
 
 export interface ModelEntry extends ModelSource {
   origin: 'builtin' | 'flag' | 'models-dir' | 'hf-cache';
-  readonly modifiedAt: Date;
-  readonly sizeBytes: number;
+  modifiedAt: Date;
+  sizeBytes: number;
   /** Set on a model that is not on disk yet (--auto-pull): downloads it and returns its entry. */
   fetch?: () => Promise<ModelEntry>;
 }
@@ -26,73 +27,57 @@ export function huggingFaceHubCache(env: NodeJS.ProcessEnv = process.env): strin
   return join(homedir(), '.cache', 'huggingface', 'hub');
 }
 
-const isModelDir = (dir: string): boolean => existsSync(join(dir, 'config.json'));
+/** How old the index may grow before a request that reads it starts a refresh in the background. */
+const INDEX_TTL_MS = 5000;
+/** Folder events come in bursts (a copy, a download); one refresh follows each burst. */
+const WATCH_SETTLE_MS = 100;
+
+const exists = (path: string): Promise<boolean> => access(path).then(() => true, () => false);
+const isModelDir = (dir: string): Promise<boolean> => exists(join(dir, 'config.json'));
 /** A single-file GGUF model (llama.cpp's format); it is named by its file name without `.gguf`. */
-const isGgufFile = (path: string): boolean => isGgufPath(path) && existsSync(path) && statSync(path).isFile();
-const isModel = (path: string): boolean => isModelDir(path) || isGgufFile(path);
+const isGgufFile = async (path: string): Promise<boolean> => isGgufPath(path) && (await stat(path).then((s) => s.isFile(), () => false));
+const isModel = async (path: string): Promise<boolean> => (await isModelDir(path)) || (await isGgufFile(path));
 const modelName = (path: string): string => (isGgufPath(path) ? basename(path, extname(path)) : basename(path));
+const listDir = (dir: string): Promise<string[]> => readdir(dir).catch(() => []);
 
 /** A models dir serves what it holds: a symlink in it that leads elsewhere is not followed. */
-const insideRoot = (root: string, path: string): boolean => realpathSync(path).startsWith(root + sep);
+const insideRoot = async (root: string, path: string): Promise<boolean> => (await realpath(path)).startsWith(root + sep);
 
-/**
- * A model found on disk. Its size and date need a stat of every file, which only listings show:
- * they are read on first use, so resolving a request's model name stats no weight files.
- */
-class FoundModel implements ModelEntry {
-  private stats: { modifiedAt: Date; sizeBytes: number } | null = null;
-
-  constructor(
-    readonly name: string,
-    readonly path: string,
-    readonly origin: ModelEntry['origin'],
-  ) {}
-
-  get builtin(): boolean {
-    return this.origin === 'builtin';
-  }
-
-  get modifiedAt(): Date {
-    this.stats ??= folderStats(this.path);
-    return this.stats.modifiedAt;
-  }
-
-  get sizeBytes(): number {
-    this.stats ??= folderStats(this.path);
-    return this.stats.sizeBytes;
-  }
-}
-
-function folderStats(dir: string): { modifiedAt: Date; sizeBytes: number } {
-  if (isGgufFile(dir)) {
-    const stats = statSync(dir);
+/** Size and date of a model's files, read when the index is built so no request stats a weight file. */
+async function folderStats(path: string): Promise<{ modifiedAt: Date; sizeBytes: number }> {
+  if (await isGgufFile(path)) {
+    const stats = await stat(path);
     return { modifiedAt: stats.mtime, sizeBytes: stats.size };
   }
   let sizeBytes = 0;
   let modifiedAt = new Date(0);
-  for (const file of existsSync(dir) ? readdirSync(dir) : []) {
-    const stats = statSync(join(dir, file));
-    if (!stats.isFile()) continue;
+  for (const file of await listDir(path)) {
+    const stats = await stat(join(path, file)).catch(() => null);
+    if (!stats?.isFile()) continue;
     sizeBytes += stats.size;
     if (stats.mtime > modifiedAt) modifiedAt = stats.mtime;
   }
   return { modifiedAt, sizeBytes };
 }
 
-export function huggingFaceModels(cache: string): { name: string; path: string }[] {
-  if (!existsSync(cache)) return [];
-  const found: { name: string; path: string }[] = [];
-  for (const entry of readdirSync(cache)) {
-    if (!entry.startsWith('models--')) continue;
-    const repo = join(cache, entry);
-    const ref = join(repo, 'refs', 'main');
-    const snapshots = join(repo, 'snapshots');
-    const revision = existsSync(ref) ? readFileSync(ref, 'utf8').trim() : existsSync(snapshots) ? readdirSync(snapshots)[0] : undefined;
-    if (!revision) continue;
-    const path = join(snapshots, revision);
-    if (isModelDir(path)) found.push({ name: entry.slice('models--'.length).replace('--', '/'), path });
-  }
-  return found;
+async function foundModel(name: string, path: string, origin: ModelEntry['origin']): Promise<ModelEntry> {
+  return { name, path, origin, builtin: origin === 'builtin', ...(await folderStats(path)) };
+}
+
+/** The Hugging Face cache's models: each repository's snapshot at refs/main (else its first), when it holds a config.json. */
+export async function huggingFaceModels(cache: string): Promise<{ name: string; path: string }[]> {
+  const repos = (await listDir(cache)).filter((entry) => entry.startsWith('models--'));
+  const found = await Promise.all(
+    repos.map(async (entry) => {
+      const repo = join(cache, entry);
+      const snapshots = join(repo, 'snapshots');
+      const revision = await readFile(join(repo, 'refs', 'main'), 'utf8').then((ref) => ref.trim(), async () => (await listDir(snapshots))[0]);
+      if (!revision) return null;
+      const path = join(snapshots, revision);
+      return (await isModelDir(path)) ? { name: entry.slice('models--'.length).replace('--', '/'), path } : null;
+    }),
+  );
+  return found.filter((model) => model !== null);
 }
 
 export interface RegistryOptions {
@@ -104,56 +89,145 @@ export interface RegistryOptions {
   fetchMissing?: (name: string) => (() => Promise<void>) | null;
 }
 
+interface ModelIndex {
+  /** By name, in precedence order: --model, the models dirs, the Hugging Face cache, the built-in model. */
+  models: Map<string, ModelEntry>;
+  /** --model when it names a model on disk. */
+  flagged: ModelEntry | null;
+  builtAt: number;
+}
+
+async function buildIndex(options: RegistryOptions, builtinPath: string): Promise<ModelIndex> {
+  const builtAt = Date.now();
+  const candidates: [string, string, ModelEntry['origin']][] = [];
+  const flaggedPath = options.model && options.model !== BUILTIN_MODEL ? resolve(options.model) : null;
+  const flagged = flaggedPath && (await isModel(flaggedPath)) ? await foundModel(modelName(flaggedPath), flaggedPath, 'flag') : null;
+  for (const dir of options.modelsDirs) {
+    const root = await realpath(dir).catch(() => null);
+    if (!root) continue;
+    const paths = (await listDir(dir)).map((sub) => resolve(dir, sub));
+    const served = await Promise.all(paths.map(async (path) => (await isModel(path)) && (await insideRoot(root, path))));
+    paths.forEach((path, i) => served[i] && candidates.push([modelName(path), path, 'models-dir']));
+  }
+  for (const { name, path } of await huggingFaceModels(options.hubCache ?? huggingFaceHubCache())) candidates.push([name, path, 'hf-cache']);
+  candidates.push([BUILTIN_MODEL, builtinPath, 'builtin']);
+  const firstByName = new Map<string, [string, string, ModelEntry['origin']]>();
+  for (const candidate of candidates) if (!firstByName.has(candidate[0]) && candidate[0] !== flagged?.name) firstByName.set(candidate[0], candidate);
+  const found = await Promise.all([...firstByName.values()].map(([name, path, origin]) => foundModel(name, path, origin)));
+  const models = new Map<string, ModelEntry>([...(flagged ? [flagged] : []), ...found].map((model) => [model.name, model]));
+  return { models, flagged, builtAt };
+}
+
+/**
+ * The models that can be named, from an index built off the request path: requests read it,
+ * and it is rebuilt with asynchronous I/O when a watched folder changes, after a pull, and in the
+ * background once it is INDEX_TTL_MS old (a download by another program changes files inside a
+ * repository, below what the watch sees).
+ */
 export class ModelRegistry {
-  constructor(private readonly options: RegistryOptions) {}
+  private running: Promise<void> | null = null;
+  private queued: Promise<void> | null = null;
+  private readonly watchers: FSWatcher[] = [];
+  private settle: NodeJS.Timeout | null = null;
+
+  private constructor(
+    private readonly options: RegistryOptions,
+    private index: ModelIndex,
+  ) {}
+
+  static async open(options: RegistryOptions): Promise<ModelRegistry> {
+    const builtinPath = join(options.cacheDir, BUILTIN_MODEL);
+    const registry = new ModelRegistry(options, await buildIndex(options, builtinPath));
+    registry.watch([...options.modelsDirs, options.hubCache ?? huggingFaceHubCache()]);
+    return registry;
+  }
 
   get builtinPath(): string {
     return join(this.options.cacheDir, BUILTIN_MODEL);
   }
 
-  /** Every model that can be named right now; the folders are re-read each time, so new ones appear. */
-  list(): ModelEntry[] {
-    const entries = new Map<string, ModelEntry>();
-    const add = (name: string, path: string, origin: ModelEntry['origin']): void => {
-      if (!entries.has(name)) entries.set(name, new FoundModel(name, path, origin));
-    };
-    const flagged = this.options.model;
-    if (flagged && flagged !== BUILTIN_MODEL && isModel(resolve(flagged))) add(modelName(resolve(flagged)), resolve(flagged), 'flag');
-    for (const dir of this.options.modelsDirs) {
-      if (!existsSync(dir)) continue;
-      const root = realpathSync(dir);
-      for (const sub of readdirSync(dir)) {
-        const path = resolve(dir, sub);
-        if (isModel(path) && insideRoot(root, path)) add(modelName(path), path, 'models-dir');
-      }
+  /** Rebuilds the index; a call while a rebuild runs waits for one that starts after it. */
+  refresh(): Promise<void> {
+    if (!this.running) {
+      this.running = buildIndex(this.options, this.builtinPath)
+        .then((index) => {
+          this.index = index;
+        })
+        .finally(() => {
+          this.running = null;
+        });
+      return this.running;
     }
-    for (const { name, path } of huggingFaceModels(this.options.hubCache ?? huggingFaceHubCache())) add(name, path, 'hf-cache');
-    add(BUILTIN_MODEL, this.builtinPath, 'builtin');
-    return [...entries.values()];
+    this.queued ??= this.running
+      .catch(() => undefined)
+      .then(() => {
+        this.queued = null;
+        return this.refresh();
+      });
+    return this.queued;
+  }
+
+  close(): void {
+    for (const watcher of this.watchers.splice(0)) watcher.close();
+    if (this.settle) clearTimeout(this.settle);
+  }
+
+  /** Every model that can be named: the index, refreshed in the background when it is old. */
+  list(): ModelEntry[] {
+    return [...this.current().models.values()];
   }
 
   /** The model served when a request names none: --model, else the built-in one. */
   get defaultName(): string {
     const flagged = this.options.model;
     if (!flagged) return BUILTIN_MODEL;
-    return isModel(resolve(flagged)) ? modelName(resolve(flagged)) : flagged;
+    return this.current().flagged?.name ?? flagged;
   }
 
   resolve(name: string | undefined | null): ModelEntry {
     const wanted = name && name.length > 0 ? name : this.defaultName;
-    const models = this.list();
-    const found = models.find((m) => m.name === wanted) ?? models.find((m) => m.name === wanted.replace(/:latest$/, ''));
+    const { models } = this.current();
+    const found = models.get(wanted) ?? models.get(wanted.replace(/:latest$/, ''));
     if (!found) {
       const fetchModel = this.options.fetchMissing?.(wanted);
       if (fetchModel) {
         const fetch = async (): Promise<ModelEntry> => {
           await fetchModel();
+          await this.refresh();
           return this.resolve(wanted);
         };
         return { name: wanted, path: '', builtin: false, origin: 'hf-cache', modifiedAt: new Date(), sizeBytes: 0, fetch };
       }
-      throw new ServeError(404, 'model_not_found', `model '${wanted}' not found; available: ${models.map((m) => m.name).join(', ')}`, 'model');
+      throw new ServeError('model_not_found', `model '${wanted}' not found; available: ${[...models.keys()].join(', ')}`, 'model');
     }
     return found;
+  }
+
+  private current(): ModelIndex {
+    if (Date.now() - this.index.builtAt > INDEX_TTL_MS) this.refreshInBackground();
+    return this.index;
+  }
+
+  private refreshInBackground(): void {
+    if (this.running) return;
+    // A folder that cannot be read leaves the last index in place until the next refresh.
+    this.refresh().catch(() => undefined);
+  }
+
+  /** Watches each folder's own entries (not its tree): a model folder or repository added or removed. */
+  private watch(dirs: string[]): void {
+    for (const dir of dirs) {
+      try {
+        const watcher = watch(dir, () => {
+          if (this.settle) clearTimeout(this.settle);
+          this.settle = setTimeout(() => this.refreshInBackground(), WATCH_SETTLE_MS).unref();
+        });
+        watcher.on('error', () => watcher.close());
+        watcher.unref();
+        this.watchers.push(watcher);
+      } catch {
+        // A folder that does not exist yet is found by the time-to-live refresh once it does.
+      }
+    }
   }
 }

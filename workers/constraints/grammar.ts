@@ -65,7 +65,7 @@ async function structuralFormat(format: OutputFormat): Promise<StructuralTagForm
 
 function invalidFormat(error: unknown): ServeError {
   const message = error instanceof Error ? error.message : String(error);
-  return new ServeError(400, 'invalid_request', `the output format could not be compiled into a grammar: ${message}`, 'response_format');
+  return new ServeError('invalid_request', `the output format could not be compiled into a grammar: ${message}`, 'response_format');
 }
 
 /** One loaded model's grammar compiler: built on the first constrained request, then kept. */
@@ -176,7 +176,7 @@ export class TokenConstraint {
   mask(row: MxArray, closing = false): MxArray {
     if (this.failure) throw this.failure;
     const words = this.bitmask;
-    if (!words) throw new ServeError(500, 'internal_error', 'constrained decoding: the token mask was not ready when the logits were');
+    if (!words) throw new ServeError('internal_error', 'constrained decoding: the token mask was not ready when the logits were');
     const allowed = countAllowed(words, this.vocabSize);
     if (closing) {
       const isAllowed = (id: number): boolean => (((words[id >>> 5] as number) >>> (id & 31)) & 1) === 1;
@@ -189,7 +189,7 @@ export class TokenConstraint {
       if (!inString) return keepOnly(row, this.longest(tokensWithBit(words, this.vocabSize, 1, allowed)), this.vocabSize);
     }
     if (allowed === this.vocabSize) return row;
-    if (allowed === 0) throw new ServeError(500, 'internal_error', 'constrained decoding: the grammar allows no token here');
+    if (allowed === 0) throw new ServeError('internal_error', 'constrained decoding: the grammar allows no token here');
     // Scatter whichever list is shorter: inside a JSON string nearly every token is allowed,
     // between values only a handful are.
     const listAllowed = allowed <= this.vocabSize / 2;
@@ -207,7 +207,7 @@ export class TokenConstraint {
 
   advance(token: number): void {
     if (!this.matcher.acceptToken(token)) {
-      throw new ServeError(500, 'internal_error', `constrained decoding: token ${token} was drawn although the grammar refused it`);
+      throw new ServeError('internal_error', `constrained decoding: token ${token} was drawn although the grammar refused it`);
     }
     this.bitmask = null;
     if (!this.matcher.isTerminated()) this.prepare();

@@ -70,9 +70,9 @@ const TEXT_MODEL_PREFIXES = ['model.language_model.', 'language_model.model.'];
  * and projector are dropped; image input is not supported.
  */
 export function loadMultimodal(store: WeightStore, config: { text_config?: Gemma3TextConfig }): LanguageModel {
-  if (!config.text_config) throw new ServeError(422, 'model_load_failed', "a 'gemma3' config.json needs a text_config");
+  if (!config.text_config) throw new ServeError('model_load_failed', "a 'gemma3' config.json needs a text_config");
   const prefix = TEXT_MODEL_PREFIXES.find((candidate) => store.has(`${candidate}embed_tokens.weight`));
-  if (!prefix) throw new ServeError(422, 'model_load_failed', `no text model weights under ${TEXT_MODEL_PREFIXES.join(' or ')}`);
+  if (!prefix) throw new ServeError('model_load_failed', `no text model weights under ${TEXT_MODEL_PREFIXES.join(' or ')}`);
   store.discard((name) => !name.startsWith(prefix) && !name.startsWith('lm_head.') && !name.startsWith('language_model.lm_head.'));
   store.movePrefix(prefix, 'model.');
   store.movePrefix('language_model.lm_head.', 'lm_head.');

@@ -105,7 +105,7 @@ export function activationNamed(name: string | undefined, fallback: Activation):
     case 'gelu_fast':
       return 'gelu_tanh';
     default:
-      throw new ServeError(422, 'unsupported_model', `unsupported activation '${name}' (supported: silu, gelu, gelu_pytorch_tanh)`);
+      throw new ServeError('unsupported_model', `unsupported activation '${name}' (supported: silu, gelu, gelu_pytorch_tanh)`);
   }
 }
 

@@ -39,7 +39,7 @@ export interface ModelConfig {
 function existingWeightFiles(dir: string): string[] {
   const files = weightFiles(dir);
   const missing = files.find((file) => !existsSync(file));
-  if (missing) throw new ServeError(422, 'model_load_failed', `${missing} is missing (a model folder needs model.safetensors or the shards its index names)`);
+  if (missing) throw new ServeError('model_load_failed', `${missing} is missing (a model folder needs model.safetensors or the shards its index names)`);
   return files;
 }
 
@@ -50,7 +50,7 @@ function readTensors(files: string[]): Map<string, MxArray> {
     try {
       record = mx.load(file) as unknown as Record<string, MxArray>;
     } catch (error) {
-      throw new ServeError(422, 'model_load_failed', `cannot read ${file}: ${(error as Error).message}`);
+      throw new ServeError('model_load_failed', `cannot read ${file}: ${(error as Error).message}`);
     }
     for (const [name, tensor] of Object.entries(record)) tensors.set(name, tensor);
   }
@@ -62,7 +62,7 @@ function quantSpec(value: unknown): QuantSpec | null {
   const { group_size: groupSize, bits } = value as { group_size?: unknown; bits?: unknown };
   if (typeof groupSize !== 'number' || typeof bits !== 'number') return null;
   if (![32, 64, 128].includes(groupSize) || ![2, 3, 4, 6, 8].includes(bits)) {
-    throw new ServeError(422, 'unsupported_model', `unsupported quantization: group_size ${groupSize}, bits ${bits}`);
+    throw new ServeError('unsupported_model', `unsupported quantization: group_size ${groupSize}, bits ${bits}`);
   }
   return { groupSize, bits };
 }
@@ -96,7 +96,7 @@ export function loadModel(dir: string, placement: WeightPlacement = 'native'): {
   const config = readJson<ModelConfig>(join(dir, 'config.json'), 'config.json');
   const architecture = architectures[config.model_type];
   if (!architecture) {
-    throw new ServeError(422, 'unsupported_model', `model_type '${config.model_type}' is not supported (supported: ${supportedArchitectures().join(', ')})`);
+    throw new ServeError('unsupported_model', `model_type '${config.model_type}' is not supported (supported: ${supportedArchitectures().join(', ')})`);
   }
   const tensors = readTensors(existingWeightFiles(dir));
   const store = new WeightStore(tensors, quantizationConfig(config), computeDtype(tensors.values()), placement);
@@ -105,7 +105,7 @@ export function loadModel(dir: string, placement: WeightPlacement = 'native'): {
     model = architecture(store, config as never);
   } catch (error) {
     if (error instanceof ServeError) throw error;
-    throw new ServeError(422, 'model_load_failed', `weights do not fit the '${config.model_type}' architecture: ${(error as Error).message}`);
+    throw new ServeError('model_load_failed', `weights do not fit the '${config.model_type}' architecture: ${(error as Error).message}`);
   }
   store.assertConsumed();
   mx.eval(...model.parameters());

@@ -128,7 +128,7 @@ export function createRope(dims: number, base: number, scaling: RopeScaling | nu
     case 'llama3':
       return new FrequencyRope(dims, llama3InverseFrequencies(dims, base, scaling ?? {}));
     default:
-      throw new ServeError(422, 'unsupported_model', `unsupported rope scaling '${kind}' (supported: default, linear, llama3)`);
+      throw new ServeError('unsupported_model', `unsupported rope scaling '${kind}' (supported: default, linear, llama3)`);
   }
 }
 

@@ -74,7 +74,7 @@ export class WeightStore {
 
   takeRaw(name: string): MxArray {
     const tensor = this.remaining.get(name);
-    if (!tensor) throw new ServeError(422, 'model_load_failed', `checkpoint is missing tensor '${name}'`);
+    if (!tensor) throw new ServeError('model_load_failed', `checkpoint is missing tensor '${name}'`);
     this.remaining.delete(name);
     return tensor;
   }
@@ -84,7 +84,7 @@ export class WeightStore {
     const override = this.quantization.overrides.get(prefix);
     if (override === false) return null;
     const spec = override ?? this.quantization.default;
-    if (!spec) throw new ServeError(422, 'model_load_failed', `'${prefix}' is quantized but config.json has no quantization settings`);
+    if (!spec) throw new ServeError('model_load_failed', `'${prefix}' is quantized but config.json has no quantization settings`);
     return spec;
   }
 
@@ -104,7 +104,7 @@ export class WeightStore {
   assertConsumed(): void {
     const left = [...this.remaining.keys()];
     if (left.length > 0) {
-      throw new ServeError(422, 'model_load_failed', `checkpoint has tensors the architecture does not use: ${left.slice(0, 5).join(', ')}${left.length > 5 ? ', ...' : ''}`);
+      throw new ServeError('model_load_failed', `checkpoint has tensors the architecture does not use: ${left.slice(0, 5).join(', ')}${left.length > 5 ? ', ...' : ''}`);
     }
   }
 }
