@@ -10,6 +10,7 @@
 import { readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
+import type { ServerStatus } from '../src/api/admin.ts';
 import { parseServerConfig } from '../src/config.ts';
 import { agent, getJson, timedGeneration, type RequestTiming } from './client.ts';
 import { FP32_05B, generatedModel, makeModel } from './models.ts';
@@ -66,8 +67,8 @@ let exitCode = 1;
 try {
   progress(`server pid ${server.serverPid}; --memory-limit ${mib(limit)} = weights ${mib(weightsBytes)} + ${mib(Number(values.headroom))}`);
   await getJson(`${server.url}/admin/load`, 'POST', {});
-  type Status = { kv_cache: { budget_bytes: number; bytes_per_token: number }; requests: { active: number; queued: number } };
-  const kv = (await getJson<Status>(`${server.url}/admin/status`)).kv_cache;
+  const kv = (await getJson<ServerStatus>(`${server.url}/admin/status`)).kv_cache;
+  if (!kv) throw new Error('the server reports no KV budget after /admin/load');
   progress(`loaded: KV budget ${mib(kv.budget_bytes)} (${Math.floor(kv.budget_bytes / kv.bytes_per_token)} tokens at ${kv.bytes_per_token} bytes a token); resident ${mib(residentMemory(server.serverPid).rss)}`);
 
   const peaks = { running: 0, waiting: 0, rss: 0 };
@@ -83,7 +84,7 @@ try {
   void all.finally(() => (done = true));
   let lastReport = 0;
   while (!done) {
-    const status = await getJson<Status>(`${server.url}/admin/status`);
+    const status = await getJson<ServerStatus>(`${server.url}/admin/status`);
     peaks.running = Math.max(peaks.running, status.requests.active);
     peaks.waiting = Math.max(peaks.waiting, status.requests.queued);
     peaks.rss = Math.max(peaks.rss, residentMemory(server.serverPid).rss);

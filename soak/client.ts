@@ -1,12 +1,7 @@
 /** The soak suite talks to a server only over HTTP, like any client; this is that client. */
+import type { ServerStatus } from '../src/api/admin.ts';
 
-export interface ServerStatus {
-  status: string;
-  memory: { active_memory_gb: number; peak_memory_gb: number; rss_gb: number; model_loaded: boolean; model_memory_gb?: number };
-  requests: { total: number; active: number; queued: number; failed?: number; uptime_seconds: number; last_activity: string; idle_seconds?: number };
-  model?: { name: string | null; default?: string; state: string; loads?: number; unloads?: number };
-  idle_timeout_seconds: number;
-}
+export type { ServerStatus };
 
 export interface ServerHealth {
   status: string;

@@ -10,7 +10,8 @@
  * a JSON false here, and "field present" is `in` on the parsed object.
  */
 import t from 'tap';
-import { json, sleep, startServer } from './helpers/server.ts';
+import type { ServerStatus } from '../src/api/admin.ts';
+import { json, sleep, serverStatus, startServer } from './helpers/server.ts';
 
 const ADMIN_API = 'http://localhost:11437';
 const MAIN_API = 'http://localhost:11436';
@@ -22,8 +23,7 @@ t.teardown(() => server.stop());
 t.equal(server.port, 11437, 'admin API on 11437 by default');
 t.equal(server.mainPort, 11436, 'main API on 11436 by default');
 
-type Status = { memory: { active_memory_gb: number; model_loaded: boolean }; requests: { active_requests: number } };
-const status = async (): Promise<Status> => (await json<Status>(`${ADMIN_API}/admin/status`)).body;
+const status = (): Promise<ServerStatus> => serverStatus(ADMIN_API);
 const memoryGb = async (): Promise<number> => (await status()).memory.active_memory_gb;
 const modelLoaded = async (): Promise<boolean> => (await status()).memory.model_loaded;
 
@@ -136,15 +136,7 @@ t.test("the same server's documented calls beyond the script", async (t) => {
   // Keeps the model loaded through the checks below, whatever the short idle timeout.
   t.equal((await json(`${MAIN_API}/api/generate`, { method: 'POST', body: JSON.stringify({ model: MODEL, keep_alive: -1 }) })).status, 200);
 
-  type FullStatus = {
-    memory: { model_loaded: boolean };
-    requests: { total: number; active: number; active_requests: number; uptime: number; last_activity: string };
-    model: { loaded: boolean; name: string; memory_gb: number };
-    worker: { healthy: boolean; status: string };
-    config: { idle_timeout_seconds: number };
-    idle_timeout_seconds: number;
-  };
-  const s = (await json<FullStatus>(`${ADMIN_API}/admin/status`)).body;
+  const s = await serverStatus(ADMIN_API);
   t.equal(s.memory.model_loaded, true);
   t.ok(s.requests.total >= 6, `requests.total ${s.requests.total}`);
   t.equal(s.requests.active, 0);

@@ -7,21 +7,15 @@
 import { closeSync, openSync, readSync } from 'node:fs';
 import { join } from 'node:path';
 import t, { type Test } from 'tap';
-import { json, post, sleep, startServer, TEST_CACHE_DIR } from './helpers/server.ts';
+import type { ServerStatus } from '../src/api/admin.ts';
+import { json, post, sleep, serverStatus, startServer, TEST_CACHE_DIR } from './helpers/server.ts';
 
 const IDLE_SECONDS = 3;
 const server = await startServer(['--idle-timeout', String(IDLE_SECONDS)]);
 t.teardown(() => server.stop());
 const { url } = server;
 
-type Status = {
-  status: string;
-  memory: { active_memory_gb: number; peak_memory_gb: number; rss_gb: number; model_loaded: boolean; model_memory_gb: number };
-  requests: { total: number; active: number; queued: number; uptime_seconds: number; last_activity: string };
-  model: { name: string | null; state: string; loaded_at: string | null; load_seconds: number | null; loads: number; unloads: number };
-  idle_timeout_seconds: number;
-};
-const status = async (): Promise<Status> => (await json<Status>(`${url}/admin/status`)).body;
+const status = (): Promise<ServerStatus> => serverStatus(url);
 const complete = (prompt: string, extra: Record<string, unknown> = {}) =>
   post(`${url}/v1/completions`, { prompt, max_tokens: 12, temperature: 0, ignore_eos: true, ...extra });
 
@@ -233,6 +227,6 @@ t.test('a load that starts before anyone polls status is still measured against 
   const fresh = await startServer(['--idle-timeout', '0']);
   t.teardown(() => fresh.stop());
   t.equal((await post(`${fresh.url}/v1/completions`, { prompt: 'first thing', max_tokens: 2 })).status, 200);
-  const s = (await json<Status>(`${fresh.url}/admin/status`)).body;
+  const s = await serverStatus(fresh.url);
   t.ok(s.memory.active_memory_gb >= s.memory.model_memory_gb, `active ${s.memory.active_memory_gb} GB holds at least the weights' ${s.memory.model_memory_gb} GB`);
 });

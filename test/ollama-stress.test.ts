@@ -6,18 +6,15 @@
  */
 import t from 'tap';
 import { cli } from './helpers/cli.ts';
-import { json, post, startServer } from './helpers/server.ts';
+import type { ServerStatus } from '../src/api/admin.ts';
+import { json, post, serverStatus, startServer } from './helpers/server.ts';
 
 const server = await startServer(['--idle-timeout', '0']);
 t.teardown(() => server.stop());
 const host = ['--host', server.url];
 const model = 'tiny-qwen3';
 
-interface Status {
-  memory: { rss_gb: number; active_memory_gb: number; peak_memory_gb: number; model_loaded: boolean };
-  requests: { active: number; failed: number };
-}
-const status = async (): Promise<Status> => (await json<Status>(`${server.url}/admin/status`)).body;
+const status = (): Promise<ServerStatus> => serverStatus(server.url);
 
 /** NDJSON objects of a streamed /api/generate, as `curl -N` would show them. */
 async function streamGenerate(body: Record<string, unknown>): Promise<Record<string, any>[]> {
@@ -67,7 +64,7 @@ t.test('3. three sessions at once: two repeated run commands and one streamed re
 });
 
 t.test('4. memory measured under four concurrent requests', async (t) => {
-  const samples: Status[] = [];
+  const samples: ServerStatus[] = [];
   let running = true;
   const sampler = (async () => {
     while (running) {

@@ -4,10 +4,10 @@ import { join } from 'node:path';
 import { createServer } from 'node:net';
 import t from 'tap';
 import { estimateLoadBytes } from '../src/models/footprint.ts';
-import { builtinModelVariant, json, logEvents, post, sleep, startServer, TEST_CACHE_DIR, waitFor, type TestServer } from './helpers/server.ts';
+import type { ServerStatus } from '../src/api/admin.ts';
+import { builtinModelVariant, logEvents, post, sleep, serverStatus, startServer, TEST_CACHE_DIR, waitFor, type TestServer } from './helpers/server.ts';
 
-type Status = { requests: { active: number; queued: number; failed: number }; model: { state: string }; tokens: { generated: number; prompt: number } };
-const status = async (server: TestServer): Promise<Status> => (await json<Status>(`${server.url}/admin/status`)).body;
+const status = (server: TestServer): Promise<ServerStatus> => serverStatus(server.url);
 
 /** Opens a streamed completion and returns once `chunks` SSE events have arrived. */
 async function openStream(url: string, chunks: number, maxTokens = 2000): Promise<{ controller: AbortController; received: number }> {

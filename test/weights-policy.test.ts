@@ -4,7 +4,8 @@ import { join } from 'node:path';
 import t from 'tap';
 import { mx } from '../workers/models/mx.ts';
 import { estimateLoadBytes, availableMemoryBytes } from '../src/models/footprint.ts';
-import { json, post, startServer, tempDir, TEST_CACHE_DIR } from './helpers/server.ts';
+import type { ServerStatus } from '../src/api/admin.ts';
+import { json, post, serverStatus, startServer, tempDir, TEST_CACHE_DIR } from './helpers/server.ts';
 
 const modelsDir = tempDir('mlx-quantized-');
 const quantized = join(modelsDir, 'tiny-qwen3-8bit');
@@ -40,14 +41,13 @@ async function makeQuantizedModel(): Promise<number> {
 
 const unloadedServerBytes = await makeQuantizedModel();
 
-type Status = { model: { weights: { placement: string; dtype: string; converted: string[]; policy: string } }; memory: { model_memory_gb: number } };
 
-async function loadWith(args: string[], model = 'tiny-qwen3-8bit'): Promise<{ status: Status; text: string }> {
+async function loadWith(args: string[], model = 'tiny-qwen3-8bit'): Promise<{ status: ServerStatus; text: string }> {
   const server = await startServer(['--idle-timeout', '0', '--models-dir', modelsDir, ...args]);
   try {
     const r = await post(`${server.url}/v1/completions`, { model, prompt: 'Hello', max_tokens: 8, temperature: 0, ignore_eos: true });
     if (r.status !== 200) throw new Error(JSON.stringify(r.body));
-    return { status: (await json<Status>(`${server.url}/admin/status`)).body, text: r.body.choices[0].text };
+    return { status: await serverStatus(server.url), text: r.body.choices[0].text };
   } finally {
     await server.stop();
   }
@@ -57,11 +57,11 @@ t.test('native keeps the 8-bit matrices; fp32 and auto (on a CPU) dequantize the
   const native = await loadWith(['--weights', 'native']);
   const fp32 = await loadWith(['--weights', 'fp32']);
   const auto = await loadWith([]);
-  t.equal(native.status.model.weights.placement, 'native');
-  t.equal(fp32.status.model.weights.placement, 'dequantized');
-  t.equal(auto.status.model.weights.placement, 'dequantized', 'auto picks fp32 on a CPU when it fits');
-  t.same(fp32.status.model.weights.converted.filter((c) => c.includes('-bit')), ['8-bit to float32'], 'status says what was converted');
-  t.notOk(native.status.model.weights.converted.some((c) => c.includes('-bit')), 'native converts no quantized matrix');
+  t.equal(native.status.model.weights?.placement, 'native');
+  t.equal(fp32.status.model.weights?.placement, 'dequantized');
+  t.equal(auto.status.model.weights?.placement, 'dequantized', 'auto picks fp32 on a CPU when it fits');
+  t.same(fp32.status.model.weights?.converted.filter((c) => c.includes('-bit')), ['8-bit to float32'], 'status says what was converted');
+  t.notOk(native.status.model.weights?.converted.some((c) => c.includes('-bit')), 'native converts no quantized matrix');
   t.ok(native.status.memory.model_memory_gb < 0.06, `native holds ${native.status.memory.model_memory_gb} GB`);
   t.ok(fp32.status.memory.model_memory_gb > 0.14, `fp32 holds ${fp32.status.memory.model_memory_gb} GB`);
   t.ok(native.text.length > 0 && fp32.text.length > 0);
@@ -74,13 +74,13 @@ t.test('auto falls back to the stored quantized weights when fp32 would not fit'
   const limit = Math.round(unloadedServerBytes + (estimates.native + estimates.dequantized) / 2);
   t.ok(availableMemoryBytes() > limit, 'the machine has more than the limit, so the limit decides');
   const squeezed = await loadWith(['--memory-reserve', '0', '--prompt-cache-bytes', '0', '--prefill-chunk', '1', '--memory-limit', String(limit)]);
-  t.equal(squeezed.status.model.weights.placement, 'native');
+  t.equal(squeezed.status.model.weights?.placement, 'native');
 });
 
 t.test('a model stored in fp32 is reported as held natively, whatever the policy asked', async (t) => {
   const builtin = await loadWith([], 'tiny-qwen3');
-  t.equal(builtin.status.model.weights.policy, 'auto');
-  t.equal(builtin.status.model.weights.placement, 'native', 'nothing was dequantized');
-  t.equal(builtin.status.model.weights.dtype, 'float32');
-  t.same(builtin.status.model.weights.converted, [], 'no tensor was converted');
+  t.equal(builtin.status.model.weights?.policy, 'auto');
+  t.equal(builtin.status.model.weights?.placement, 'native', 'nothing was dequantized');
+  t.equal(builtin.status.model.weights?.dtype, 'float32');
+  t.same(builtin.status.model.weights?.converted, [], 'no tensor was converted');
 });

@@ -4,6 +4,7 @@ import { cpSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import type { ServerStatus } from '../../src/api/admin.ts';
 
 const BIN = fileURLToPath(new URL('../../bin/mlx-server.js', import.meta.url));
 /** Shared by every test run on this machine, so the built-in model is generated once. */
@@ -88,6 +89,8 @@ export async function json<T = Record<string, unknown>>(url: string, init?: Requ
 
 export const post = (url: string, body: unknown): Promise<{ status: number; body: Record<string, any>; headers: Headers }> =>
   json(url, { method: 'POST', headers: { 'content-type': 'application/json' }, body: typeof body === 'string' ? body : JSON.stringify(body) });
+
+export const serverStatus = async (url: string): Promise<ServerStatus> => (await json<ServerStatus>(`${url}/admin/status`)).body;
 
 export const tempDir = (prefix: string): string => mkdtempSync(join(tmpdir(), prefix));
 
