@@ -111,7 +111,6 @@ export class LlamaEngine implements PromptTokenizer {
   private readonly controlIds = new Map<string, number>();
 
   private constructor(
-    readonly path: string,
     private readonly model: LlamaModel,
     private readonly context: LlamaContext,
     private readonly text: TokenBytesTable,
@@ -160,7 +159,7 @@ export class LlamaEngine implements PromptTokenizer {
       loadMs: performance.now() - started,
       contextLength: context.contextSize,
     };
-    return new LlamaEngine(spec.path, model, context, vocabularyText(header), header, info);
+    return new LlamaEngine(model, context, vocabularyText(header), header, info);
   }
 
   encode(text: string, addSpecialTokens: boolean): number[] {

@@ -32,7 +32,6 @@ const telemetry = new Telemetry(shared.telemetry);
 const cancelFlags = new CancelFlags(shared.cancelFlags);
 
 interface LoadedModel {
-  source: LoadSpec;
   promptCache: PromptCache;
   model: LanguageModel;
   tokenizer: ModelTokenizer;
@@ -41,27 +40,14 @@ interface LoadedModel {
   info: LoadResult;
 }
 
+/**
+ * The model this worker loaded: the engine loads one per worker's life (a switch or an unload
+ * ends the worker), in its lifecycle queue, before it sends any generation. An MLX model, or a
+ * GGUF model served by llama.cpp.
+ */
 let loaded: LoadedModel | null = null;
+let gguf: LlamaEngine | null = null;
 let scheduler: Scheduler | null = null;
-/** A GGUF model, served by llama.cpp. The worker holds it or an MLX model (`loaded`), never both. */
-let gguf: Promise<LlamaEngine> | null = null;
-
-async function dropGguf(): Promise<void> {
-  const engine = await gguf?.catch(() => null);
-  gguf = null;
-  await engine?.dispose();
-}
-
-async function loadGguf(source: LoadSpec): Promise<LlamaEngine> {
-  const current = await gguf?.catch(() => null);
-  if (current?.path === source.path) return current;
-  await dropGguf();
-  loaded = null;
-  collectGarbage(true);
-  gguf = LlamaEngine.load(source, settings, telemetry);
-  gguf.catch(() => (gguf = null));
-  return gguf;
-}
 
 /** How often MLX's counters are copied to telemetry on a GPU, between the copies after each load and generation. */
 const DEVICE_SAMPLE_MS = 1000;
@@ -80,8 +66,6 @@ function eosIds(dir: string, config: ModelConfig, tokenizer: ModelTokenizer): Se
 }
 
 function load(source: LoadSpec): LoadedModel {
-  if (loaded?.source.path === source.path && loaded.source.placement === source.placement) return loaded;
-  loaded = null;
   const started = performance.now();
   if (source.builtin) materializeDefaultModel(source.path);
   const { model, config, weights } = loadModel(source.path, source.placement);
@@ -94,7 +78,7 @@ function load(source: LoadSpec): LoadedModel {
   const info: LoadResult = { name: source.name, placement: source.placement, weights, modelType: model.modelType, bytes, loadMs: performance.now() - started, contextLength: model.contextLength };
   const stopIds = eosIds(source.path, config, tokenizer);
   const grammars = new GrammarConstraints(tokenizer, model.vocabSize, stopIds);
-  loaded = { source, promptCache: new PromptCache(settings.promptCacheBytes), model, tokenizer, eosIds: stopIds, grammars, info };
+  loaded = { promptCache: new PromptCache(settings.promptCacheBytes), model, tokenizer, eosIds: stopIds, grammars, info };
   collectGarbage(true);
   publishDeviceMemory(metalMemory, telemetry);
   return loaded;
@@ -102,9 +86,8 @@ function load(source: LoadSpec): LoadedModel {
 
 async function generate({ request, slot, port }: Extract<WorkerTask, { op: 'generate' }>): Promise<WorkerReply> {
   try {
-    const llama = await gguf?.catch(() => null);
-    if (llama) {
-      await llama.generate(request, slot, port, telemetry, cancelFlags);
+    if (gguf) {
+      await gguf.generate(request, slot, port, telemetry, cancelFlags);
       return { ok: true };
     }
     // The engine loads before it generates; a worker without a model is one Piscina started again after a crash.
@@ -146,21 +129,21 @@ export default async function handle(task: WorkerTask): Promise<WorkerReply> {
         if (metalMemory.gpu) setInterval(() => publishDeviceMemory(metalMemory, telemetry), DEVICE_SAMPLE_MS).unref();
         return { ok: true };
       });
-    case 'load': {
+    case 'load':
       if (isGgufPath(task.model.path)) {
         try {
-          return { ok: true, load: (await loadGguf(task.model)).info };
+          gguf = await LlamaEngine.load(task.model, settings, telemetry);
+          return { ok: true, load: gguf.info };
         } catch (error) {
           return { ok: false, error: ServeError.from(error).toShape() };
         }
       }
-      await dropGguf();
       return reply(() => ({ ok: true, load: load(task.model).info }));
-    }
     case 'generate':
       return generate(task);
     case 'release':
-      await dropGguf();
+      await gguf?.dispose();
+      gguf = null;
       loaded = null;
       scheduler = null;
       return { ok: true, release: await releaseDeviceMemory(metalMemory, telemetry, () => collectGarbage(true)) };
