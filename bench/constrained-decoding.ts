@@ -14,8 +14,8 @@ import { BUILTIN_MODEL } from '../src/models/registry.ts';
 import { collectGarbage } from '../core/gc.ts';
 import { GrammarConstraints, type TokenConstraint } from '../workers/constraints/grammar.ts';
 import { DEFAULT_MODEL_CONFIG, materializeDefaultModel } from '../workers/default-model.ts';
-import { loadModel } from '../workers/models/loader.ts';
-import { mx } from '../workers/models/mx.ts';
+import { loadModel } from '../workers/architectures/loader.ts';
+import { mx } from '../workers/architectures/mx.ts';
 import { Sampler } from '../workers/sampling.ts';
 import { ModelTokenizer } from '../workers/tokenizer.ts';
 

@@ -9,7 +9,7 @@
 import { copyFileSync, mkdirSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { materializeDefaultModel } from '../workers/default-model.ts';
-import { mx, type MxArray } from '../workers/models/mx.ts';
+import { mx, type MxArray } from '../workers/architectures/mx.ts';
 
 const SEED = 5052026;
 const GROUP_SIZE = 64;

@@ -14,9 +14,9 @@ import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'n
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import t from 'tap';
-import type { LanguageModel } from '../workers/models/decoder.ts';
-import { loadModel } from '../workers/models/loader.ts';
-import { mx, type MxArray } from '../workers/models/mx.ts';
+import type { LanguageModel } from '../workers/architectures/decoder.ts';
+import { loadModel } from '../workers/architectures/loader.ts';
+import { mx, type MxArray } from '../workers/architectures/mx.ts';
 import { ServeError } from '../core/errors.ts';
 
 const FIXTURES = join(import.meta.dirname, 'fixtures', 'parity');

@@ -11,8 +11,8 @@ import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import t from 'tap';
-import { loadModel } from '../workers/models/loader.ts';
-import { mx, type MxArray } from '../workers/models/mx.ts';
+import { loadModel } from '../workers/architectures/loader.ts';
+import { mx, type MxArray } from '../workers/architectures/mx.ts';
 
 const CONFIG = {
   model_type: 'qwen3',

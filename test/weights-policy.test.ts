@@ -2,7 +2,7 @@
 import { copyFileSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import t from 'tap';
-import { mx } from '../workers/models/mx.ts';
+import { mx } from '../workers/architectures/mx.ts';
 import { estimateLoadBytes, availableMemoryBytes } from '../src/models/footprint.ts';
 import type { ServerStatus } from '../src/api/admin.ts';
 import { json, post, serverStatus, startServer, tempDir, TEST_CACHE_DIR } from './helpers/server.ts';

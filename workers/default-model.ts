@@ -8,7 +8,7 @@
 import { copyFileSync, existsSync, mkdirSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
-import { mx, type MxArray } from './models/mx.ts';
+import { mx, type MxArray } from './architectures/mx.ts';
 
 const SEED = 20261123;
 export const DEFAULT_MODEL_CONFIG = {

@@ -1,6 +1,6 @@
 /** The device memory source the worker uses: node-mlx's Metal memory API (all zeros and no-ops on the CPU build). */
 import type { DeviceMemorySource } from '../core/device-memory.ts';
-import { mx } from './models/mx.ts';
+import { mx } from './architectures/mx.ts';
 
 export const metalMemory: DeviceMemorySource = {
   gpu: mx.metal.isAvailable(),

@@ -5,7 +5,7 @@
  * layer keeps only its window, so an entry serves a prefix only where that window is still held. Bounded in bytes
  * and in entries (a lookup scans them all), least recently used first out.
  */
-import type { KVCache } from './models/kv-cache.ts';
+import type { KVCache } from './architectures/kv-cache.ts';
 
 interface Entry {
   tokens: number[];

@@ -9,10 +9,10 @@
 import type { SamplingParams } from '../core/protocol.ts';
 import { ServeError } from '../core/errors.ts';
 import { DEFAULT_MODEL_CONFIG, qwen3Tensors } from './default-model.ts';
-import { computeDtype } from './models/loader.ts';
-import { mx } from './models/mx.ts';
-import * as qwen3 from './models/qwen3.ts';
-import { WeightStore } from './models/weights.ts';
+import { computeDtype } from './architectures/loader.ts';
+import { mx } from './architectures/mx.ts';
+import * as qwen3 from './architectures/qwen3.ts';
+import { WeightStore } from './architectures/weights.ts';
 import { Sampler } from './sampling.ts';
 
 const MICRO_MODEL = { ...DEFAULT_MODEL_CONFIG, vocab_size: 512, hidden_size: 64, intermediate_size: 128, num_hidden_layers: 2, num_attention_heads: 2, num_key_value_heads: 1 };

@@ -5,7 +5,7 @@
  * token. With no top-k, the filters run in MLX over the full row, exactly.
  */
 import type { SamplingParams } from '../core/protocol.ts';
-import { mx, type MxArray } from './models/mx.ts';
+import { mx, type MxArray } from './architectures/mx.ts';
 
 function applyRepetitionPenalty(logits: MxArray, history: number[], params: SamplingParams): MxArray {
   if (params.repetitionPenalty === 1 || history.length === 0) return logits;

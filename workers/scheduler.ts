@@ -12,9 +12,9 @@ import type { WorkerSettings } from '../core/protocol.ts';
 import { collectGarbage } from '../core/gc.ts';
 import type { CancelFlags } from '../core/cancel-flags.ts';
 import type { Telemetry } from '../core/telemetry.ts';
-import type { RunningBatch } from './models/batch-cache.ts';
-import type { LanguageModel, PromptChunk } from './models/decoder.ts';
-import { mx } from './models/mx.ts';
+import type { RunningBatch } from './architectures/batch-cache.ts';
+import type { LanguageModel, PromptChunk } from './architectures/decoder.ts';
+import { mx } from './architectures/mx.ts';
 import type { Sequence } from './sequence.ts';
 
 /**

@@ -2,9 +2,9 @@
 import type { MessagePort } from 'node:worker_threads';
 import type { FinishReason, GenerationRequest } from '../core/protocol.ts';
 import type { Telemetry } from '../core/telemetry.ts';
-import type { LanguageModel } from './models/decoder.ts';
-import type { KVCache } from './models/kv-cache.ts';
-import type { MxArray } from './models/mx.ts';
+import type { LanguageModel } from './architectures/decoder.ts';
+import type { KVCache } from './architectures/kv-cache.ts';
+import type { MxArray } from './architectures/mx.ts';
 import type { TokenConstraint } from './constraints/grammar.ts';
 import type { PromptCacheHit } from './prompt-cache.ts';
 import { Sampler } from './sampling.ts';

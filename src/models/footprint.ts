@@ -16,7 +16,7 @@ const CPU_UPCAST = new Set(['F16', 'BF16']);
 /** Tokenizer tables, the worker's heap and MLX's temporaries, measured on the built-in model. */
 const RUNTIME_BYTES = 160 * 1024 * 1024;
 /**
- * The worker's KV cache grows its buffers by this many positions at a time (workers/models/
+ * The worker's KV cache grows its buffers by this many positions at a time (workers/architectures/
  * kv-cache.ts), so a sequence holds its length rounded up to it; the smallest KV budget a load accepts.
  */
 export const KV_ALLOCATION_TOKENS = 256;

@@ -10,7 +10,7 @@
  */
 import type { JsonSchema, OutputFormat } from '../../core/protocol.ts';
 import { ServeError } from '../../core/errors.ts';
-import { mx, type MxArray } from '../models/mx.ts';
+import { mx, type MxArray } from '../architectures/mx.ts';
 import type { ModelTokenizer } from '../tokenizer.ts';
 import { xgrammar, type CompiledGrammar, type GrammarCompiler, type GrammarMatcher, type StructuralTagFormat } from './xgrammar.ts';
 
