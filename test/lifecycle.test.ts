@@ -55,35 +55,23 @@ function safetensorsBytes(file: string): number {
 }
 
 /**
- * V8 gives back some of start-up's heap (~6 MB) only ~8 s later, on its own schedule. The
- * pre-load baseline is what the idle process settles to: the lowest reading, once it has not
- * fallen for 10 s.
+ * The lowest reading once it has not fallen for `quietMs`. V8 gives back some of start-up's heap
+ * (~6 MB) only ~8 s later, on its own schedule, so the pre-load baseline waits 10 s of quiet; after
+ * an unload, one reading can catch the main thread mid-way through its own work (a request's
+ * buffers, a collection not yet run) a few MB above where it settles, so each cycle waits 3 s of
+ * quiet. A leak stays in every reading, so the lowest still shows it.
  */
-async function settledRss(): Promise<{ rss: number; seconds: number }> {
+async function settledRss(quietMs: number, limitMs: number): Promise<{ rss: number; seconds: number }> {
   const started = Date.now();
   let lowest = (await status()).memory.rss_gb;
   let lowestAt = Date.now();
-  while (Date.now() - lowestAt < 10_000 && Date.now() - started < 60_000) {
-    await sleep(1000);
+  while (Date.now() - lowestAt < quietMs && Date.now() - started < limitMs) {
+    await sleep(500);
     const rss = (await status()).memory.rss_gb;
     if (rss < lowest - 0.0005) lowestAt = Date.now();
     lowest = Math.min(lowest, rss);
   }
   return { rss: lowest, seconds: (Date.now() - started) / 1000 };
-}
-
-/**
- * The lowest of a few readings just after an unload. One reading can catch the main thread mid-way
- * through its own work (a request's buffers, a collection not yet run) a few MB above where it
- * settles; a leak stays in every reading, so the lowest still shows it.
- */
-async function lowestRss(readings: number, gapMs: number): Promise<number> {
-  let lowest = Number.POSITIVE_INFINITY;
-  for (let i = 0; i < readings; i++) {
-    if (i > 0) await sleep(gapMs);
-    lowest = Math.min(lowest, (await status()).memory.rss_gb);
-  }
-  return lowest;
 }
 
 function assertRecovered(t: Test, rss: number, what: string): void {
@@ -107,7 +95,7 @@ t.test('2. baseline: nothing loaded at start-up', async (t) => {
   t.equal(s.memory.model_loaded, false);
   t.equal(s.model.state, 'unloaded');
   t.equal(s.memory.active_memory_gb, 0);
-  const settled = await settledRss();
+  const settled = await settledRss(10_000, 60_000);
   baseline = settled.rss;
   t.comment(`pre-load baseline ${(baseline * 1024).toFixed(1)} MB (settled after ${settled.seconds.toFixed(0)} s; ${(s.memory.rss_gb * 1024).toFixed(1)} MB right after start-up)`);
 });
@@ -191,7 +179,7 @@ t.test('10. no leak: five load/unload cycles', async (t) => {
     t.equal((await post(`${url}/admin/load`, { model: 'tiny-qwen3' })).status, 200);
     t.equal((await complete(`cycle ${cycle}`, { max_tokens: 32 })).status, 200);
     t.equal((await post(`${url}/admin/unload`, {})).status, 200);
-    residuals.push((await lowestRss(5, 400)) - baseline);
+    residuals.push((await settledRss(3_000, 15_000)).rss - baseline);
   }
   t.comment(`residual after each unload (MB): ${residuals.map((r) => (r * 1024).toFixed(1)).join(', ')}`);
   residuals.forEach((residual, cycle) => assertRecovered(t, baseline + residual, `cycle ${cycle + 1}`));
