@@ -209,11 +209,13 @@ export class Engine {
       let leased = false;
       let ticket: Ticket | null = null;
       try {
-        if (model.fetch) model = await model.fetch();
-        await this.acquire(model);
-        leased = true;
+        const ready = await this.leaseUnlessAbandoned(model, leaveQueue.signal);
         const kv = this.kvNeed as KvNeed;
-        ticket = await this.admit(request, newTokens, kv, leaveQueue.signal);
+        if (ready) {
+          leased = true;
+          model = ready;
+          ticket = await this.admit(request, newTokens, kv, leaveQueue.signal);
+        }
         let stats: GenerationStats = { finishReason: 'cancelled', promptTokens: 0, cachedTokens: 0, completionTokens: 0, promptMs: 0, decodeMs: 0 };
         if (ticket) {
           const admitted = ticket;
@@ -237,7 +239,8 @@ export class Engine {
         }
         const { reason } = cancellation;
         if (reason) {
-          logger.info({ event: 'cancelled', reqId: request.id, reason, whileWaiting: ticket === null, tokensAfterCancel: Math.max(0, stats.completionTokens - cancellation.tokensSeen) }, 'generation cancelled');
+          const waitingFor = ticket ? undefined : leased ? 'admission' : 'model';
+          logger.info({ event: 'cancelled', reqId: request.id, reason, whileWaiting: ticket === null, waitingFor, tokensAfterCancel: Math.max(0, stats.completionTokens - cancellation.tokensSeen) }, 'generation cancelled');
           if (reason !== 'client') throw cancellation.error ?? cancellationError[reason as Exclude<CancelReason, 'client' | 'kv_budget'>]();
         }
         return stats;
@@ -350,10 +353,41 @@ export class Engine {
       .catch((error: unknown) => logger.error({ err: error }, 'idle unload failed'));
   }
 
-  /** Takes a lease on `model`, loading or switching to it first; the lease blocks unloading. */
-  private acquire(model: ModelEntry): Promise<void> {
+  /**
+   * The model (fetched if it had to be) with a lease taken on it, or null as soon as `signal`
+   * aborts: a request whose client leaves during a download or a load leaves the queue at once,
+   * and a load it was still waiting its turn for never starts.
+   */
+  private async leaseUnlessAbandoned(model: ModelEntry, signal: AbortSignal): Promise<ModelEntry | null> {
+    const lease = (async (): Promise<ModelEntry | null> => {
+      const fetched = model.fetch ? await model.fetch() : model;
+      return (await this.acquire(fetched, signal)) ? fetched : null;
+    })();
+    const abandoned = new Promise<null>((resolve) => {
+      if (signal.aborted) resolve(null);
+      else signal.addEventListener('abort', () => resolve(null), { once: true });
+    });
+    const outcome = await Promise.race([lease, abandoned]);
+    if (outcome === null) {
+      // The lease may still be taken after the client left (its load was under way): hand it back.
+      lease.then(
+        (taken) => {
+          if (taken) this.release();
+        },
+        () => undefined,
+      );
+    }
+    return outcome;
+  }
+
+  /**
+   * Takes a lease on `model`, loading or switching to it first; the lease blocks unloading.
+   * Resolves false, having loaded nothing, when `signal` has aborted by the time its turn comes.
+   */
+  private acquire(model: ModelEntry, signal?: AbortSignal): Promise<boolean> {
     if (this.closed) return Promise.reject(new ServeError(503, 'queue_full', 'the server is shutting down'));
     return this.lifecycle.run(async () => {
+      if (signal?.aborted) return false;
       if (this.workerLost) {
         this.workerLost = false;
         this.loaded = null;
@@ -363,7 +397,9 @@ export class Engine {
         if (this.loaded) await this.unloadNow();
         await this.loadNow(model);
       }
+      if (signal?.aborted) return false;
       this.leases++;
+      return true;
     });
   }
 
