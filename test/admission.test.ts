@@ -211,7 +211,8 @@ t.test('a request whose client leaves during a model load leaves the queue at on
   t.same(logEvents(server, 'loaded'), [], 'logged before the load finished');
 
   await waitFor('the load under way to finish', () => (logEvents(server, 'loaded').length === 1 ? true : undefined), 120_000);
-  const unload = await post(`${server.url}/admin/unload`, {});
+  // An unload waits for every lease: one never handed back would keep it waiting.
+  const unload = await json(`${server.url}/admin/unload`, { method: 'POST', body: '{}', signal: AbortSignal.timeout(20_000) }).catch((error: Error) => ({ status: error.name }));
   t.equal(unload.status, 200, 'the lease the first request would have held was handed back: the model unloads');
   t.same(
     logEvents(server, 'load_start').map((e) => e.model),
