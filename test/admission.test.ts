@@ -111,6 +111,10 @@ t.test('after load, at most --max-batch run and --max-queue wait; beyond that ev
   t.equal(samples.get('mlx:num_requests_running'), 0);
   t.equal(samples.get('mlx:num_requests_waiting'), 0);
   t.equal(samples.get('mlx:request_rejected_total'), 4);
+
+  const chat = await post(`${server.url}/v1/chat/completions`, { messages: [{ role: 'user', content: 'a chat prompt, templated and tokenized off the MLX thread' }], max_tokens: 4 });
+  t.equal(chat.status, 200);
+  t.equal((await metrics(server)).get('mlx:worker_tokenize_seconds_total'), 0, 'the MLX worker tokenized no prompt, text or chat: the prompt tokenizer thread did');
 });
 
 t.test('a request cancelled while it waits never reaches the worker', async (t) => {

@@ -17,7 +17,9 @@ import { kvBudget, planLoad, type KvBudget, type MemoryBudget, type WeightsPolic
 import { packagePath, WORKER_BUNDLE } from '../paths.ts';
 import type { ModelEntry, ModelRegistry } from '../models/registry.ts';
 import { CANCEL_SLOTS, Telemetry } from '../telemetry/layout.ts';
+import { isGgufPath } from '../gguf/format.ts';
 import { Admission, KvNeed, promptTokenBound, type Ticket } from './admission.ts';
+import { PromptTokenizerThread } from './prompt-tokenizer.ts';
 import type { GenerationRequest, GenerationStats, LoadResult, StreamEvent, WorkerReply, WorkerSettings, WorkerTask } from './protocol.ts';
 
 /** Bundled, this file is dist/server.js and the worker is bundled beside it; through tsx, both are TypeScript. */
@@ -110,6 +112,8 @@ export class Engine {
   private readonly admission: Admission;
   /** The loaded model's KV arithmetic; null while none is loaded. */
   private kvNeed: KvNeed | null = null;
+  /** The loaded MLX model's prompt tokenizer, on its own thread; null while none is loaded, and for GGUF models (llama.cpp tokenizes). */
+  private promptTokenizer: PromptTokenizerThread | null = null;
 
   constructor(private readonly options: EngineOptions) {
     const { telemetry } = options;
@@ -182,7 +186,7 @@ export class Engine {
    */
   generate(asked: GenerationRequest, model: ModelEntry, onEvent: (event: EngineEvent) => void): GenerationHandle {
     const { telemetry, logger } = this.options;
-    const request = this.withTokenLimit(asked);
+    let request = this.withTokenLimit(asked);
     const newTokens = typeof request.maxTokens === 'number' ? request.maxTokens : null;
     if (this.closed) throw cancellationError.shutdown();
     if (telemetry.queued >= this.options.maxQueue) {
@@ -225,17 +229,28 @@ export class Engine {
           telemetry.addActive(1);
           logger.debug({ event: 'admitted', reqId: request.id, waitedMs: Math.round(performance.now() - arrivedAt), kvBytes: admitted.bytes }, 'request admitted to the worker');
           onEvent({ type: 'admitted' });
-          stats = await this.run(request, model, slot, (event) => {
-            if (cancellation.reason === 'kv_budget') return;
-            if (event.type === 'started') {
-              logger.debug({ event: 'generation_start', reqId: request.id, promptTokens: event.promptTokens, cachedTokens: event.cachedTokens }, 'the worker took the request');
-              const refusal = kv.refusal(event.promptTokens, newTokens);
-              if (refusal) return cancel('kv_budget', refusal);
-              admitted.resize(kv.bytes(kv.tokens(event.promptTokens, newTokens)));
-            }
-            if (event.type === 'text') tokensSeen = event.tokens;
-            onEvent(event);
-          });
+          /** Once the prompt's tokens are counted: the reservation shrinks to the exact need, or the request is refused. */
+          const fit = (promptTokens: number): ServeError | null => {
+            const refusal = kv.refusal(promptTokens, newTokens);
+            if (!refusal) admitted.resize(kv.bytes(kv.tokens(promptTokens, newTokens)));
+            return refusal;
+          };
+          // Tokenized once admitted, as the worker used to: a request in the tokenizer holds a running place, not a waiting one.
+          request = await this.tokenized(request);
+          const counted = request.prompt.kind === 'tokens' ? fit(request.prompt.ids.length) : null;
+          if (counted) throw counted;
+          if (!cancellation.reason) {
+            stats = await this.run(request, model, slot, (event) => {
+              if (cancellation.reason === 'kv_budget') return;
+              if (event.type === 'started') {
+                logger.debug({ event: 'generation_start', reqId: request.id, promptTokens: event.promptTokens, cachedTokens: event.cachedTokens }, 'the worker took the request');
+                const refusal = fit(event.promptTokens);
+                if (refusal) return cancel('kv_budget', refusal);
+              }
+              if (event.type === 'text') tokensSeen = event.tokens;
+              onEvent(event);
+            });
+          }
         }
         const { reason } = cancellation;
         if (reason) {
@@ -275,6 +290,12 @@ export class Engine {
       if (refusal) throw refusal;
     }
     return this.admission.enter(kv.bytes(kv.tokens(prompt.tokens, newTokens)), signal);
+  }
+
+  /** The request with its prompt as token ids, counted off the MLX thread; as it came for a GGUF model. */
+  private async tokenized(request: GenerationRequest): Promise<GenerationRequest> {
+    if (!this.promptTokenizer || request.prompt.kind === 'tokens') return request;
+    return { ...request, prompt: { kind: 'tokens', ids: await this.promptTokenizer.tokenize(request.prompt) } };
   }
 
   /** A request that set no limit gets --default-max-tokens (0: until the context is full). */
@@ -482,6 +503,16 @@ export class Engine {
       logger.warn({ event: 'load_failed', model: model.name, err: error.message }, 'model load failed');
       throw error;
     }
+    if (!isGgufPath(model.path)) {
+      // Started once the worker has the model: the built-in model's files exist only from then.
+      this.promptTokenizer = new PromptTokenizerThread(model.path);
+      try {
+        await this.promptTokenizer.ready;
+      } catch (error) {
+        await this.discardWorker();
+        throw error;
+      }
+    }
     const seconds = (performance.now() - started) / 1000;
     const kv = kvBudget(model.path, plan.placement, plan.availableBytes, this.options.memory);
     this.loaded = { ...reply.load, path: model.path, loadedAt: new Date(), kv };
@@ -529,6 +560,8 @@ export class Engine {
   private async discardWorker(): Promise<DeviceRelease | null> {
     const ready = this.workerReady;
     this.workerReady = null;
+    await this.promptTokenizer?.close();
+    this.promptTokenizer = null;
     let device: DeviceRelease | null = null;
     if (ready) {
       const pool = await ready.catch(() => null);
