@@ -66,13 +66,13 @@ async function sequential(ctx: ScenarioContext, model: BenchModel, scenario: str
 }
 
 /** Polls GET /admin/health back to back, `gapMs` apart, until `until` settles. */
-async function pollHealthUntil(ctx: ScenarioContext, model: string, until: Promise<unknown>, gapMs = 10): Promise<void> {
+async function pollHealthUntil(ctx: ScenarioContext, model: string, until: Promise<unknown>, gapMs = 10, scenario = HEALTH_WHILE_GENERATING): Promise<void> {
   let done = false;
   void until.finally(() => (done = true));
   while (!done) {
     const started = performance.now();
-    const reply = await attempt(ctx, model, HEALTH_WHILE_GENERATING, () => send(`${ctx.baseUrl}/admin/health`, 'GET'));
-    if (reply?.status === 200) ctx.recorders.record(model, HEALTH_WHILE_GENERATING, 'latency', performance.now() - started);
+    const reply = await attempt(ctx, model, scenario, () => send(`${ctx.baseUrl}/admin/health`, 'GET'));
+    if (reply?.status === 200) ctx.recorders.record(model, scenario, 'latency', performance.now() - started);
     await new Promise((resolve) => setTimeout(resolve, gapMs));
   }
 }
@@ -95,6 +95,39 @@ async function concurrencySweep(ctx: ScenarioContext, model: BenchModel, prompt:
       if (timings.length === clients) ctx.recorders.record(model.label, scenario, 'aggregate_tps', tokens / wallSeconds);
       ctx.progress(`  ${scenario} round ${round + 1}/${sweepRounds}: ${timings.length}/${clients} ok, aggregate ${(tokens / wallSeconds).toFixed(1)} tok/s`);
     }
+  }
+}
+
+export const NEWCOMER_ALONE = 'newcomer.alone';
+export const newcomerScenario = (decoding: number): string => `newcomer.with-${decoding}-decoding`;
+export const healthUnderLoadScenario = (decoding: number): string => `admin-health.while-${decoding}-decode`;
+
+/**
+ * The time to first token of a newcomer, alone and then arriving while `busy` streams (the
+ * sweep's largest level less one) are decoding; and GET /admin/health while those streams and
+ * the newcomer decode together. The busy streams ask for enough tokens to outlast both.
+ */
+export async function newcomerAndHealthUnderLoad(ctx: ScenarioContext, model: BenchModel, prompt: string): Promise<void> {
+  const { concurrency, repeats, maxTokens } = model.workload;
+  const busy = Math.max(...concurrency) - 1;
+  if (busy < 1) return;
+  const newcomer: GenerationCall = { route: 'openai-completions', model: model.name, prompt, maxTokens, stream: true };
+  await sequential(ctx, model, NEWCOMER_ALONE, newcomer, repeats);
+  const generated = async (): Promise<number> => (await getJson<{ tokens?: { generated?: number } }>(`${ctx.baseUrl}/admin/status`)).tokens?.generated ?? 0;
+  for (let round = 0; round < repeats; round++) {
+    const before = await generated();
+    const streams = Promise.all(
+      Array.from({ length: busy }, () => attempt(ctx, model.label, 'newcomer.busy-streams', () => timedGeneration(ctx.baseUrl, { ...newcomer, prompt: distinctPrompt(prompt), maxTokens: maxTokens * 8 }))),
+    );
+    // Every busy stream is decoding once the server has generated a few tokens for each.
+    while ((await generated()) - before < busy * 3) await new Promise((resolve) => setTimeout(resolve, 20));
+    const arrival = attempt(ctx, model.label, newcomerScenario(busy), () => timedGeneration(ctx.baseUrl, { ...newcomer, prompt: distinctPrompt(prompt) }));
+    await pollHealthUntil(ctx, model.label, arrival, 10, healthUnderLoadScenario(busy + 1));
+    const timing = await arrival;
+    await streams;
+    if (timing) recordTiming(ctx.recorders, model.label, newcomerScenario(busy), timing);
+    const ttft = timing?.chunkTimes[0] === undefined ? '?' : (timing.chunkTimes[0] - timing.startedAt).toFixed(1);
+    ctx.progress(`  ${newcomerScenario(busy)} ${round + 1}/${repeats}: ttft ${ttft} ms`);
   }
 }
 
@@ -146,6 +179,7 @@ export async function runServerScenarios(ctx: ScenarioContext, model: BenchModel
   }
   promptTokens.long = await sequential(ctx, model, STREAM_LONG, { ...base, route: 'openai-completions', prompt: long, stream: true }, workload.repeats);
   await concurrencySweep(ctx, model, short);
+  await newcomerAndHealthUnderLoad(ctx, model, short);
   await getJson(`${ctx.baseUrl}/admin/unload`, 'POST', {});
   return { name: model.name, label: model.label, placement, loadSeconds: loaded.load_seconds ?? null, routes, workload, promptTokens };
 }

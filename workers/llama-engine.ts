@@ -17,7 +17,7 @@ import { ServeError } from '../src/errors.ts';
 import { describeGguf } from '../src/gguf/describe.ts';
 import { readGgufHeader, type GgufHeader } from '../src/gguf/format.ts';
 import type { Telemetry } from '../src/telemetry/layout.ts';
-import { promptIds, validatePrompt, type PromptTokenizer } from './prompt.ts';
+import { promptIdsInWorker, validatePrompt, type PromptTokenizer } from './prompt.ts';
 import { TokenStream } from './token-stream.ts';
 import { renderChatTemplate, tokenBytesTable, TokenBytesTable, type TokenizerJson } from './tokenizer.ts';
 
@@ -178,7 +178,7 @@ export class LlamaEngine implements PromptTokenizer {
   /** Runs one request to its end; its events go to `port`, as the MLX engine's do. */
   async generate(request: GenerationRequest, slot: number, port: MessagePort, telemetry: Telemetry): Promise<void> {
     // node-llama-cpp brands its token ids; ours are the same numbers, checked against the vocabulary.
-    const ids = promptIds(this, request) as Token[];
+    const ids = promptIdsInWorker(this, request.prompt, telemetry) as Token[];
     validatePrompt(ids, request, { contextLength: this.context.contextSize, vocabSize: this.text.size });
     const sequence = await this.pool.take();
     try {

@@ -15,7 +15,7 @@ import { materializeDefaultModel } from './default-model.ts';
 import type { LanguageModel } from './models/decoder.ts';
 import { metalMemory } from './metal-memory.ts';
 import { loadModel, parameterBytes, readJson, type ModelConfig } from './models/loader.ts';
-import { promptIds, validatePrompt } from './prompt.ts';
+import { promptIdsInWorker, validatePrompt } from './prompt.ts';
 import { PromptCache } from './prompt-cache.ts';
 import { isGgufPath } from '../src/gguf/format.ts';
 import { LlamaEngine } from './llama-engine.ts';
@@ -104,7 +104,7 @@ async function generate(task: Extract<WorkerTask, { op: 'generate' }>, telemetry
     }
     await dropGguf();
     const target = load(task.model, telemetry);
-    const ids = promptIds(target.tokenizer, request);
+    const ids = promptIdsInWorker(target.tokenizer, request.prompt, telemetry);
     validatePrompt(ids, request, target.model);
     const constraint = request.format ? await target.grammars.constraint(request.format) : null;
     await constraint?.ready();

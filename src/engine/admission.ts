@@ -32,7 +32,7 @@ const ADDED_TOKENS = 16;
 /**
  * What a chat template may add around the messages' own text: role markers, default system
  * prompts, tool instructions. The messages are counted as their JSON (escapes only add bytes);
- * the worker's exact count replaces the estimate before any KV is allocated.
+ * the exact count (the prompt tokenizer thread's, or the worker's for a GGUF model) replaces the estimate before any KV is allocated.
  */
 const CHAT_TEMPLATE_TOKENS = 1024;
 

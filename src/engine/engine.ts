@@ -17,7 +17,9 @@ import { kvBudget, planLoad, type KvBudget, type MemoryBudget, type WeightsPolic
 import { packagePath, WORKER_BUNDLE } from '../paths.ts';
 import type { ModelEntry, ModelRegistry } from '../models/registry.ts';
 import { CANCEL_SLOTS, Telemetry } from '../telemetry/layout.ts';
+import { isGgufPath } from '../gguf/format.ts';
 import { Admission, KvNeed, promptTokenBound, type Ticket } from './admission.ts';
+import { PromptTokenizerThread } from './prompt-tokenizer.ts';
 import type { GenerationRequest, GenerationStats, LoadResult, StreamEvent, WorkerReply, WorkerSettings, WorkerTask } from './protocol.ts';
 
 /** Bundled, this file is dist/server.js and the worker is bundled beside it; through tsx, both are TypeScript. */
@@ -110,6 +112,8 @@ export class Engine {
   private readonly admission: Admission;
   /** The loaded model's KV arithmetic; null while none is loaded. */
   private kvNeed: KvNeed | null = null;
+  /** The loaded MLX model's prompt tokenizer, on its own thread; null while none is loaded, and for GGUF models (llama.cpp tokenizes). */
+  private promptTokenizer: PromptTokenizerThread | null = null;
 
   constructor(private readonly options: EngineOptions) {
     const { telemetry } = options;
@@ -182,7 +186,7 @@ export class Engine {
    */
   generate(asked: GenerationRequest, model: ModelEntry, onEvent: (event: EngineEvent) => void): GenerationHandle {
     const { telemetry, logger } = this.options;
-    const request = this.withTokenLimit(asked);
+    let request = this.withTokenLimit(asked);
     const newTokens = typeof request.maxTokens === 'number' ? request.maxTokens : null;
     if (this.closed) throw cancellationError.shutdown();
     if (telemetry.queued >= this.options.maxQueue) {
@@ -209,11 +213,13 @@ export class Engine {
       let leased = false;
       let ticket: Ticket | null = null;
       try {
-        if (model.fetch) model = await model.fetch();
-        await this.acquire(model);
-        leased = true;
+        const ready = await this.leaseUnlessAbandoned(model, leaveQueue.signal);
         const kv = this.kvNeed as KvNeed;
-        ticket = await this.admit(request, newTokens, kv, leaveQueue.signal);
+        if (ready) {
+          leased = true;
+          model = ready;
+          ticket = await this.admit(request, newTokens, kv, leaveQueue.signal);
+        }
         let stats: GenerationStats = { finishReason: 'cancelled', promptTokens: 0, cachedTokens: 0, completionTokens: 0, promptMs: 0, decodeMs: 0 };
         if (ticket) {
           const admitted = ticket;
@@ -223,21 +229,33 @@ export class Engine {
           telemetry.addActive(1);
           logger.debug({ event: 'admitted', reqId: request.id, waitedMs: Math.round(performance.now() - arrivedAt), kvBytes: admitted.bytes }, 'request admitted to the worker');
           onEvent({ type: 'admitted' });
-          stats = await this.run(request, model, slot, (event) => {
-            if (cancellation.reason === 'kv_budget') return;
-            if (event.type === 'started') {
-              logger.debug({ event: 'generation_start', reqId: request.id, promptTokens: event.promptTokens, cachedTokens: event.cachedTokens }, 'the worker took the request');
-              const refusal = kv.refusal(event.promptTokens, newTokens);
-              if (refusal) return cancel('kv_budget', refusal);
-              admitted.resize(kv.bytes(kv.tokens(event.promptTokens, newTokens)));
-            }
-            if (event.type === 'text') tokensSeen = event.tokens;
-            onEvent(event);
-          });
+          /** Once the prompt's tokens are counted: the reservation shrinks to the exact need, or the request is refused. */
+          const fit = (promptTokens: number): ServeError | null => {
+            const refusal = kv.refusal(promptTokens, newTokens);
+            if (!refusal) admitted.resize(kv.bytes(kv.tokens(promptTokens, newTokens)));
+            return refusal;
+          };
+          // Tokenized once admitted, as the worker used to: a request in the tokenizer holds a running place, not a waiting one.
+          request = await this.tokenized(request);
+          const counted = request.prompt.kind === 'tokens' ? fit(request.prompt.ids.length) : null;
+          if (counted) throw counted;
+          if (!cancellation.reason) {
+            stats = await this.run(request, model, slot, (event) => {
+              if (cancellation.reason === 'kv_budget') return;
+              if (event.type === 'started') {
+                logger.debug({ event: 'generation_start', reqId: request.id, promptTokens: event.promptTokens, cachedTokens: event.cachedTokens }, 'the worker took the request');
+                const refusal = fit(event.promptTokens);
+                if (refusal) return cancel('kv_budget', refusal);
+              }
+              if (event.type === 'text') tokensSeen = event.tokens;
+              onEvent(event);
+            });
+          }
         }
         const { reason } = cancellation;
         if (reason) {
-          logger.info({ event: 'cancelled', reqId: request.id, reason, whileWaiting: ticket === null, tokensAfterCancel: Math.max(0, stats.completionTokens - cancellation.tokensSeen) }, 'generation cancelled');
+          const waitingFor = ticket ? undefined : leased ? 'admission' : 'model';
+          logger.info({ event: 'cancelled', reqId: request.id, reason, whileWaiting: ticket === null, waitingFor, tokensAfterCancel: Math.max(0, stats.completionTokens - cancellation.tokensSeen) }, 'generation cancelled');
           if (reason !== 'client') throw cancellation.error ?? cancellationError[reason as Exclude<CancelReason, 'client' | 'kv_budget'>]();
         }
         return stats;
@@ -272,6 +290,12 @@ export class Engine {
       if (refusal) throw refusal;
     }
     return this.admission.enter(kv.bytes(kv.tokens(prompt.tokens, newTokens)), signal);
+  }
+
+  /** The request with its prompt as token ids, counted off the MLX thread; as it came for a GGUF model. */
+  private async tokenized(request: GenerationRequest): Promise<GenerationRequest> {
+    if (!this.promptTokenizer || request.prompt.kind === 'tokens') return request;
+    return { ...request, prompt: { kind: 'tokens', ids: await this.promptTokenizer.tokenize(request.prompt) } };
   }
 
   /** A request that set no limit gets --default-max-tokens (0: until the context is full). */
@@ -350,10 +374,41 @@ export class Engine {
       .catch((error: unknown) => logger.error({ err: error }, 'idle unload failed'));
   }
 
-  /** Takes a lease on `model`, loading or switching to it first; the lease blocks unloading. */
-  private acquire(model: ModelEntry): Promise<void> {
+  /**
+   * The model (fetched if it had to be) with a lease taken on it, or null as soon as `signal`
+   * aborts: a request whose client leaves during a download or a load leaves the queue at once,
+   * and a load it was still waiting its turn for never starts.
+   */
+  private async leaseUnlessAbandoned(model: ModelEntry, signal: AbortSignal): Promise<ModelEntry | null> {
+    const lease = (async (): Promise<ModelEntry | null> => {
+      const fetched = model.fetch ? await model.fetch() : model;
+      return (await this.acquire(fetched, signal)) ? fetched : null;
+    })();
+    const abandoned = new Promise<null>((resolve) => {
+      if (signal.aborted) resolve(null);
+      else signal.addEventListener('abort', () => resolve(null), { once: true });
+    });
+    const outcome = await Promise.race([lease, abandoned]);
+    if (outcome === null) {
+      // The lease may still be taken after the client left (its load was under way): hand it back.
+      lease.then(
+        (taken) => {
+          if (taken) this.release();
+        },
+        () => undefined,
+      );
+    }
+    return outcome;
+  }
+
+  /**
+   * Takes a lease on `model`, loading or switching to it first; the lease blocks unloading.
+   * Resolves false, having loaded nothing, when `signal` has aborted by the time its turn comes.
+   */
+  private acquire(model: ModelEntry, signal?: AbortSignal): Promise<boolean> {
     if (this.closed) return Promise.reject(new ServeError(503, 'queue_full', 'the server is shutting down'));
     return this.lifecycle.run(async () => {
+      if (signal?.aborted) return false;
       if (this.workerLost) {
         this.workerLost = false;
         this.loaded = null;
@@ -363,7 +418,9 @@ export class Engine {
         if (this.loaded) await this.unloadNow();
         await this.loadNow(model);
       }
+      if (signal?.aborted) return false;
       this.leases++;
+      return true;
     });
   }
 
@@ -446,6 +503,16 @@ export class Engine {
       logger.warn({ event: 'load_failed', model: model.name, err: error.message }, 'model load failed');
       throw error;
     }
+    if (!isGgufPath(model.path)) {
+      // Started once the worker has the model: the built-in model's files exist only from then.
+      this.promptTokenizer = new PromptTokenizerThread(model.path);
+      try {
+        await this.promptTokenizer.ready;
+      } catch (error) {
+        await this.discardWorker();
+        throw error;
+      }
+    }
     const seconds = (performance.now() - started) / 1000;
     const kv = kvBudget(model.path, plan.placement, plan.availableBytes, this.options.memory);
     this.loaded = { ...reply.load, path: model.path, loadedAt: new Date(), kv };
@@ -493,6 +560,8 @@ export class Engine {
   private async discardWorker(): Promise<DeviceRelease | null> {
     const ready = this.workerReady;
     this.workerReady = null;
+    await this.promptTokenizer?.close();
+    this.promptTokenizer = null;
     let device: DeviceRelease | null = null;
     if (ready) {
       const pool = await ready.catch(() => null);
