@@ -4,7 +4,8 @@
  * the chat template (the GGUF's own, rendered with our Jinja renderer), the prompt checks, the
  * text stream, stop strings and usage counts are the ones every model gets.
  *
- * Batching: the context holds one llama.cpp sequence per --max-batch row; node-llama-cpp
+ * Batching: the context holds the sequences the main thread sized from the KV budget (at most
+ * --max-batch, each of at most the model's trained context; llamaContextShape); node-llama-cpp
  * evaluates the sequences that have work in one batch, so concurrent requests decode together.
  * A sequence keeps its KV state after a request, and the next request on it reuses the prefix
  * they share (the prompt cache of this engine).
@@ -12,7 +13,7 @@
 import type { MessagePort } from 'node:worker_threads';
 import { Template } from '@huggingface/jinja';
 import { getLlama, LlamaLogLevel, type Llama, type LlamaContext, type LlamaContextSequence, type LlamaModel, type SequenceEvaluateOptions, type Token } from 'node-llama-cpp';
-import type { ChatMessage, GenerationRequest, LoadResult, LoadSpec, WorkerSettings } from '../src/engine/protocol.ts';
+import type { ChatMessage, GenerationRequest, LoadResult, LoadSpec } from '../src/engine/protocol.ts';
 import { ServeError } from '../src/errors.ts';
 import { describeGguf } from '../src/gguf/describe.ts';
 import { readGgufHeader, type GgufHeader } from '../src/gguf/format.ts';
@@ -20,9 +21,6 @@ import type { Telemetry } from '../src/telemetry/layout.ts';
 import { promptIdsInWorker, validatePrompt, type PromptTokenizer } from './prompt.ts';
 import { TokenStream } from './token-stream.ts';
 import { renderChatTemplate, tokenBytesTable, TokenBytesTable, type TokenizerJson } from './tokenizer.ts';
-
-/** KV cells per sequence, at most: the MLX engine's memory estimate assumes the same. */
-const MAX_CONTEXT_PER_SEQUENCE = 4096;
 
 /** llama.cpp's llama_token_type values that are not text. */
 const CONTROL_TOKEN = 3;
@@ -134,7 +132,7 @@ export class LlamaEngine implements PromptTokenizer {
     });
   }
 
-  static async load(spec: LoadSpec, settings: WorkerSettings, telemetry: Telemetry): Promise<LlamaEngine> {
+  static async load(spec: LoadSpec, telemetry: Telemetry): Promise<LlamaEngine> {
     const started = performance.now();
     const header = readGgufHeader(spec.path, true);
     const llama = await llamaRuntime();
@@ -144,8 +142,10 @@ export class LlamaEngine implements PromptTokenizer {
     } catch (error) {
       throw new ServeError(422, 'model_load_failed', `llama.cpp could not load ${spec.path}: ${(error as Error).message}`);
     }
+    const shape = spec.llamaContext;
+    if (!shape) throw new ServeError(500, 'internal_error', `no llama.cpp context size was given for ${spec.name}`);
     const context = await model
-      .createContext({ contextSize: Math.min(model.trainContextSize, MAX_CONTEXT_PER_SEQUENCE), sequences: settings.maxBatch, threads: computeThreads(llama) })
+      .createContext({ contextSize: shape.contextSize, sequences: shape.sequences, threads: computeThreads(llama) })
       .catch(async (error: unknown) => {
         await model.dispose();
         throw new ServeError(503, 'insufficient_memory', `llama.cpp could not create a context for ${spec.name}: ${(error as Error).message}`);
@@ -160,6 +160,7 @@ export class LlamaEngine implements PromptTokenizer {
       bytes: model.size,
       loadMs: performance.now() - started,
       contextLength: context.contextSize,
+      sequences: context.totalSequences,
     };
     return new LlamaEngine(spec.path, model, context, vocabularyText(header), header, info);
   }

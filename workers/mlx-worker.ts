@@ -53,7 +53,7 @@ async function loadGguf(source: LoadSpec, telemetry: Telemetry): Promise<LlamaEn
   await dropGguf();
   loaded = null;
   collectGarbage(true);
-  gguf = LlamaEngine.load(source, settings, telemetry);
+  gguf = LlamaEngine.load(source, telemetry);
   gguf.catch(() => (gguf = null));
   return gguf;
 }
@@ -86,7 +86,7 @@ function load(source: LoadSpec, telemetry: Telemetry): LoadedModel {
   }
   const bytes = parameterBytes(model);
   telemetry.write('modelBytes', bytes);
-  const info: LoadResult = { name: source.name, placement: source.placement, weights, modelType: model.modelType, bytes, loadMs: performance.now() - started, contextLength: model.contextLength };
+  const info: LoadResult = { name: source.name, placement: source.placement, weights, modelType: model.modelType, bytes, loadMs: performance.now() - started, contextLength: model.contextLength, sequences: settings.maxBatch };
   const stopIds = eosIds(source.path, config, tokenizer);
   const grammars = new GrammarConstraints(tokenizer, model.vocabSize, stopIds);
   loaded = { source, promptCache: new PromptCache(settings.promptCacheBytes), model, tokenizer, eosIds: stopIds, grammars, info };

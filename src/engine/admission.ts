@@ -96,12 +96,19 @@ export class Admission {
   private running = 0;
   private reserved = 0;
   private budgetBytes = 0;
+  private maxRunning: number;
 
-  constructor(private readonly maxRunning: number) {}
+  constructor(private readonly maxBatch: number) {
+    this.maxRunning = maxBatch;
+  }
 
-  /** A newly loaded model's budget (a model changes only when nothing runs). */
-  setBudget(bytes: number): void {
+  /**
+   * A newly loaded model's budget (a model changes only when nothing runs), and the sequences it
+   * runs at once: --max-batch, or fewer where a llama.cpp context holds fewer.
+   */
+  setBudget(bytes: number, sequences = this.maxBatch): void {
     this.budgetBytes = bytes;
+    this.maxRunning = Math.min(sequences, this.maxBatch);
     this.pump();
   }
 

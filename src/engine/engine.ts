@@ -13,20 +13,26 @@ import { ServeError } from '../errors.ts';
 import { collectGarbage } from '../runtime/gc.ts';
 import type { DeviceRelease } from '../runtime/device-memory.ts';
 import { releaseFreeMemory } from '../runtime/malloc-trim.ts';
-import { kvBudget, planLoad, type KvBudget, type MemoryBudget, type WeightsPolicy } from '../models/footprint.ts';
+import { describeGguf } from '../gguf/describe.ts';
+import { isGgufPath } from '../gguf/format.ts';
+import { kvBudget, llamaContextShape, planLoad, type KvBudget, type MemoryBudget, type WeightsPolicy } from '../models/footprint.ts';
 import { packagePath, WORKER_BUNDLE } from '../paths.ts';
 import type { ModelEntry, ModelRegistry } from '../models/registry.ts';
 import { CANCEL_SLOTS, Telemetry } from '../telemetry/layout.ts';
-import { isGgufPath } from '../gguf/format.ts';
 import { Admission, KvNeed, promptTokenBound, type Ticket } from './admission.ts';
 import { PromptTokenizerThread } from './prompt-tokenizer.ts';
-import type { GenerationRequest, GenerationStats, LoadResult, StreamEvent, WorkerReply, WorkerSettings, WorkerTask } from './protocol.ts';
+import type { GenerationRequest, GenerationStats, LoadResult, LoadSpec, StreamEvent, WeightPlacement, WorkerReply, WorkerSettings, WorkerTask } from './protocol.ts';
 
 /** Bundled, this file is dist/server.js and the worker is bundled beside it; through tsx, both are TypeScript. */
 const WORKER = import.meta.url.endsWith('.ts') ? packagePath('workers', 'mlx-worker.ts') : WORKER_BUNDLE;
 
+/** llama.cpp's own assumption for a GGUF whose header gives no trained context length. */
+const LLAMA_DEFAULT_TRAIN_CONTEXT = 4096;
+
 export interface LoadedInfo extends LoadResult {
   path: string;
+  /** What the worker was asked to load; generation tasks carry it, so a fresh worker loads the same. */
+  spec: LoadSpec;
   loadedAt: Date;
   kv: KvBudget;
 }
@@ -490,9 +496,10 @@ export class Engine {
     telemetry.modelState = 'loading';
     logger.info({ event: 'load_start', model: model.name, path: model.path }, 'loading model');
     const started = performance.now();
+    const spec = this.loadSpec(model, plan.placement, plan.availableBytes);
     let reply: WorkerReply;
     try {
-      reply = await this.task({ op: 'load', model: { name: model.name, path: model.path, builtin: model.builtin, placement: plan.placement }, telemetry: telemetry.buffers });
+      reply = await this.task({ op: 'load', model: spec, telemetry: telemetry.buffers });
     } catch (error) {
       await this.discardWorker();
       throw error;
@@ -514,15 +521,26 @@ export class Engine {
       }
     }
     const seconds = (performance.now() - started) / 1000;
-    const kv = kvBudget(model.path, plan.placement, plan.availableBytes, this.options.memory);
-    this.loaded = { ...reply.load, path: model.path, loadedAt: new Date(), kv };
+    const budget = kvBudget(model.path, plan.placement, plan.availableBytes, this.options.memory);
+    // A llama.cpp context holds only the KV cells it allocated at load.
+    const kv = spec.llamaContext ? { ...budget, budgetBytes: spec.llamaContext.contextSize * spec.llamaContext.sequences * budget.bytesPerToken } : budget;
+    this.loaded = { ...reply.load, path: model.path, spec, loadedAt: new Date(), kv };
     this.kvNeed = new KvNeed(kv, reply.load.contextLength);
-    this.admission.setBudget(kv.budgetBytes);
+    this.admission.setBudget(kv.budgetBytes, reply.load.sequences);
     telemetry.modelState = 'loaded';
     telemetry.write('loadedAtMs', Date.now());
     telemetry.write('loadSeconds', seconds);
     telemetry.increment('modelLoads');
-    logger.info({ event: 'loaded', model: model.name, bytes: reply.load.bytes, seconds, rssMb: process.memoryUsage.rss() / 2 ** 20, kvBudgetBytes: kv.budgetBytes, kvBytesPerToken: kv.bytesPerToken }, 'model loaded');
+    const { contextLength, sequences } = reply.load;
+    logger.info({ event: 'loaded', model: model.name, bytes: reply.load.bytes, seconds, rssMb: process.memoryUsage.rss() / 2 ** 20, kvBudgetBytes: kv.budgetBytes, kvBytesPerToken: kv.bytesPerToken, contextLength, sequences }, 'model loaded');
+  }
+
+  /** What the worker is to load; a GGUF model's llama.cpp context is sized here, from the KV budget its load leaves. */
+  private loadSpec(model: ModelEntry, placement: WeightPlacement, availableBytes: number): LoadSpec {
+    const spec: LoadSpec = { name: model.name, path: model.path, builtin: model.builtin, placement };
+    if (!isGgufPath(model.path)) return spec;
+    const kv = kvBudget(model.path, placement, availableBytes, this.options.memory);
+    return { ...spec, llamaContext: llamaContextShape(kv, describeGguf(model.path).contextLength ?? LLAMA_DEFAULT_TRAIN_CONTEXT, this.options.maxBatch) };
   }
 
   /** Caller holds the lifecycle queue. Terminating the worker frees every array it held. */
@@ -594,7 +612,7 @@ export class Engine {
     });
     const task: WorkerTask = {
       op: 'generate',
-      model: { name: model.name, path: model.path, builtin: model.builtin, placement: this.loaded?.placement ?? 'native' },
+      model: this.loaded?.spec ?? { name: model.name, path: model.path, builtin: model.builtin, placement: 'native' },
       request,
       slot,
       port: port2,

@@ -8,7 +8,8 @@ import { homedir } from 'node:os';
 import { basename, extname, join, resolve, sep } from 'node:path';
 import type { ModelSource } from '../engine/protocol.ts';
 import { ServeError } from '../errors.ts';
-import { isGgufPath } from '../gguf/format.ts';
+import { describeGguf } from '../gguf/describe.ts';
+import { isGgufPath, quantizationOfFileName } from '../gguf/format.ts';
 
 export const BUILTIN_MODEL = 'tiny-qwen3';
 
@@ -18,6 +19,20 @@ export interface ModelEntry extends ModelSource {
   readonly sizeBytes: number;
   /** Set on a model that is not on disk yet (--auto-pull): downloads it and returns its entry. */
   fetch?: () => Promise<ModelEntry>;
+}
+
+/**
+ * A model name as the registry and the Hub know it: without an hf.co prefix (Ollama's
+ * `hf.co/ORG/NAME:Q4_K_M`) or Ollama's `:latest` tag, and with a quantization tag upper-cased.
+ */
+export function canonicalModelName(model: string): string {
+  const name = model
+    .trim()
+    .replace(/^https?:\/\//, '')
+    .replace(/^(hf\.co|huggingface\.co)\//, '')
+    .replace(/:latest$/, '');
+  const tag = name.lastIndexOf(':');
+  return tag > name.indexOf('/') && name.includes('/') ? `${name.slice(0, tag)}:${name.slice(tag + 1).toUpperCase()}` : name;
 }
 
 export function huggingFaceHubCache(env: NodeJS.ProcessEnv = process.env): string {
@@ -90,7 +105,13 @@ export function huggingFaceModels(cache: string): { name: string; path: string }
     const revision = existsSync(ref) ? readFileSync(ref, 'utf8').trim() : existsSync(snapshots) ? readdirSync(snapshots)[0] : undefined;
     if (!revision) continue;
     const path = join(snapshots, revision);
-    if (isModelDir(path)) found.push({ name: entry.slice('models--'.length).replace('--', '/'), path });
+    const repoId = entry.slice('models--'.length).replace('--', '/');
+    if (isModelDir(path)) found.push({ name: repoId, path });
+    // Each GGUF file of a repository that holds several is a model named by its quantization.
+    for (const file of existsSync(path) ? readdirSync(path) : []) {
+      const ggufPath = join(path, file);
+      if (isGgufFile(ggufPath)) found.push({ name: `${repoId}:${quantizationOfFileName(file) ?? describeGguf(ggufPath).quantization}`, path: ggufPath });
+    }
   }
   return found;
 }
@@ -142,7 +163,7 @@ export class ModelRegistry {
   resolve(name: string | undefined | null): ModelEntry {
     const wanted = name && name.length > 0 ? name : this.defaultName;
     const models = this.list();
-    const found = models.find((m) => m.name === wanted) ?? models.find((m) => m.name === wanted.replace(/:latest$/, ''));
+    const found = models.find((m) => m.name === wanted) ?? models.find((m) => m.name === canonicalModelName(wanted));
     if (!found) {
       const fetchModel = this.options.fetchMissing?.(wanted);
       if (fetchModel) {
