@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import t from 'tap';
 import { decodeHistogram, PERCENTILE_POINTS, Recorders } from '../bench/histograms.ts';
-import { RESULT_SCHEMA, type BenchResult } from '../bench/result.ts';
+import { peerComparisons, RESULT_SCHEMA, type BenchResult } from '../bench/result.ts';
 import { TEST_CACHE_DIR, tempDir } from './helpers/server.ts';
 
 const RUN = fileURLToPath(new URL('../bench/run.ts', import.meta.url));
@@ -93,6 +93,26 @@ t.test('--quick --peer llama-server: the same weights as MLX, GGUF F32 and Q4_0,
     t.ok(peer.healthP99 && peer.healthP99.oursMs > 0 && peer.healthP99.peerMs > 0, `${peer.model}: health p99 on both, under the same load`);
   }
   t.match(run.stdout, /tiny-qwen3\.Q4_0 ours vs tiny-qwen3\.Q4_0@llama-server: aggregate tok\/s by clients 1: /, 'the summary shows the comparison');
+});
+
+t.test('the comparison with llama-server: ratios are ours over theirs, TTFT a difference, health at p99', async (t) => {
+  const recorders = new Recorders();
+  for (const [label, scale] of [['m.Q4_0', 1], ['m.Q4_0@llama-server', 2]] as const) {
+    for (const v of [10, 11, 12]) recorders.record(label, 'sweep.c1', 'aggregate_tps', v * scale);
+    for (const v of [40, 41, 42]) recorders.record(label, 'sweep.c16', 'aggregate_tps', v * scale);
+    for (const v of [30, 31, 32]) recorders.record(label, 'openai-completions.stream.short', 'ttft', v * scale);
+    for (let i = 1; i <= 100; i++) recorders.record(label, 'admin-health.while-generating', 'latency', (i >= 99 ? 50 : 1) * scale);
+  }
+  recorders.record('m.Q4_0', 'sweep.c4', 'aggregate_tps', 20);
+  const [row] = peerComparisons(recorders, [{ model: 'm.Q4_0', peer: 'm.Q4_0@llama-server', concurrency: [1, 4, 16], healthClients: 16 }]);
+  // the histograms keep 3 significant digits
+  const near = (actual: number | undefined, expected: number): boolean => actual !== undefined && Math.abs(actual - expected) <= Math.abs(expected) * 0.002;
+  const levels = row?.throughput ?? [];
+  t.same(levels.map((x) => x.clients), [1, 16], 'only the levels both sides measured');
+  t.ok(near(levels[0]?.ours, 11) && near(levels[0]?.peer, 22) && near(levels[1]?.ours, 41) && near(levels[1]?.peer, 82), 'median aggregate tok/s of each side', levels);
+  t.ok(levels.every((x) => near(x.ratio, 0.5)), 'ratios are ours / llama-server', levels);
+  t.ok(near(row?.ttft?.oursMs, 31) && near(row?.ttft?.peerMs, 62) && near(row?.ttft?.differenceMs, -31), 'median TTFT of each, and ours minus theirs', row?.ttft ?? {});
+  t.ok(row?.healthP99?.clients === 16 && near(row.healthP99.oursMs, 50) && near(row.healthP99.peerMs, 100) && near(row.healthP99.ratio, 0.5), 'the health p99 shows the slowest 1%', row?.healthP99 ?? {});
 });
 
 function syntheticResult(genTps: number[], ttftMs: number[]): BenchResult {
