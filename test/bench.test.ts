@@ -109,8 +109,8 @@ t.test('the comparison with llama-server: ratios are ours over theirs, TTFT a di
   const near = (actual: number | undefined, expected: number): boolean => actual !== undefined && Math.abs(actual - expected) <= Math.abs(expected) * 0.002;
   const levels = row?.throughput ?? [];
   t.same(levels.map((x) => x.clients), [1, 16], 'only the levels both sides measured');
-  t.ok(near(levels[0]?.ours, 11) && near(levels[0]?.peer, 22) && near(levels[1]?.ours, 41) && near(levels[1]?.peer, 82), 'median aggregate tok/s of each side', levels);
-  t.ok(levels.every((x) => near(x.ratio, 0.5)), 'ratios are ours / llama-server', levels);
+  t.ok(near(levels[0]?.ours, 11) && near(levels[0]?.peer, 22) && near(levels[1]?.ours, 41) && near(levels[1]?.peer, 82), 'median aggregate tok/s of each side', { levels });
+  t.ok(levels.every((x) => near(x.ratio, 0.5)), 'ratios are ours / llama-server', { levels });
   t.ok(near(row?.ttft?.oursMs, 31) && near(row?.ttft?.peerMs, 62) && near(row?.ttft?.differenceMs, -31), 'median TTFT of each, and ours minus theirs', row?.ttft ?? {});
   t.ok(row?.healthP99?.clients === 16 && near(row.healthP99.oursMs, 50) && near(row.healthP99.peerMs, 100) && near(row.healthP99.ratio, 0.5), 'the health p99 shows the slowest 1%', row?.healthP99 ?? {});
 });
