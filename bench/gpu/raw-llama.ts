@@ -43,7 +43,9 @@ async function one(): Promise<RequestTiming> {
   }
 }
 
-await one(); // warm-up
+// Warm-up, one round at the largest level: the load, and the GPU's first kernels (Vulkan compiles
+// its pipelines on first use) for the batch sizes the levels reach.
+await Promise.all(Array.from({ length: Math.max(...WORKLOAD.levels) }, one));
 const levels = [];
 for (const streams of WORKLOAD.levels) {
   const rounds: RequestTiming[][] = [];

@@ -1,14 +1,16 @@
 #!/bin/bash
 # Stages everything the GPU machine needs to serve a GGUF model with this server, in chunks
 # small enough for the device tool's 64 MiB working tree: node, the bundled server (dist/),
-# the run-time node_modules, node-mlx's BLAS libraries (the worker imports node-mlx), the CUDA
-# build of llama.cpp (@node-llama-cpp/linux-x64-cuda, the same version as node-llama-cpp), and
-# the bench tools bundled to plain JS. Run from the checkout root.
+# the run-time node_modules, node-mlx's BLAS libraries (the worker imports node-mlx), one GPU
+# build of llama.cpp (the same version as node-llama-cpp), and the bench tools bundled to
+# plain JS. Run from the checkout root.
 #
-# usage: bench/gpu/stage.sh <cuda-package.tgz> <stage-dir> [chunk size, default 56m]
-#   cuda-package.tgz: `npm pack @node-llama-cpp/linux-x64-cuda@<node-llama-cpp's version>`
+# usage: bench/gpu/stage.sh <gpu-package.tgz> <stage-dir> [chunk size, default 54m] [library.deb ...]
+#   gpu-package.tgz: `npm pack @node-llama-cpp/linux-x64-cuda@<node-llama-cpp's version>` (or -vulkan)
+#   library.deb: shared libraries the GPU machine lacks (the Vulkan loader: `apt-get download libvulkan1`)
 set -euo pipefail
-CUDA_TGZ=$1 STAGE=$2 CHUNK=${3:-56m}
+GPU_TGZ=$(readlink -f "$1") STAGE=$2 CHUNK=${3:-54m}
+shift $(( $# < 3 ? $# : 3 ))
 NM=$(readlink -f node_modules)
 P=$STAGE/payload
 rm -rf "$STAGE"; mkdir -p "$P/libs"
@@ -20,8 +22,8 @@ npx esbuild bench/gpu/convert-gguf.ts bench/gpu/streams.ts bench/gpu/raw-llama.t
 cp bench/gpu/make_weights.py "$P/"
 
 # Run-time packages only; other platforms' binaries, node-llama-cpp's llama.cpp sources (it
-# never builds here) and the CPU llama.cpp build (CUDA or nothing: a silent CPU fallback
-# would measure the wrong thing) stay behind.
+# never builds here) and the CPU llama.cpp build (the GPU build or nothing: a silent CPU
+# fallback would measure the wrong thing) stay behind.
 mapfile -t PACKAGES < <(node bench/gpu/runtime-packages.mjs "$NM" | grep -v '^@node-llama-cpp/')
 tar -C "$NM" -czf "$P/nm.tgz" \
   --exclude='uWebSockets.js/uws_*.node' --exclude='node-llama-cpp/llama/gitRelease.bundle' \
@@ -34,10 +36,14 @@ tar -C "$NM" -czf "$P/uws.tgz" "uWebSockets.js/uws_linux_x64_$abi.node"
 for lib in liblapack.so.3 libblas.so.3 libopenblas.so.0 libgfortran.so.5 libquadmath.so.0; do
   cp -L "$(ldconfig -p | awk -v l="$lib" '$1 == l && /x86-64/ { print $NF; exit }')" "$P/libs/$lib"
 done
+for deb in "$@"; do
+  dpkg -x "$deb" "$P/deb" && find "$P/deb" -name '*.so*' -exec cp -P {} "$P/libs/" \;
+done
+rm -rf "$P/deb"
 tar -C "$P" -czf "$P/libs.tgz" libs && rm -r "$P/libs"
 
 gzip -6 -c "$(command -v node)" > "$P/node.gz"
-cp "$CUDA_TGZ" "$P/cuda.tgz"
+cp "$GPU_TGZ" "$P/gpu.tgz"
 
 tar -C "$STAGE" -cf - payload | split -b "$CHUNK" -d -a 1 - "$STAGE/chunk."
 rm -r "$P"

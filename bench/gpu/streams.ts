@@ -16,7 +16,9 @@ if (!baseUrl || !model) {
 const text = promptOfWords(WORKLOAD.promptWords);
 const one = (): Promise<RequestTiming> => timedGeneration(baseUrl, { route: 'openai-completions', model, prompt: distinctPrompt(text), maxTokens: WORKLOAD.maxTokens, stream: true });
 
-await one(); // warm-up: the load, and CUDA's first kernels
+// Warm-up, one round at the largest level: the load, and the GPU's first kernels (Vulkan compiles
+// its pipelines on first use) for the batch sizes the levels reach.
+await Promise.all(Array.from({ length: Math.max(...WORKLOAD.levels) }, one));
 const levels = [];
 for (const streams of WORKLOAD.levels) {
   const rounds: RequestTiming[][] = [];
