@@ -10,7 +10,7 @@
 import { getLlama, LlamaLogLevel, type LlamaContextSequence, type Token } from 'node-llama-cpp';
 import type { RequestTiming } from '../client.ts';
 import { distinctPrompt, promptOfWords } from '../prompts.ts';
-import { levelFigures, WORKLOAD } from './stream-stats.ts';
+import { runLevels, WORKLOAD } from './stream-stats.ts';
 
 const [modelPath, gpuArg = 'cuda'] = process.argv.slice(2);
 if (!modelPath || !['cuda', 'vulkan', 'false'].includes(gpuArg)) {
@@ -43,15 +43,7 @@ async function one(): Promise<RequestTiming> {
   }
 }
 
-// Warm-up, one round at the largest level: the load, and the GPU's first kernels (Vulkan compiles
-// its pipelines on first use) for the batch sizes the levels reach.
-await Promise.all(Array.from({ length: Math.max(...WORKLOAD.levels) }, one));
-const levels = [];
-for (const streams of WORKLOAD.levels) {
-  const rounds: RequestTiming[][] = [];
-  for (let r = 0; r < (WORKLOAD.rounds[streams] ?? 1); r++) rounds.push(await Promise.all(Array.from({ length: streams }, one)));
-  levels.push(levelFigures(streams, WORKLOAD.maxTokens, rounds));
-}
+const levels = await runLevels(one);
 const gpuName = (await llama.getGpuDeviceNames()).join(', ');
 process.stdout.write(`${JSON.stringify({ side: 'raw node-llama-cpp', modelPath, gpu: llama.gpu, gpuName, gpuLayers: model.gpuLayers, contextSize: context.contextSize, promptWords: WORKLOAD.promptWords, levels }, null, 2)}\n`);
 await context.dispose();

@@ -1,4 +1,4 @@
-/** Figures shared by the HTTP client (streams.ts) and the raw loop (raw-llama.ts), from per-request timings. */
+/** The workload and figures shared by the HTTP client (streams.ts) and the raw loop (raw-llama.ts). */
 import type { RequestTiming } from '../client.ts';
 
 export interface LevelFigures {
@@ -46,3 +46,19 @@ export function levelFigures(streams: number, maxTokens: number, rounds: Request
 
 /** The workload both sides run: the same prompt words, token counts, stream counts and rounds. */
 export const WORKLOAD = { promptWords: 100, maxTokens: 128, levels: [1, 16], rounds: { 1: 5, 16: 3 } as Record<number, number> };
+
+/**
+ * Runs every level's rounds of `one` (a request) after a warm-up round at the largest level: the
+ * load, and the GPU's first kernels (Vulkan compiles its pipelines on first use) for the batch
+ * sizes the levels reach.
+ */
+export async function runLevels(one: () => Promise<RequestTiming>): Promise<LevelFigures[]> {
+  await Promise.all(Array.from({ length: Math.max(...WORKLOAD.levels) }, one));
+  const levels: LevelFigures[] = [];
+  for (const streams of WORKLOAD.levels) {
+    const rounds: RequestTiming[][] = [];
+    for (let r = 0; r < (WORKLOAD.rounds[streams] ?? 1); r++) rounds.push(await Promise.all(Array.from({ length: streams }, one)));
+    levels.push(levelFigures(streams, WORKLOAD.maxTokens, rounds));
+  }
+  return levels;
+}
