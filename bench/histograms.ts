@@ -84,9 +84,13 @@ export class Recorders {
     entry.histogram.recordValue(Math.max(1, Math.round(value * STORAGE_SCALE)));
   }
 
-  median(model: string, scenario: string, metric: MetricName): number | null {
+  percentile(model: string, scenario: string, metric: MetricName, percentile: number): number | null {
     const entry = this.histograms.get(`${model}/${scenario}/${metric}`);
-    return entry && entry.histogram.totalCount > 0 ? entry.histogram.getValueAtPercentile(50) / STORAGE_SCALE : null;
+    return entry && entry.histogram.totalCount > 0 ? entry.histogram.getValueAtPercentile(percentile) / STORAGE_SCALE : null;
+  }
+
+  median(model: string, scenario: string, metric: MetricName): number | null {
+    return this.percentile(model, scenario, metric, 50);
   }
 
   toRecords(): HistogramRecord[] {

@@ -83,6 +83,15 @@ export function renderHtml(result: BenchResult): string {
     body.push('<h2>Server efficiency (server vs raw engine, same model and prompt, medians)</h2>');
     body.push(table(['model', 'prompt', 'server tok/s', 'raw tok/s', 'server / raw', 'server TTFT ms', 'raw TTFT ms', 'TTFT overhead ms'], result.efficiency.map((e) => [e.model, e.prompt, e.serverTokensPerSecond, e.rawTokensPerSecond, e.throughputRatio, e.serverTtftMs, e.rawTtftMs, e.ttftOverheadMs])));
   }
+  if (result.peers.length > 0) {
+    body.push('<h2>Ours against llama-server (same GGUF file, same client; ratios ours / llama-server)</h2>');
+    const rows = result.peers.flatMap((p) => [
+      ...p.throughput.map((x) => [p.model, `aggregate tok/s, ${x.clients} streams`, x.ours, x.peer, x.ratio]),
+      ...(p.ttft ? [[p.model, 'TTFT ms (median, 1 stream), difference', p.ttft.oursMs, p.ttft.peerMs, p.ttft.differenceMs]] : []),
+      ...(p.healthP99 ? [[p.model, `health p99 ms at ${p.healthP99.clients} streams`, p.healthP99.oursMs, p.healthP99.peerMs, p.healthP99.ratio]] : []),
+    ]);
+    body.push(table(['model', 'figure', 'ours', 'llama-server', 'ratio'], rows));
+  }
   for (const model of result.models) {
     const mine = result.histograms.filter((h) => h.model === model.label);
     body.push(`<h2>${escape(model.label)}</h2><p>weights held ${model.placement ?? '?'}; load ${model.loadSeconds ?? '?'} s on the server; prompt tokens short ${model.promptTokens.short ?? '?'}, long ${model.promptTokens.long ?? '?'}; max_tokens ${model.workload.maxTokens}; routes ${model.routes.join(', ')}</p>`);

@@ -1,13 +1,16 @@
 /**
  * Child process: writes a random-weight model of Qwen2.5-0.5B's shape (fp32), or its 4-bit
  * MLX-quantized variant made from the fp32 one, with the real Qwen3 tokenizer (its 151669
- * tokens fit Qwen2.5's 151936-row embedding). Runs apart from the bench so the ~2 GB of
- * weights leave with the process.
+ * tokens fit Qwen2.5's 151936-row embedding); or converts an MLX model folder (one of those, or
+ * the built-in model) to a GGUF file for the llama.cpp comparison. Runs apart from the bench so
+ * the ~2 GB of weights leave with the process.
  *
  * usage: node --import tsx --expose-gc bench/make-model.ts <fp32|4bit> <dir> <builtin-model-dir>
+ *        node --import tsx --expose-gc bench/make-model.ts <F32|Q4_0> <file.gguf> <builtin-model-dir> <source-dir>
  */
 import { copyFileSync, mkdirSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
-import { dirname, join } from 'node:path';
+import { basename, dirname, join } from 'node:path';
+import { convertToGguf } from '../src/gguf/convert.ts';
 import { materializeDefaultModel } from '../workers/default-model.ts';
 import { mx, type MxArray } from '../workers/architectures/mx.ts';
 
@@ -98,9 +101,20 @@ function write(format: string, dir: string, builtinDir: string): void {
   process.stdout.write(`${JSON.stringify({ dir, bytes })}\n`);
 }
 
-const [format, dir, builtinDir] = process.argv.slice(2);
-if ((format !== 'fp32' && format !== '4bit') || !dir || !builtinDir) {
-  process.stderr.write('usage: make-model.ts <fp32|4bit> <dir> <builtin-model-dir>\n');
+/** The same weights as GGUF: matrices in `type`, norms and biases F32, as llama-quantize leaves them. */
+function writeGguf(type: 'F32' | 'Q4_0', path: string, builtinDir: string, sourceDir: string): void {
+  if (sourceDir === builtinDir) materializeDefaultModel(builtinDir);
+  const staging = `${path}.partial-${process.pid}`;
+  mkdirSync(dirname(path), { recursive: true });
+  convertToGguf(sourceDir, staging, { type, name: basename(path, '.gguf') });
+  renameSync(staging, path);
+  process.stdout.write(`${JSON.stringify({ path, bytes: statSync(path).size })}\n`);
+}
+
+const [format, target, builtinDir, sourceDir] = process.argv.slice(2);
+if ((format === 'fp32' || format === '4bit') && target && builtinDir) write(format, target, builtinDir);
+else if ((format === 'F32' || format === 'Q4_0') && target && builtinDir && sourceDir) writeGguf(format, target, builtinDir, sourceDir);
+else {
+  process.stderr.write('usage: make-model.ts <fp32|4bit> <dir> <builtin-model-dir>\n       make-model.ts <F32|Q4_0> <file.gguf> <builtin-model-dir> <source-dir>\n');
   process.exit(2);
 }
-write(format, dir, builtinDir);

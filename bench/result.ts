@@ -3,7 +3,7 @@ import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { HistogramRecord, Recorders } from './histograms.ts';
 import type { Fingerprint, LoadReport } from './machine.ts';
-import { RAW_LONG, RAW_SHORT, STREAM_LONG, STREAM_SHORT, type FrontEndResult, type ModelRunInfo } from './scenarios.ts';
+import { HEALTH_WHILE_GENERATING, RAW_LONG, RAW_SHORT, STREAM_LONG, STREAM_SHORT, sweepScenario, type FrontEndResult, type ModelRunInfo } from './scenarios.ts';
 
 export const RESULT_SCHEMA = 'mlx-inference-server-bench/1';
 
@@ -21,6 +21,18 @@ export interface EfficiencyRow {
   ttftOverheadMs: number;
 }
 
+/** Our server against llama-server on the same GGUF file, same client, same run. Ratios are ours / theirs. */
+export interface PeerComparison {
+  model: string;
+  peer: string;
+  /** Median aggregate tok/s of the sweep rounds at each stream count. */
+  throughput: { clients: number; ours: number; peer: number; ratio: number }[];
+  /** Median time to first token, single stream, short prompt, streamed completions. */
+  ttft: { oursMs: number; peerMs: number; differenceMs: number } | null;
+  /** p99 of the health route (ours /admin/health, llama-server /health) polled while `clients` streams decode. */
+  healthP99: { clients: number; oursMs: number; peerMs: number; ratio: number } | null;
+}
+
 export interface BenchResult {
   schema: typeof RESULT_SCHEMA;
   startedAt: string;
@@ -31,11 +43,15 @@ export interface BenchResult {
   server: { url: string; startedByBench: boolean };
   models: (ModelRunInfo & { rawEngineLoadMs: number | null })[];
   efficiency: EfficiencyRow[];
+  /** With --peer llama-server; empty otherwise. */
+  peers: PeerComparison[];
   frontEnd: FrontEndResult[];
   failures: Record<string, { count: number; firstError: string }>;
   load: LoadReport;
   histograms: HistogramRecord[];
 }
+
+const round3 = (v: number): number => Math.round(v * 1000) / 1000;
 
 export function efficiencyRows(recorders: Recorders, models: string[]): EfficiencyRow[] {
   const rows: EfficiencyRow[] = [];
@@ -52,14 +68,35 @@ export function efficiencyRows(recorders: Recorders, models: string[]): Efficien
         prompt,
         serverTokensPerSecond: serverTps,
         rawTokensPerSecond: rawTps,
-        throughputRatio: Math.round((serverTps / rawTps) * 1000) / 1000,
+        throughputRatio: round3(serverTps / rawTps),
         serverTtftMs: serverTtft,
         rawTtftMs: rawTtft,
-        ttftOverheadMs: Math.round((serverTtft - rawTtft) * 1000) / 1000,
+        ttftOverheadMs: round3(serverTtft - rawTtft),
       });
     }
   }
   return rows;
+}
+
+export function peerComparisons(recorders: Recorders, pairs: { model: string; peer: string; concurrency: number[]; healthClients: number }[]): PeerComparison[] {
+  return pairs.map(({ model, peer, concurrency, healthClients }) => {
+    const throughput = concurrency.flatMap((clients) => {
+      const ours = recorders.median(model, sweepScenario(clients), 'aggregate_tps');
+      const theirs = recorders.median(peer, sweepScenario(clients), 'aggregate_tps');
+      return ours === null || theirs === null ? [] : [{ clients, ours, peer: theirs, ratio: round3(ours / theirs) }];
+    });
+    const oursTtft = recorders.median(model, STREAM_SHORT, 'ttft');
+    const peerTtft = recorders.median(peer, STREAM_SHORT, 'ttft');
+    const oursHealth = recorders.percentile(model, HEALTH_WHILE_GENERATING, 'latency', 99);
+    const peerHealth = recorders.percentile(peer, HEALTH_WHILE_GENERATING, 'latency', 99);
+    return {
+      model,
+      peer,
+      throughput,
+      ttft: oursTtft === null || peerTtft === null ? null : { oursMs: oursTtft, peerMs: peerTtft, differenceMs: round3(oursTtft - peerTtft) },
+      healthP99: oursHealth === null || peerHealth === null ? null : { clients: healthClients, oursMs: oursHealth, peerMs: peerHealth, ratio: round3(oursHealth / peerHealth) },
+    };
+  });
 }
 
 /** `<host>-<UTC time>`, safe as a file name. */

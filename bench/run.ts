@@ -3,7 +3,8 @@
  * writes bench/results/<host>-<time>.json and .html, and with --compare judges the run
  * against a baseline. See bench/README.md.
  */
-import { writeFileSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import { existsSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
@@ -14,10 +15,10 @@ import { compareResults, formatComparison } from './compare.ts';
 import { Recorders } from './histograms.ts';
 import { renderHtml } from './html.ts';
 import { fingerprint, LoadMonitor } from './machine.ts';
-import { benchModelsDir, FP32_05B, generatedModel, makeModel, Q4_05B, workloadFor, type BenchModel } from './models.ts';
-import { efficiencyRows, readResult, RESULT_SCHEMA, writeResult, type BenchResult } from './result.ts';
-import { frontEndCost, runRawEngine, runServerScenarios, sweepScenario, type ModelRunInfo, type ScenarioContext } from './scenarios.ts';
-import { startBenchServer, type BenchServer } from './server-process.ts';
+import { benchModelsDir, FP32_05B, generatedModel, GGUF_TYPES, ggufModel, makeModel, PEER_WORKLOAD, Q4_05B, QUICK_PEER_WORKLOAD, workloadFor, type BenchModel } from './models.ts';
+import { efficiencyRows, peerComparisons, readResult, RESULT_SCHEMA, writeResult, type BenchResult } from './result.ts';
+import { frontEndCost, runPeerScenarios, runRawEngine, runServerScenarios, sweepScenario, type ModelRunInfo, type ScenarioContext } from './scenarios.ts';
+import { startBenchServer, startLlamaServer, type BenchServer } from './server-process.ts';
 
 const USAGE = `usage: npm run bench -- [options]
 
@@ -27,6 +28,9 @@ const USAGE = `usage: npm run bench -- [options]
   --cache-dir DIR     where the built-in and the bench's generated models live (default: the server's)
   --out DIR           where result files go (default bench/results)
   --no-raw            skip the raw-engine baseline
+  --peer llama-server the llama.cpp comparison instead of the default set: ${FP32_05B} as MLX, as GGUF F32 and Q4_0
+                      through our server, and the GGUF files through llama.cpp's llama-server (with --quick: tiny-qwen3)
+  --peer-binary PATH  the llama-server to run (default: bench/peers/build-llama-server.sh builds it once, a long build)
   --compare FILE      judge this run (or --current FILE) against the baseline FILE; exit 1 on a regression
   --current FILE      with --compare: compare an existing result instead of running
 `;
@@ -39,9 +43,22 @@ const progress = (message: string): void => {
   process.stderr.write(`[${((performance.now() - started) / 1000).toFixed(1).padStart(6)}s]${load} ${message}\n`);
 };
 
+const PEER_LLAMA_SERVER = 'llama-server';
+const BUILD_LLAMA_SERVER = fileURLToPath(new URL('./peers/build-llama-server.sh', import.meta.url));
+
+/** The same weights as MLX fp32, GGUF F32 and GGUF Q4_0, all at one workload so they compare. */
+function peerModels(quick: boolean, cacheDir: string): BenchModel[] {
+  const workload = quick ? QUICK_PEER_WORKLOAD : PEER_WORKLOAD;
+  const source = quick ? { ...builtinModel(cacheDir, quick), workload } : { ...generatedModel(FP32_05B, cacheDir, false), workload };
+  const path = source.path as string;
+  return [source, ...GGUF_TYPES.map((type) => ggufModel({ ...source, path }, type, cacheDir, workload))];
+}
+
+const builtinModel = (cacheDir: string, quick: boolean): BenchModel => ({ name: BUILTIN_MODEL, label: BUILTIN_MODEL, serverWeights: null, path: join(cacheDir, BUILTIN_MODEL), engine: 'mlx', generated: null, workload: workloadFor(BUILTIN_MODEL, quick) });
+
 async function chooseModels(requested: string | undefined, quick: boolean, cacheDir: string): Promise<BenchModel[]> {
   if (!requested) {
-    const tiny: BenchModel = { name: BUILTIN_MODEL, label: BUILTIN_MODEL, serverWeights: null, path: join(cacheDir, BUILTIN_MODEL), generated: null, workload: workloadFor(BUILTIN_MODEL, quick) };
+    const tiny = builtinModel(cacheDir, quick);
     if (quick) return [tiny];
     // 4-bit twice: as the server holds it by default on a CPU (dequantized to fp32), and with its native 4-bit kernels
     return [tiny, generatedModel(FP32_05B, cacheDir, false), generatedModel(Q4_05B, cacheDir, false), generatedModel(Q4_05B, cacheDir, false, 'native')];
@@ -56,7 +73,8 @@ async function chooseModels(requested: string | undefined, quick: boolean, cache
   } catch {
     // known only to a remote server (--url): measured without the raw engine
   }
-  return [{ name, label: name, serverWeights: null, path, generated: null, workload: workloadFor(name, quick) }];
+  const engine = path?.endsWith('.gguf') ? 'llama.cpp' : 'mlx';
+  return [{ name, label: name, serverWeights: null, path, engine, generated: null, workload: workloadFor(name, quick) }];
 }
 
 function summary(result: BenchResult): string {
@@ -72,15 +90,42 @@ function summary(result: BenchResult): string {
     });
     lines.push(`${model.label} (weights ${model.placement ?? '?'}) aggregate tok/s by clients: ${levels.join(', ')}`);
   }
+  for (const p of result.peers) {
+    const throughput = p.throughput.map((t) => `${t.clients}: ${t.ours.toFixed(1)}/${t.peer.toFixed(1)} (x${t.ratio})`).join(', ');
+    const ttft = p.ttft ? `TTFT ${p.ttft.oursMs.toFixed(1)} vs ${p.ttft.peerMs.toFixed(1)} ms (${p.ttft.differenceMs >= 0 ? '+' : ''}${p.ttft.differenceMs.toFixed(1)})` : 'TTFT -';
+    const health = p.healthP99 ? `health p99 at ${p.healthP99.clients} streams ${p.healthP99.oursMs.toFixed(2)} vs ${p.healthP99.peerMs.toFixed(2)} ms (x${p.healthP99.ratio})` : 'health -';
+    lines.push(`${p.model} ours vs ${p.peer}: aggregate tok/s by clients ${throughput}; ${ttft}; ${health}`);
+  }
   for (const f of result.frontEnd) lines.push(`front end ${f.path}: ${(f.requests / f.seconds).toFixed(0)} req/s over ${f.connections} connections`);
   return lines.join('\n');
 }
 
-async function bench(values: { quick: boolean; url?: string; model?: string; 'cache-dir'?: string; 'no-raw': boolean }, out: string, argv: string[]): Promise<BenchResult> {
+/** The llama-server binary: the one named, or the one the build script made (building it the first time). */
+function llamaServerBinary(named: string | undefined): string {
+  if (named) {
+    if (!existsSync(named)) throw new Error(`--peer-binary ${named}: no such file`);
+    return named;
+  }
+  progress(`llama-server: ${BUILD_LLAMA_SERVER} (builds it once from node-llama-cpp's llama.cpp source; long on few cores)`);
+  return execFileSync(BUILD_LLAMA_SERVER, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'inherit'] }).trim();
+}
+
+interface BenchFlags {
+  quick: boolean;
+  url?: string;
+  model?: string;
+  'cache-dir'?: string;
+  'no-raw': boolean;
+  peer?: string;
+  'peer-binary'?: string;
+}
+
+async function bench(values: BenchFlags, out: string, argv: string[]): Promise<BenchResult> {
   const quick = values.quick;
   const cacheDir = values['cache-dir'] ?? parseServerConfig([]).cacheDir;
-  const models = await chooseModels(values.model, quick, cacheDir);
-  progress(`bench ${quick ? '--quick ' : ''}on ${models.map((m) => m.name).join(', ')}; results to ${out}`);
+  const peerBinary = values.peer ? llamaServerBinary(values['peer-binary']) : null;
+  const models = peerBinary ? peerModels(quick, cacheDir) : await chooseModels(values.model, quick, cacheDir);
+  progress(`bench ${quick ? '--quick ' : ''}on ${models.map((m) => m.name).join(', ')}${peerBinary ? `, the GGUF files also through ${peerBinary}` : ''}; results to ${out}`);
   monitor = await LoadMonitor.baseline(quick ? 1000 : 3000);
   for (const model of models) await makeModel(model, cacheDir, progress);
   const startedAt = new Date().toISOString();
@@ -95,15 +140,18 @@ async function bench(values: { quick: boolean; url?: string; model?: string; 'ca
     progress(`server started at ${server.url}${weights ? ` with --weights ${weights}` : ''}`);
     return server.url;
   };
-  const ctx: ScenarioContext = { baseUrl: values.url ?? (await startServer(null)), recorders: new Recorders(), progress, children: new Set(), failures: {} };
+  const ctx: ScenarioContext = { baseUrl: values.url ?? (await startServer(null)), healthPath: '/admin/health', recorders: new Recorders(), progress, children: new Set(), failures: {} };
   const interrupted = (signal: NodeJS.Signals): void => {
     progress(`${signal}: stopping the server and the raw engine`);
     for (const child of ctx.children) child.kill('SIGTERM');
+    void peer?.stop();
     void ((server as BenchServer | null)?.stop() ?? Promise.resolve()).finally(() => process.exit(130));
   };
   process.once('SIGINT', interrupted);
   process.once('SIGTERM', interrupted);
   const runs: BenchResult['models'] = [];
+  const peerPairs: Parameters<typeof peerComparisons>[1] = [];
+  let peer: BenchServer | null = null;
   let blasLibraries: string[] = [];
   let openblasCore: string | null = null;
   try {
@@ -115,7 +163,22 @@ async function bench(values: { quick: boolean; url?: string; model?: string; 'ca
       if (!values.url && model.serverWeights !== serverWeights) ctx.baseUrl = await startServer(model.serverWeights);
       const info: ModelRunInfo = await runServerScenarios(ctx, model);
       let rawEngineLoadMs: number | null = null;
-      if (!values['no-raw'] && model.path) {
+      if (peerBinary && model.engine === 'llama.cpp' && model.path && info.settings) {
+        const label = `${model.label}@${PEER_LLAMA_SERVER}`;
+        const ourUrl = ctx.baseUrl;
+        const starting = performance.now();
+        peer = await startLlamaServer(peerBinary, model.path, info.settings);
+        Object.assign(ctx, { baseUrl: peer.url, healthPath: '/health' });
+        try {
+          runs.push({ ...(await runPeerScenarios(ctx, { ...model, label }, (performance.now() - starting) / 1000)), rawEngineLoadMs: null });
+        } finally {
+          Object.assign(ctx, { baseUrl: ourUrl, healthPath: '/admin/health' });
+          await peer.stop();
+          peer = null;
+        }
+        peerPairs.push({ model: model.label, peer: label, concurrency: model.workload.concurrency, healthClients: model.workload.healthClients });
+      }
+      if (!values['no-raw'] && model.path && model.engine === 'mlx') {
         const raw = await runRawEngine(ctx, { ...model, path: model.path }, model.name === BUILTIN_MODEL && !values.model, info.placement ?? 'native');
         rawEngineLoadMs = raw.result.loadMs;
         blasLibraries = raw.result.blasLibraries;
@@ -138,6 +201,7 @@ async function bench(values: { quick: boolean; url?: string; model?: string; 'ca
       server: { url: ctx.baseUrl, startedByBench: server !== null },
       models: runs,
       efficiency: efficiencyRows(ctx.recorders, models.map((m) => m.label)),
+      peers: peerComparisons(ctx.recorders, peerPairs),
       frontEnd,
       failures: ctx.failures,
       load: monitor.stop(),
@@ -159,6 +223,8 @@ async function main(argv: string[]): Promise<number> {
       'cache-dir': { type: 'string' },
       out: { type: 'string' },
       'no-raw': { type: 'boolean', default: false },
+      peer: { type: 'string' },
+      'peer-binary': { type: 'string' },
       compare: { type: 'string' },
       current: { type: 'string' },
       help: { type: 'boolean', default: false },
@@ -170,6 +236,8 @@ async function main(argv: string[]): Promise<number> {
     return 0;
   }
   if (values.current && !values.compare) throw new Error('--current needs --compare BASELINE');
+  if (values.peer !== undefined && values.peer !== PEER_LLAMA_SERVER) throw new Error(`--peer ${values.peer}: the only peer is ${PEER_LLAMA_SERVER}`);
+  if (values.peer && (values.url || values.model)) throw new Error('--peer measures its own models on servers it starts: not with --url or --model');
   const baseline = values.compare ? readResult(values.compare) : null;
   let current: BenchResult;
   if (values.current) current = readResult(values.current);

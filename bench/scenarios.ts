@@ -8,6 +8,7 @@ import { getJson, recordTiming, send, timedGeneration, type ApiRoute, type Gener
 import type { Recorders } from './histograms.ts';
 import { treeJiffies } from './machine.ts';
 import type { BenchModel } from './models.ts';
+import type { PeerSettings } from './server-process.ts';
 import { distinctPrompt, promptOfWords } from './prompts.ts';
 import type { WeightPlacement } from '../core/protocol.ts';
 import type { RawEngineJob, RawEngineResult } from './raw-engine.ts';
@@ -18,6 +19,8 @@ export interface Progress {
 
 export interface ScenarioContext {
   baseUrl: string;
+  /** The server's health route: /admin/health on ours, /health on llama-server. */
+  healthPath: string;
   recorders: Recorders;
   progress: Progress;
   /** Child processes to stop if the bench is interrupted. */
@@ -65,29 +68,28 @@ async function sequential(ctx: ScenarioContext, model: BenchModel, scenario: str
   return promptTokens;
 }
 
-/** Polls GET /admin/health back to back, `gapMs` apart, until `until` settles. */
-async function pollHealthUntil(ctx: ScenarioContext, model: string, until: Promise<unknown>, gapMs = 10): Promise<void> {
+/** Polls the server's health route back to back, `gapMs` apart, until `until` settles. */
+async function pollHealthUntil(ctx: ScenarioContext, model: string, until: Promise<unknown>, gapMs = 10, scenario = HEALTH_WHILE_GENERATING): Promise<void> {
   let done = false;
   void until.finally(() => (done = true));
   while (!done) {
     const started = performance.now();
-    const reply = await attempt(ctx, model, HEALTH_WHILE_GENERATING, () => send(`${ctx.baseUrl}/admin/health`, 'GET'));
-    if (reply?.status === 200) ctx.recorders.record(model, HEALTH_WHILE_GENERATING, 'latency', performance.now() - started);
+    const reply = await attempt(ctx, model, scenario, () => send(ctx.baseUrl + ctx.healthPath, 'GET'));
+    if (reply?.status === 200) ctx.recorders.record(model, scenario, 'latency', performance.now() - started);
     await new Promise((resolve) => setTimeout(resolve, gapMs));
   }
 }
 
 /** Each level starts `clients` streaming requests at once, `sweepRounds` times; a round's aggregate tok/s is one sample. */
 async function concurrencySweep(ctx: ScenarioContext, model: BenchModel, prompt: string): Promise<void> {
-  const { concurrency, sweepRounds, sweepMaxTokens } = model.workload;
-  const healthLevel = concurrency.filter((c) => c <= 4).at(-1) ?? concurrency[0];
+  const { concurrency, sweepRounds, sweepMaxTokens, healthClients } = model.workload;
   for (const clients of concurrency) {
     const scenario = sweepScenario(clients);
     for (let round = 0; round < sweepRounds; round++) {
       const started = performance.now();
       const call: GenerationCall = { route: 'openai-completions', model: model.name, prompt, maxTokens: sweepMaxTokens, stream: true };
       const requests = Promise.all(Array.from({ length: clients }, () => attempt(ctx, model.label, scenario, () => timedGeneration(ctx.baseUrl, { ...call, prompt: distinctPrompt(prompt) }))));
-      if (clients === healthLevel) await pollHealthUntil(ctx, model.label, requests);
+      if (clients === healthClients) await pollHealthUntil(ctx, model.label, requests);
       const timings = (await requests).filter((t): t is RequestTiming => t !== null);
       const wallSeconds = (performance.now() - started) / 1000;
       for (const timing of timings) recordTiming(ctx.recorders, model.label, scenario, timing);
@@ -95,6 +97,39 @@ async function concurrencySweep(ctx: ScenarioContext, model: BenchModel, prompt:
       if (timings.length === clients) ctx.recorders.record(model.label, scenario, 'aggregate_tps', tokens / wallSeconds);
       ctx.progress(`  ${scenario} round ${round + 1}/${sweepRounds}: ${timings.length}/${clients} ok, aggregate ${(tokens / wallSeconds).toFixed(1)} tok/s`);
     }
+  }
+}
+
+export const NEWCOMER_ALONE = 'newcomer.alone';
+export const newcomerScenario = (decoding: number): string => `newcomer.with-${decoding}-decoding`;
+export const healthUnderLoadScenario = (decoding: number): string => `admin-health.while-${decoding}-decode`;
+
+/**
+ * The time to first token of a newcomer, alone and then arriving while `busy` streams (the
+ * sweep's largest level less one) are decoding; and GET /admin/health while those streams and
+ * the newcomer decode together. The busy streams ask for enough tokens to outlast both.
+ */
+export async function newcomerAndHealthUnderLoad(ctx: ScenarioContext, model: BenchModel, prompt: string): Promise<void> {
+  const { concurrency, repeats, maxTokens } = model.workload;
+  const busy = Math.max(...concurrency) - 1;
+  if (busy < 1) return;
+  const newcomer: GenerationCall = { route: 'openai-completions', model: model.name, prompt, maxTokens, stream: true };
+  await sequential(ctx, model, NEWCOMER_ALONE, newcomer, repeats);
+  const generated = async (): Promise<number> => (await getJson<{ tokens?: { generated?: number } }>(`${ctx.baseUrl}/admin/status`)).tokens?.generated ?? 0;
+  for (let round = 0; round < repeats; round++) {
+    const before = await generated();
+    const streams = Promise.all(
+      Array.from({ length: busy }, () => attempt(ctx, model.label, 'newcomer.busy-streams', () => timedGeneration(ctx.baseUrl, { ...newcomer, prompt: distinctPrompt(prompt), maxTokens: maxTokens * 8 }))),
+    );
+    // Every busy stream is decoding once the server has generated a few tokens for each.
+    while ((await generated()) - before < busy * 3) await new Promise((resolve) => setTimeout(resolve, 20));
+    const arrival = attempt(ctx, model.label, newcomerScenario(busy), () => timedGeneration(ctx.baseUrl, { ...newcomer, prompt: distinctPrompt(prompt) }));
+    await pollHealthUntil(ctx, model.label, arrival, 10, healthUnderLoadScenario(busy + 1));
+    const timing = await arrival;
+    await streams;
+    if (timing) recordTiming(ctx.recorders, model.label, newcomerScenario(busy), timing);
+    const ttft = timing?.chunkTimes[0] === undefined ? '?' : (timing.chunkTimes[0] - timing.startedAt).toFixed(1);
+    ctx.progress(`  ${newcomerScenario(busy)} ${round + 1}/${repeats}: ttft ${ttft} ms`);
   }
 }
 
@@ -108,6 +143,8 @@ export interface ModelRunInfo {
   workload: BenchModel['workload'];
   /** Prompt lengths in tokens as the server counted them (completions route, no chat template). */
   promptTokens: { short: number | null; long: number | null };
+  /** What the server reported it runs with (GET /admin/status); null for llama-server, which is started with ours. */
+  settings: PeerSettings | null;
 }
 
 /** Which Ollama routes this server has: a one-token request answers 200 only where the route exists. */
@@ -124,20 +161,15 @@ async function availableRoutes(baseUrl: string, model: string): Promise<ApiRoute
   return routes;
 }
 
-export async function runServerScenarios(ctx: ScenarioContext, model: BenchModel): Promise<ModelRunInfo> {
+/** Single streams on each route (short prompt), the long prompt, then the concurrency sweep. */
+async function measureGenerations(ctx: ScenarioContext, model: BenchModel, routes: readonly ApiRoute[]): Promise<ModelRunInfo['promptTokens']> {
   const { workload } = model;
-  ctx.progress(`${model.label}: loading on the server`);
-  const loaded = await getJson<{ load_seconds?: number }>(`${ctx.baseUrl}/admin/load`, 'POST', { model: model.name });
-  const routes = await availableRoutes(ctx.baseUrl, model.name);
-  const status = await getJson<{ model?: { weights?: { placement?: WeightPlacement } | null } }>(`${ctx.baseUrl}/admin/status`);
-  const placement = status.model?.weights?.placement ?? null;
-  ctx.progress(`${model.label}: loaded in ${loaded.load_seconds ?? '?'} s, weights ${placement ?? '?'}; routes: ${routes.join(', ')}`);
   const short = promptOfWords(workload.shortPromptWords);
   const long = promptOfWords(workload.longPromptWords);
   const base = { model: model.name, maxTokens: workload.maxTokens };
-  await attempt(ctx, model.name, 'warm-up', () => timedGeneration(ctx.baseUrl, { ...base, route: 'openai-completions', prompt: short, stream: true, maxTokens: 2 }));
+  await attempt(ctx, model.label, 'warm-up', () => timedGeneration(ctx.baseUrl, { ...base, route: 'openai-completions', prompt: short, stream: true, maxTokens: 2 }));
   const promptTokens: ModelRunInfo['promptTokens'] = { short: null, long: null };
-  for (const route of workload.allRoutes ? routes : (['openai-completions'] as const)) {
+  for (const route of routes) {
     for (const stream of [true, false]) {
       const scenario = `${route}.${stream ? 'stream' : 'nostream'}.${SHORT}`;
       const counted = await sequential(ctx, model, scenario, { ...base, route, prompt: short, stream }, workload.repeats);
@@ -146,8 +178,36 @@ export async function runServerScenarios(ctx: ScenarioContext, model: BenchModel
   }
   promptTokens.long = await sequential(ctx, model, STREAM_LONG, { ...base, route: 'openai-completions', prompt: long, stream: true }, workload.repeats);
   await concurrencySweep(ctx, model, short);
+  return promptTokens;
+}
+
+interface AdminStatus {
+  model?: { weights?: { placement?: WeightPlacement } | null; context_length?: number | null };
+  config?: { max_batch?: number };
+}
+
+export async function runServerScenarios(ctx: ScenarioContext, model: BenchModel): Promise<ModelRunInfo> {
+  ctx.progress(`${model.label}: loading on the server`);
+  const loaded = await getJson<{ load_seconds?: number }>(`${ctx.baseUrl}/admin/load`, 'POST', { model: model.name });
+  const routes = await availableRoutes(ctx.baseUrl, model.name);
+  const status = await getJson<AdminStatus>(`${ctx.baseUrl}/admin/status`);
+  const placement = status.model?.weights?.placement ?? null;
+  const contextPerSequence = status.model?.context_length;
+  const parallel = status.config?.max_batch;
+  ctx.progress(`${model.label}: loaded in ${loaded.load_seconds ?? '?'} s, weights ${placement ?? '?'}, context ${contextPerSequence ?? '?'} per sequence; routes: ${routes.join(', ')}`);
+  const promptTokens = await measureGenerations(ctx, model, model.workload.allRoutes ? routes : ['openai-completions']);
+  await newcomerAndHealthUnderLoad(ctx, model, promptOfWords(model.workload.shortPromptWords));
   await getJson(`${ctx.baseUrl}/admin/unload`, 'POST', {});
-  return { name: model.name, label: model.label, placement, loadSeconds: loaded.load_seconds ?? null, routes, workload, promptTokens };
+  const settings = contextPerSequence && parallel ? { contextPerSequence, parallel } : null;
+  return { name: model.name, label: model.label, placement, loadSeconds: loaded.load_seconds ?? null, routes, workload: model.workload, promptTokens, settings };
+}
+
+/** The same generations against llama-server (already started on the model's file): OpenAI completions only. */
+export async function runPeerScenarios(ctx: ScenarioContext, model: BenchModel, startSeconds: number): Promise<ModelRunInfo> {
+  ctx.progress(`${model.label}: llama-server up in ${startSeconds.toFixed(1)} s`);
+  const routes: ApiRoute[] = ['openai-completions'];
+  const promptTokens = await measureGenerations(ctx, model, routes);
+  return { name: model.name, label: model.label, placement: null, loadSeconds: startSeconds, routes, workload: model.workload, promptTokens, settings: null };
 }
 
 const RAW_ENGINE = fileURLToPath(new URL('./raw-engine.ts', import.meta.url));

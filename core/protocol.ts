@@ -82,9 +82,17 @@ export interface HeldWeights {
   converted: string[];
 }
 
+/** A llama.cpp context's shape: KV cells each sequence holds, and sequences decoded together. */
+export interface LlamaContextShape {
+  contextSize: number;
+  sequences: number;
+}
+
 /** A model as the worker is to load it. */
 export interface LoadSpec extends ModelSource {
   placement: WeightPlacement;
+  /** GGUF models only: the context llama.cpp allocates up front, sized from the KV budget (llamaContextShape). */
+  llamaContext?: LlamaContextShape;
 }
 
 export type FinishReason = 'stop' | 'length' | 'cancelled';
@@ -115,6 +123,8 @@ export interface LoadResult {
   bytes: number;
   loadMs: number;
   contextLength: number;
+  /** Sequences decoded together: --max-batch for MLX, the llama.cpp context's sequences for GGUF. */
+  sequences: number;
 }
 
 /** The engine loads a model before it sends any generation for it; a generation runs on the model loaded. */
@@ -144,3 +154,10 @@ export interface WorkerData {
   telemetry: TelemetryBuffers;
   cancelFlags: SharedArrayBuffer;
 }
+
+/** A prompt for the prompt tokenizer's thread (workers/prompt-tokenizer.ts) to turn into ids; none: only read the tokenizer (the start). */
+export interface PromptTokenizerTask {
+  prompt?: Exclude<PromptInput, { kind: 'tokens' }>;
+}
+
+export type PromptTokenizerReply = { ok: true; ids: number[] } | { ok: false; error: ServeErrorShape };

@@ -40,6 +40,8 @@ const Float = {
   deviceCacheBytes: 20,
   /** The GPU's recommended working-set size (deviceInfo); 0 when MLX runs on the CPU. */
   deviceWorkingSetBytes: 21,
+  /** Time the worker spent turning prompts into token ids: 0 while the engine's prompt tokenizer thread hands it ids. */
+  workerTokenizeSeconds: 22,
 } as const;
 const FLOAT_FIELDS = Object.keys(Float).length;
 

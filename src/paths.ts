@@ -19,8 +19,9 @@ export function packagePath(...parts: string[]): string {
   return join(ROOT, ...parts);
 }
 
-/** The server and its worker bundled into plain JS (src/cli/bundle.ts builds them). */
+/** The server and its worker threads bundled into plain JS (src/cli/bundle.ts builds them). */
 export const SERVER_BUNDLE = packagePath('dist', 'server.js');
 export const WORKER_BUNDLE = packagePath('dist', 'mlx-worker.js');
+export const PROMPT_TOKENIZER_BUNDLE = packagePath('dist', 'prompt-tokenizer.js');
 
 export const PACKAGE_VERSION = (JSON.parse(readFileSync(packagePath('package.json'), 'utf8')) as { version: string }).version;

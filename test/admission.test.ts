@@ -2,8 +2,9 @@
  * Admission after load, against real server processes on the built-in model: --max-batch bounds
  * the requests running in the worker, --max-queue the ones waiting in front of it, a request
  * beyond both is refused with 503 and Retry-After in its API's own shape, a client that leaves
- * while waiting never reaches the worker, and a request whose KV cache could never fit in the
- * model's KV budget is refused with a 400 that states the numbers.
+ * while waiting (for a running place, or for a model load) never reaches the worker, and a
+ * request whose KV cache could never fit in the model's KV budget is refused with a 400 that
+ * states the numbers.
  */
 import t from 'tap';
 import { estimateLoadBytes } from '../src/models/footprint.ts';
@@ -110,6 +111,10 @@ t.test('after load, at most --max-batch run and --max-queue wait; beyond that ev
   t.equal(samples.get('mlx:num_requests_running'), 0);
   t.equal(samples.get('mlx:num_requests_waiting'), 0);
   t.equal(samples.get('mlx:request_rejected_total'), 4);
+
+  const chat = await post(`${server.url}/v1/chat/completions`, { messages: [{ role: 'user', content: 'a chat prompt, templated and tokenized off the MLX thread' }], max_tokens: 4 });
+  t.equal(chat.status, 200);
+  t.equal((await metrics(server)).get('mlx:worker_tokenize_seconds_total'), 0, 'the MLX worker tokenized no prompt, text or chat: the prompt tokenizer thread did');
 });
 
 t.test('a request cancelled while it waits never reaches the worker', async (t) => {
@@ -179,4 +184,46 @@ t.test('a request whose KV cache could not fit in the budget even alone gets a 4
   t.equal(fits.body.usage.completion_tokens, 8);
   const status = (await json<{ requests: { active: number; queued: number }; kv_cache: { reserved_bytes: number } }>(`${server.url}/admin/status`)).body;
   t.same([status.requests.active, status.requests.queued, status.kv_cache.reserved_bytes], [0, 0, 0], 'refused requests hold nothing');
+});
+
+t.test('a request whose client leaves during a model load leaves the queue at once, and a load it was waiting for never starts', async (t) => {
+  const { modelsDir } = builtinModelVariant('other-qwen3', {});
+  const server = await startServer(['--idle-timeout', '0', '--models-dir', modelsDir]);
+  t.teardown(() => server.stop());
+  type LoadHealth = Health & { model_state: string };
+  const loadHealth = async (): Promise<LoadHealth> => (await json<LoadHealth>(`${server.url}/admin/health`)).body;
+  const leaving = new AbortController();
+  const send = (id: string, model: string): Promise<unknown> =>
+    fetch(`${server.url}/v1/completions`, { method: 'POST', headers: { 'x-request-id': id }, body: JSON.stringify({ model, prompt: 'never answered', max_tokens: 8 }), signal: leaving.signal }).catch(() => null);
+
+  // The first request starts the built-in model's load (seconds); the second waits behind it for another model.
+  const loadingItsModel = send('leaves-during-its-load', 'tiny-qwen3');
+  await waitFor('the load to start', async () => ((await loadHealth()).model_state === 'loading' ? true : undefined), 60_000);
+  const waitingForAnother = send('leaves-before-its-load', 'other-qwen3');
+  await waitFor('both requests to wait', async () => ((await loadHealth()).queued_requests === 2 ? true : undefined));
+  leaving.abort();
+  await Promise.all([loadingItsModel, waitingForAnother]);
+  const left = await waitFor('both to leave the queue', async () => {
+    const h = await loadHealth();
+    return h.queued_requests === 0 ? h : undefined;
+  }, 2000);
+  t.equal(left.model_state, 'loading', 'they left while the model was still loading');
+  for (const id of ['leaves-during-its-load', 'leaves-before-its-load']) {
+    const cancelled = logEvents(server, 'cancelled').find((e) => e.reqId === id);
+    t.match(cancelled, { reason: 'client', whileWaiting: true, waitingFor: 'model' }, `${id}: cancelled while waiting for the model`);
+  }
+  t.same(logEvents(server, 'loaded'), [], 'logged before the load finished');
+
+  await waitFor('the load under way to finish', () => (logEvents(server, 'loaded').length === 1 ? true : undefined), 120_000);
+  // An unload waits for every lease: one never handed back would keep it waiting.
+  const unload = await json(`${server.url}/admin/unload`, { method: 'POST', body: '{}', signal: AbortSignal.timeout(20_000) }).catch((error: Error) => ({ status: error.name }));
+  t.equal(unload.status, 200, 'the lease the first request would have held was handed back: the model unloads');
+  t.same(
+    logEvents(server, 'load_start').map((e) => e.model),
+    ['tiny-qwen3'],
+    'the other model, whose client had left, was never loaded',
+  );
+  const reached = [...logEvents(server, 'admitted'), ...logEvents(server, 'generation_start')].filter((e) => String(e.reqId).startsWith('leaves-'));
+  t.same(reached, [], 'neither reached the worker');
+  t.equal((await json<{ tokens: { prompt: number } }>(`${server.url}/admin/status`)).body.tokens.prompt, 0, 'the worker prefilled nothing');
 });

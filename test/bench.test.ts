@@ -5,11 +5,12 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import t from 'tap';
 import { decodeHistogram, PERCENTILE_POINTS, Recorders } from '../bench/histograms.ts';
-import { RESULT_SCHEMA, type BenchResult } from '../bench/result.ts';
+import { peerComparisons, RESULT_SCHEMA, type BenchResult } from '../bench/result.ts';
 import { TEST_CACHE_DIR, tempDir } from './helpers/server.ts';
 
 const RUN = fileURLToPath(new URL('../bench/run.ts', import.meta.url));
-const bench = (args: string[]) => spawnSync(process.execPath, ['--import', 'tsx', RUN, ...args], { encoding: 'utf8', timeout: 240_000 });
+const BUILD_LLAMA_SERVER = fileURLToPath(new URL('../bench/peers/build-llama-server.sh', import.meta.url));
+const bench = (args: string[], timeout = 240_000) => spawnSync(process.execPath, ['--import', 'tsx', RUN, ...args], { encoding: 'utf8', timeout });
 
 t.test('--quick writes a result file and an HTML report with sane structure', async (t) => {
   const out = tempDir('bench-quick-');
@@ -64,6 +65,56 @@ t.test('--quick writes a result file and an HTML report with sane structure', as
   t.notMatch(page, /<script[^>]+src=|<link[^>]+href=|https?:\/\/(?!www\.w3\.org)/, 'nothing loaded from elsewhere');
 });
 
+const llamaServer = spawnSync(BUILD_LLAMA_SERVER, ['--no-build'], { encoding: 'utf8' });
+const notBuilt = llamaServer.status === 0 ? false : `llama-server is not built: run ${BUILD_LLAMA_SERVER} once (a long build)`;
+
+t.test('--quick --peer llama-server: the same weights as MLX, GGUF F32 and Q4_0, the GGUF files also through llama-server', { skip: notBuilt }, async (t) => {
+  const out = tempDir('bench-peer-');
+  const run = bench(['--quick', '--peer', 'llama-server', '--peer-binary', llamaServer.stdout.trim(), '--no-raw', '--out', out, '--cache-dir', TEST_CACHE_DIR], 480_000);
+  t.equal(run.status, 0, `bench exits 0\n${run.stderr.slice(-3000)}`);
+  const json = readdirSync(out).find((f) => f.endsWith('.json'));
+  if (!json) return t.fail('no result file');
+  const result = JSON.parse(readFileSync(join(out, json), 'utf8')) as BenchResult;
+  t.same(result.failures, {}, 'no request failed, on either server');
+  t.same(result.flags.models, ['tiny-qwen3', 'tiny-qwen3.F32', 'tiny-qwen3.Q4_0']);
+  t.same(
+    result.models.map((m) => m.label),
+    ['tiny-qwen3', 'tiny-qwen3.F32', 'tiny-qwen3.F32@llama-server', 'tiny-qwen3.Q4_0', 'tiny-qwen3.Q4_0@llama-server'],
+    'each GGUF file through ours, then through llama-server',
+  );
+  const ours = result.models.find((m) => m.label === 'tiny-qwen3.Q4_0');
+  t.equal(ours?.placement, 'native', 'our server holds the GGUF weights as the file stores them');
+  t.ok(ours?.settings && ours.settings.parallel > 1 && ours.settings.contextPerSequence > 0, 'llama-server is started with the sequence count and context our server reports');
+  t.same(result.peers.map((p) => [p.model, p.peer]), [['tiny-qwen3.F32', 'tiny-qwen3.F32@llama-server'], ['tiny-qwen3.Q4_0', 'tiny-qwen3.Q4_0@llama-server']]);
+  for (const peer of result.peers) {
+    t.same(peer.throughput.map((x) => x.clients), [1, 4], `${peer.model}: throughput at each sweep level`);
+    t.ok(peer.throughput.every((x) => x.ours > 0 && x.peer > 0 && Math.abs(x.ratio - x.ours / x.peer) < 0.001), `${peer.model}: ratios are ours over llama-server's`);
+    t.ok(peer.ttft && peer.ttft.oursMs > 0 && peer.ttft.peerMs > 0, `${peer.model}: TTFT on both`);
+    t.ok(peer.healthP99 && peer.healthP99.oursMs > 0 && peer.healthP99.peerMs > 0, `${peer.model}: health p99 on both, under the same load`);
+  }
+  t.match(run.stdout, /tiny-qwen3\.Q4_0 ours vs tiny-qwen3\.Q4_0@llama-server: aggregate tok\/s by clients 1: /, 'the summary shows the comparison');
+});
+
+t.test('the comparison with llama-server: ratios are ours over theirs, TTFT a difference, health at p99', async (t) => {
+  const recorders = new Recorders();
+  for (const [label, scale] of [['m.Q4_0', 1], ['m.Q4_0@llama-server', 2]] as const) {
+    for (const v of [10, 11, 12]) recorders.record(label, 'sweep.c1', 'aggregate_tps', v * scale);
+    for (const v of [40, 41, 42]) recorders.record(label, 'sweep.c16', 'aggregate_tps', v * scale);
+    for (const v of [30, 31, 32]) recorders.record(label, 'openai-completions.stream.short', 'ttft', v * scale);
+    for (let i = 1; i <= 100; i++) recorders.record(label, 'admin-health.while-generating', 'latency', (i >= 99 ? 50 : 1) * scale);
+  }
+  recorders.record('m.Q4_0', 'sweep.c4', 'aggregate_tps', 20);
+  const [row] = peerComparisons(recorders, [{ model: 'm.Q4_0', peer: 'm.Q4_0@llama-server', concurrency: [1, 4, 16], healthClients: 16 }]);
+  // the histograms keep 3 significant digits
+  const near = (actual: number | undefined, expected: number): boolean => actual !== undefined && Math.abs(actual - expected) <= Math.abs(expected) * 0.002;
+  const levels = row?.throughput ?? [];
+  t.same(levels.map((x) => x.clients), [1, 16], 'only the levels both sides measured');
+  t.ok(near(levels[0]?.ours, 11) && near(levels[0]?.peer, 22) && near(levels[1]?.ours, 41) && near(levels[1]?.peer, 82), 'median aggregate tok/s of each side', { levels });
+  t.ok(levels.every((x) => near(x.ratio, 0.5)), 'ratios are ours / llama-server', { levels });
+  t.ok(near(row?.ttft?.oursMs, 31) && near(row?.ttft?.peerMs, 62) && near(row?.ttft?.differenceMs, -31), 'median TTFT of each, and ours minus theirs', row?.ttft ?? {});
+  t.ok(row?.healthP99?.clients === 16 && near(row.healthP99.oursMs, 50) && near(row.healthP99.peerMs, 100) && near(row.healthP99.ratio, 0.5), 'the health p99 shows the slowest 1%', row?.healthP99 ?? {});
+});
+
 function syntheticResult(genTps: number[], ttftMs: number[]): BenchResult {
   const recorders = new Recorders();
   for (const v of genTps) recorders.record('m', 'openai-completions.stream.short', 'gen_tps', v);
@@ -79,6 +130,7 @@ function syntheticResult(genTps: number[], ttftMs: number[]): BenchResult {
     server: { url: 'http://127.0.0.1:1', startedByBench: true },
     models: [],
     efficiency: [],
+    peers: [],
     frontEnd: [],
     failures: {},
     load,

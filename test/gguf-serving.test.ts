@@ -138,6 +138,18 @@ t.test('the KV budget of a GGUF model is sized from its header: fp16 keys and va
   t.ok(budget.modelBytes > 0 && budget.budgetBytes < 8 * 2 ** 30, 'the weights and activations come out of the budget');
 });
 
+t.test('status and the load log state the context and sequences llama.cpp was given; the KV budget is what it allocated', async (t) => {
+  t.equal((await post(`${url}/admin/load`, { model: GGUF })).status, 200);
+  const status = await json<{ model: { context_length: number }; kv_cache: { budget_bytes: number; bytes_per_token: number; max_running: number } }>(`${url}/admin/status`);
+  const loaded = logEvents(server, 'loaded').filter((event) => event.model === GGUF).at(-1);
+  t.equal(loaded?.contextLength, status.body.model.context_length, 'the log states the context per sequence');
+  t.equal(loaded?.sequences, status.body.kv_cache.max_running, 'the log states the sequences');
+  // This machine has memory for the whole trained context of every --max-batch (16) sequence.
+  t.equal(status.body.model.context_length, 4096);
+  t.equal(status.body.kv_cache.max_running, 16);
+  t.equal(status.body.kv_cache.budget_bytes, 4096 * 16 * status.body.kv_cache.bytes_per_token, 'the budget is the cells llama.cpp allocated');
+});
+
 t.test('structured output is refused for a GGUF model with a clear 400, in both APIs', async (t) => {
   const format = await post(`${url}/v1/chat/completions`, { model: GGUF, messages: [{ role: 'user', content: 'hi' }], response_format: { type: 'json_object' }, max_tokens: 4 });
   t.equal(format.status, 400);

@@ -11,6 +11,8 @@ import t from 'tap';
 import { convertToGguf } from '../src/gguf/convert.ts';
 import { readGgufHeader } from '../core/gguf/format.ts';
 import { ModelRegistry } from '../src/models/registry.ts';
+import { loadModel } from '../workers/architectures/loader.ts';
+import { mx } from '../workers/architectures/mx.ts';
 import { tempDir } from './helpers/server.ts';
 
 const FIXTURES = join(import.meta.dirname, 'fixtures', 'parity');
@@ -88,6 +90,74 @@ t.test('a Q8_0 GGUF loads and generates in llama.cpp, close to the F32 model', a
   const tokens = await greedy(join(dir, 'qwen3-q8.gguf'), prompt, 8);
   t.equal(tokens.length, 8);
   t.equal(tokens[0], reference.greedy[0]?.[0], 'the first greedy token survives 8-bit quantization');
+});
+
+/**
+ * llama.cpp's next-token log-probabilities over the vocabulary after `prompt`, as logits relative
+ * to the top token's (softmax's normalization cancels out of such differences).
+ */
+async function llamaRelativeLogits(path: string, prompt: number[]): Promise<Map<number, number>> {
+  const model = await llama.loadModel({ modelPath: path });
+  const context = await model.createContext({ contextSize: 256, threads: 1 });
+  try {
+    for await (const { probabilities } of context.getSequence().evaluateWithMetadata(prompt as Token[], { probabilities: true }, { temperature: 0 })) {
+      const top = Math.log([...probabilities.values()][0] as number);
+      return new Map([...probabilities].map(([token, p]) => [token as number, Math.log(p) - top]));
+    }
+    throw new Error('llama.cpp gave no next token');
+  } finally {
+    await context.dispose();
+    await model.dispose();
+  }
+}
+
+/** Our MLX engine's last-position logits for `prompt`, relative to its top token's. */
+function mlxRelativeLogits(dir: string, prompt: number[]): number[] {
+  const { model } = loadModel(dir);
+  const logits = model.forward(mx.array([prompt], mx.int32), model.newCache(), false);
+  mx.eval(logits);
+  const last = (logits.index(0).tolist() as number[][]).at(-1) as number[];
+  const top = Math.max(...last);
+  return last.map((logit) => logit - top);
+}
+
+/** How two sets of relative logits over the whole vocabulary differ: the largest difference, and their correlation. */
+function compareLogits(reference: number[], other: Map<number, number>): { worst: number; correlation: number } {
+  const theirs = reference.map((_, token) => other.get(token) ?? Number.NEGATIVE_INFINITY);
+  const worst = Math.max(...reference.map((logit, token) => Math.abs(logit - (theirs[token] as number))));
+  const mean = (values: number[]): number => values.reduce((a, b) => a + b, 0) / values.length;
+  const [ma, mb] = [mean(reference), mean(theirs)];
+  const covariance = (a: number[], b: number[], ca: number, cb: number): number => a.reduce((sum, x, i) => sum + (x - ca) * ((b[i] as number) - cb), 0);
+  const correlation = covariance(reference, theirs, ma, mb) / Math.sqrt(covariance(reference, reference, ma, ma) * covariance(theirs, theirs, mb, mb));
+  return { worst, correlation };
+}
+
+/** llama.cpp keeps its KV cache in fp16, so the same F32 weights give logits a few thousandths apart (4.5e-3 and 5.0e-3 measured). */
+const F32_LOGIT_TOLERANCE = 2e-2;
+/** 4-bit weights move the fixture's logits by up to ~2 (its logits span ~10), but keep their shape; misplaced 4-bit values scramble it. */
+const Q4_0_MIN_CORRELATION = 0.9;
+
+t.test('logits: llama.cpp on our F32 GGUF matches our MLX engine on the same safetensors; Q4_0 stays close', async (t) => {
+  const reference = JSON.parse(readFileSync(join(FIXTURES, 'qwen3', 'reference.json'), 'utf8')) as { prompts: number[][]; greedy: number[][] };
+  const f32 = join(dir, 'qwen3-logits-f32.gguf');
+  const q4 = join(dir, 'qwen3-logits-q4_0.gguf');
+  convertToGguf(join(FIXTURES, 'qwen3'), f32, { type: 'F32', tokenizerDir: QWEN3_TOKENIZER });
+  convertToGguf(join(FIXTURES, 'qwen3'), q4, { type: 'Q4_0', tokenizerDir: QWEN3_TOKENIZER });
+  t.equal(readGgufHeader(q4).tensors.find((tensor) => tensor.name === 'blk.0.attn_q.weight')?.type, 'Q4_0', 'matrices are written as Q4_0');
+  const ratio = statSync(q4).size / statSync(f32).size;
+  t.ok(ratio > 0.1 && ratio < 0.3, `Q4_0 file is ${(ratio * 100).toFixed(0)}% of the F32 one (18 bytes per 32 weights, plus the vocabulary)`);
+  for (const [i, prompt] of reference.prompts.entries()) {
+    const mlx = mlxRelativeLogits(join(FIXTURES, 'qwen3'), prompt);
+    const fromF32 = compareLogits(mlx, await llamaRelativeLogits(f32, prompt));
+    t.ok(fromF32.worst < F32_LOGIT_TOLERANCE, `prompt ${i}: F32 GGUF through llama.cpp within ${fromF32.worst.toExponential(1)} of MLX's logits over all ${mlx.length} tokens (bar ${F32_LOGIT_TOLERANCE})`);
+    const fromQ4 = compareLogits(mlx, await llamaRelativeLogits(q4, prompt));
+    t.ok(fromQ4.correlation > Q4_0_MIN_CORRELATION, `prompt ${i}: Q4_0 GGUF logits correlate ${fromQ4.correlation.toFixed(4)} with MLX's F32 ones (bar ${Q4_0_MIN_CORRELATION}; largest difference ${fromQ4.worst.toFixed(2)})`);
+    const greedy4 = await greedy(q4, prompt, 8);
+    const expected = (reference.greedy[i] as number[]).slice(0, 8);
+    const same = greedy4.filter((token, k) => token === expected[k]).length;
+    t.equal(greedy4[0], expected[0], `prompt ${i}: Q4_0's first greedy token is the reference's`);
+    t.comment(`prompt ${i}: Q4_0 greedy ${greedy4.join(' ')} vs reference ${expected.join(' ')} (${same}/8 the same)`);
+  }
 });
 
 t.test('a .gguf file is a model named by its stem, in a models dir and as --model', async (t) => {

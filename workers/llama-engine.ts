@@ -4,7 +4,8 @@
  * the chat template (the GGUF's own, rendered with our Jinja renderer), the prompt checks, the
  * text stream, stop strings and usage counts are the ones every model gets.
  *
- * Batching: the context holds one llama.cpp sequence per --max-batch row; node-llama-cpp
+ * Batching: the context holds the sequences the main thread sized from the KV budget (at most
+ * --max-batch, each of at most the model's trained context; llamaContextShape); node-llama-cpp
  * evaluates the sequences that have work in one batch, so concurrent requests decode together.
  * A sequence keeps its KV state after a request, and the next request on it reuses the prefix
  * they share (the prompt cache of this engine).
@@ -12,18 +13,15 @@
 import type { MessagePort } from 'node:worker_threads';
 import { Template } from '@huggingface/jinja';
 import { getLlama, LlamaLogLevel, type Llama, type LlamaContext, type LlamaContextSequence, type LlamaModel, type SequenceEvaluateOptions, type Token } from 'node-llama-cpp';
-import type { ChatMessage, GenerationRequest, LoadResult, LoadSpec, WorkerSettings } from '../core/protocol.ts';
+import type { ChatMessage, GenerationRequest, LoadResult, LoadSpec } from '../core/protocol.ts';
 import { ServeError } from '../core/errors.ts';
 import { describeGguf } from '../core/gguf/describe.ts';
 import { readGgufHeader, type GgufHeader } from '../core/gguf/format.ts';
 import type { CancelFlags } from '../core/cancel-flags.ts';
 import type { Telemetry } from '../core/telemetry.ts';
-import { promptIds, validatePrompt, type PromptTokenizer } from './prompt.ts';
+import { promptIdsInWorker, validatePrompt, type PromptTokenizer } from './prompt.ts';
 import { TokenStream } from './token-stream.ts';
 import { renderChatTemplate, tokenBytesTable, TokenBytesTable, type TokenizerJson } from './tokenizer.ts';
-
-/** KV cells per sequence, at most: the MLX engine's memory estimate assumes the same. */
-const MAX_CONTEXT_PER_SEQUENCE = 4096;
 
 /** llama.cpp's llama_token_type values that are not text. */
 const CONTROL_TOKEN = 3;
@@ -132,7 +130,7 @@ export class LlamaEngine implements PromptTokenizer {
     });
   }
 
-  static async load(spec: LoadSpec, settings: WorkerSettings, telemetry: Telemetry): Promise<LlamaEngine> {
+  static async load(spec: LoadSpec, telemetry: Telemetry): Promise<LlamaEngine> {
     const started = performance.now();
     const header = readGgufHeader(spec.path, true);
     const llama = await llamaRuntime();
@@ -142,8 +140,10 @@ export class LlamaEngine implements PromptTokenizer {
     } catch (error) {
       throw new ServeError('model_load_failed', `llama.cpp could not load ${spec.path}: ${(error as Error).message}`);
     }
+    const shape = spec.llamaContext;
+    if (!shape) throw new ServeError('internal_error', `no llama.cpp context size was given for ${spec.name}`);
     const context = await model
-      .createContext({ contextSize: Math.min(model.trainContextSize, MAX_CONTEXT_PER_SEQUENCE), sequences: settings.maxBatch, threads: computeThreads(llama) })
+      .createContext({ contextSize: shape.contextSize, sequences: shape.sequences, threads: computeThreads(llama) })
       .catch(async (error: unknown) => {
         await model.dispose();
         throw new ServeError('insufficient_memory', `llama.cpp could not create a context for ${spec.name}: ${(error as Error).message}`);
@@ -158,6 +158,7 @@ export class LlamaEngine implements PromptTokenizer {
       bytes: model.size,
       loadMs: performance.now() - started,
       contextLength: context.contextSize,
+      sequences: context.totalSequences,
     };
     return new LlamaEngine(model, context, vocabularyText(header), header, info);
   }
@@ -176,7 +177,7 @@ export class LlamaEngine implements PromptTokenizer {
   /** Runs one request to its end; its events go to `port`, as the MLX engine's do. */
   async generate(request: GenerationRequest, slot: number, port: MessagePort, telemetry: Telemetry, cancelFlags: CancelFlags): Promise<void> {
     // node-llama-cpp brands its token ids; ours are the same numbers, checked against the vocabulary.
-    const ids = promptIds(this, request) as Token[];
+    const ids = promptIdsInWorker(this, request.prompt, telemetry) as Token[];
     validatePrompt(ids, request, { contextLength: this.context.contextSize, vocabSize: this.text.size });
     const sequence = await this.pool.take();
     try {

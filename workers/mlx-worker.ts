@@ -17,7 +17,7 @@ import type { LanguageModel } from './architectures/decoder.ts';
 import { metalMemory } from './metal-memory.ts';
 import { loadModel, parameterBytes, type ModelConfig } from './architectures/loader.ts';
 import { readJson } from '../core/model-folder.ts';
-import { promptIds, validatePrompt } from './prompt.ts';
+import { promptIdsInWorker, validatePrompt } from './prompt.ts';
 import { PromptCache } from './prompt-cache.ts';
 import { isGgufPath } from '../core/gguf/format.ts';
 import { LlamaEngine } from './llama-engine.ts';
@@ -75,7 +75,7 @@ function load(source: LoadSpec): LoadedModel {
   }
   const bytes = parameterBytes(model);
   telemetry.write('modelBytes', bytes);
-  const info: LoadResult = { name: source.name, placement: source.placement, weights, modelType: model.modelType, bytes, loadMs: performance.now() - started, contextLength: model.contextLength };
+  const info: LoadResult = { name: source.name, placement: source.placement, weights, modelType: model.modelType, bytes, loadMs: performance.now() - started, contextLength: model.contextLength, sequences: settings.maxBatch };
   const stopIds = eosIds(source.path, config, tokenizer);
   const grammars = new GrammarConstraints(tokenizer, model.vocabSize, stopIds);
   loaded = { promptCache: new PromptCache(settings.promptCacheBytes), model, tokenizer, eosIds: stopIds, grammars, info };
@@ -93,7 +93,7 @@ async function generate({ request, slot, port }: Extract<WorkerTask, { op: 'gene
     // The engine loads before it generates; a worker without a model is one Piscina started again after a crash.
     if (!loaded) throw new ServeError('worker_failed', 'the worker holds no model (it was restarted); the next request reloads it');
     const target = loaded;
-    const ids = promptIds(target.tokenizer, request);
+    const ids = promptIdsInWorker(target.tokenizer, request.prompt, telemetry);
     validatePrompt(ids, request, target.model);
     const constraint = request.format ? await target.grammars.constraint(request.format) : null;
     await constraint?.ready();
@@ -132,7 +132,7 @@ export default async function handle(task: WorkerTask): Promise<WorkerReply> {
     case 'load':
       if (isGgufPath(task.model.path)) {
         try {
-          gguf = await LlamaEngine.load(task.model, settings, telemetry);
+          gguf = await LlamaEngine.load(task.model, telemetry);
           return { ok: true, load: gguf.info };
         } catch (error) {
           return { ok: false, error: ServeError.from(error).toShape() };

@@ -1,6 +1,7 @@
 /** A request's prompt as token ids, checked against the loaded model, for either engine. */
-import type { ChatMessage, GenerationRequest } from '../core/protocol.ts';
+import type { ChatMessage, GenerationRequest, PromptInput } from '../core/protocol.ts';
 import { ServeError } from '../core/errors.ts';
+import type { Telemetry } from '../core/telemetry.ts';
 
 /** What turning a prompt into ids needs of a model's tokenizer. */
 export interface PromptTokenizer {
@@ -8,8 +9,7 @@ export interface PromptTokenizer {
   applyChatTemplate(messages: ChatMessage[], tools?: unknown[], templateArgs?: Record<string, unknown>): string;
 }
 
-export function promptIds(tokenizer: PromptTokenizer, request: GenerationRequest): number[] {
-  const { prompt } = request;
+export function promptIds(tokenizer: PromptTokenizer, prompt: PromptInput): number[] {
   switch (prompt.kind) {
     case 'tokens':
       return prompt.ids;
@@ -18,6 +18,14 @@ export function promptIds(tokenizer: PromptTokenizer, request: GenerationRequest
     case 'chat':
       return tokenizer.encode(tokenizer.applyChatTemplate(prompt.messages, prompt.tools, prompt.templateArgs), false);
   }
+}
+
+/** promptIds on the worker's own thread, its time counted in telemetry (what a long prompt stalls the running streams by). */
+export function promptIdsInWorker(tokenizer: PromptTokenizer, prompt: PromptInput, telemetry: Telemetry): number[] {
+  const started = performance.now();
+  const ids = promptIds(tokenizer, prompt);
+  if (prompt.kind !== 'tokens') telemetry.increment('workerTokenizeSeconds', (performance.now() - started) / 1000);
+  return ids;
 }
 
 export function validatePrompt(ids: number[], request: GenerationRequest, limits: { contextLength: number; vocabSize: number }): void {

@@ -10,6 +10,19 @@ import { ServeError } from '../errors.ts';
 
 export const isGgufPath = (path: string): boolean => path.toLowerCase().endsWith('.gguf');
 
+const QUANTIZATION_WORD = /^(I?Q\d+(_[A-Z0-9]+)*|F16|F32|BF16)$/i;
+
+/**
+ * The quantization a GGUF file's name states, upper-cased, as Ollama and llama.cpp's tools name
+ * files (`qwen2.5-0.5b-instruct-q4_k_m.gguf` is Q4_K_M): the last dash- or dot-separated word of
+ * the name that is one; null when none is.
+ */
+export function quantizationOfFileName(fileName: string): string | null {
+  const words = fileName.replace(/\.gguf$/i, '').split(/[-.]/);
+  const found = words.reverse().find((word) => QUANTIZATION_WORD.test(word));
+  return found ? found.toUpperCase() : null;
+}
+
 const MAGIC = 0x46554747; // "GGUF" read as a little-endian u32
 const VERSION = 3;
 const ALIGNMENT = 32;

@@ -109,7 +109,7 @@ export function memoryStatus(telemetry: Telemetry): MemoryStatus {
 /** The loaded model's KV budget and what running requests hold of it; null when none is loaded. */
 function kvCacheBody(ctx: ServeContext): KvCacheStatus | null {
   const kv = ctx.engine.kvUsage;
-  return kv && { budget_bytes: kv.budgetBytes, reserved_bytes: kv.reservedBytes, bytes_per_token: kv.bytesPerToken, max_running: ctx.config.maxBatch, max_waiting: ctx.config.maxQueue };
+  return kv && { budget_bytes: kv.budgetBytes, reserved_bytes: kv.reservedBytes, bytes_per_token: kv.bytesPerToken, max_running: ctx.engine.loadedModel?.sequences ?? ctx.config.maxBatch, max_waiting: ctx.config.maxQueue };
 }
 
 export function statusBody(ctx: ServeContext): ServerStatus {

@@ -93,6 +93,7 @@ export function createMetricsRegistry(ctx: ServeContext): Registry {
   counter('mlx:forward_passes_total', 'Forward passes the worker ran (one per scheduler step).', () => telemetry.read('forwardPasses'));
   counter('mlx:forward_pass_sequences_total', 'Sequences carried by those passes, summed: decoding rows plus prompt chunks.', () => telemetry.read('forwardRows'));
   counter('mlx:forward_pass_prompt_tokens_total', 'Prompt tokens carried by those passes.', () => telemetry.read('forwardPrefillTokens'));
+  counter('mlx:worker_tokenize_seconds_total', 'Time the model worker spent tokenizing prompts (MLX models are tokenized on their own thread: 0).', () => telemetry.read('workerTokenizeSeconds'));
 
   new HdrHistogramMetric('mlx:time_to_first_token_seconds', 'Time from arrival to the first streamed token.', latency.timeToFirstToken, BUCKETS.timeToFirstToken, registry);
   new HdrHistogramMetric('mlx:time_per_output_token_seconds', 'Time between streamed tokens, per token.', latency.timePerOutputToken, BUCKETS.timePerOutputToken, registry);

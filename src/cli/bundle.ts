@@ -24,7 +24,11 @@ export async function buildServerBundle(): Promise<string | null> {
     // Imported here, not at the top: the bundled server itself must not load esbuild.
     const { build } = await import('esbuild');
     const result = await build({
-      entryPoints: { server: packagePath('src', 'cli', 'server-entry.ts'), 'mlx-worker': packagePath('workers', 'mlx-worker.ts') },
+      entryPoints: {
+        server: packagePath('src', 'cli', 'server-entry.ts'),
+        'mlx-worker': packagePath('workers', 'mlx-worker.ts'),
+        'prompt-tokenizer': packagePath('workers', 'prompt-tokenizer.ts'),
+      },
       outdir: packagePath('dist'),
       bundle: true,
       platform: 'node',

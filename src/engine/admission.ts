@@ -32,7 +32,7 @@ const ADDED_TOKENS = 16;
 /**
  * What a chat template may add around the messages' own text: role markers, default system
  * prompts, tool instructions. The messages are counted as their JSON (escapes only add bytes);
- * the worker's exact count replaces the estimate before any KV is allocated.
+ * the exact count (the prompt tokenizer thread's, or the worker's for a GGUF model) replaces the estimate before any KV is allocated.
  */
 const CHAT_TEMPLATE_TOKENS = 1024;
 
@@ -94,12 +94,19 @@ export class Admission {
   private running = 0;
   private reserved = 0;
   private budgetBytes = 0;
+  private maxRunning: number;
 
-  constructor(private readonly maxRunning: number) {}
+  constructor(private readonly maxBatch: number) {
+    this.maxRunning = maxBatch;
+  }
 
-  /** A newly loaded model's budget (a model changes only when nothing runs). */
-  setBudget(bytes: number): void {
+  /**
+   * A newly loaded model's budget (a model changes only when nothing runs), and the sequences it
+   * runs at once: --max-batch, or fewer where a llama.cpp context holds fewer.
+   */
+  setBudget(bytes: number, sequences = this.maxBatch): void {
     this.budgetBytes = bytes;
+    this.maxRunning = Math.min(sequences, this.maxBatch);
     this.pump();
   }
 

@@ -13,19 +13,27 @@ import { ServeError } from '../../core/errors.ts';
 import { collectGarbage } from '../../core/gc.ts';
 import type { DeviceRelease } from '../../core/device-memory.ts';
 import { releaseFreeMemory } from '../runtime/malloc-trim.ts';
-import { kvBudget, planLoad, type KvBudget, type MemoryBudget, type WeightsPolicy } from '../models/footprint.ts';
+import { describeGguf } from '../../core/gguf/describe.ts';
+import { isGgufPath } from '../../core/gguf/format.ts';
+import { kvBudget, llamaContextShape, planLoad, type KvBudget, type MemoryBudget, type WeightsPolicy } from '../models/footprint.ts';
 import { packagePath, WORKER_BUNDLE } from '../paths.ts';
 import type { ModelEntry, ModelRegistry } from '../models/registry.ts';
 import { CANCEL_SLOTS, CancelFlags, createCancelBuffer } from '../../core/cancel-flags.ts';
 import type { Telemetry } from '../../core/telemetry.ts';
 import { Admission, KvNeed, promptTokenBound, type Ticket } from './admission.ts';
-import type { GenerationRequest, GenerationStats, LoadResult, StreamEvent, WorkerData, WorkerReply, WorkerTask } from '../../core/protocol.ts';
+import { PromptTokenizerThread } from './prompt-tokenizer.ts';
+import type { GenerationRequest, GenerationStats, LoadResult, LoadSpec, StreamEvent, WeightPlacement, WorkerData, WorkerReply, WorkerTask } from '../../core/protocol.ts';
 
 /** Bundled, this file is dist/server.js and the worker is bundled beside it; through tsx, both are TypeScript. */
 const WORKER = import.meta.url.endsWith('.ts') ? packagePath('workers', 'mlx-worker.ts') : WORKER_BUNDLE;
 
+/** llama.cpp's own assumption for a GGUF whose header gives no trained context length. */
+const LLAMA_DEFAULT_TRAIN_CONTEXT = 4096;
+
 export interface LoadedInfo extends LoadResult {
   path: string;
+  /** What the worker was asked to load; generation tasks carry it, so a fresh worker loads the same. */
+  spec: LoadSpec;
   loadedAt: Date;
   kv: KvBudget;
 }
@@ -112,6 +120,8 @@ export class Engine {
   private readonly admission: Admission;
   /** The loaded model's KV arithmetic; null while none is loaded. */
   private kvNeed: KvNeed | null = null;
+  /** The loaded MLX model's prompt tokenizer, on its own thread; null while none is loaded, and for GGUF models (llama.cpp tokenizes). */
+  private promptTokenizer: PromptTokenizerThread | null = null;
 
   constructor(private readonly options: EngineOptions) {
     const { telemetry } = options;
@@ -184,7 +194,7 @@ export class Engine {
    */
   generate(asked: GenerationRequest, model: ModelEntry, onEvent: (event: EngineEvent) => void): GenerationHandle {
     const { telemetry, logger } = this.options;
-    const request = this.withTokenLimit(asked);
+    let request = this.withTokenLimit(asked);
     const newTokens = typeof request.maxTokens === 'number' ? request.maxTokens : null;
     if (this.closed) throw cancellationError.shutdown();
     if (telemetry.queued >= this.options.maxQueue) {
@@ -211,11 +221,13 @@ export class Engine {
       let leased = false;
       let ticket: Ticket | null = null;
       try {
-        if (model.fetch) model = await model.fetch();
-        await this.acquire(model);
-        leased = true;
+        const ready = await this.leaseUnlessAbandoned(model, leaveQueue.signal);
         const kv = this.kvNeed as KvNeed;
-        ticket = await this.admit(request, newTokens, kv, leaveQueue.signal);
+        if (ready) {
+          leased = true;
+          model = ready;
+          ticket = await this.admit(request, newTokens, kv, leaveQueue.signal);
+        }
         let stats: GenerationStats = { finishReason: 'cancelled', promptTokens: 0, cachedTokens: 0, completionTokens: 0, promptMs: 0, decodeMs: 0 };
         if (ticket) {
           const admitted = ticket;
@@ -225,21 +237,33 @@ export class Engine {
           telemetry.addActive(1);
           logger.debug({ event: 'admitted', reqId: request.id, waitedMs: Math.round(performance.now() - arrivedAt), kvBytes: admitted.bytes }, 'request admitted to the worker');
           onEvent({ type: 'admitted' });
-          stats = await this.run(request, slot, (event) => {
-            if (cancellation.reason === 'kv_budget') return;
-            if (event.type === 'started') {
-              logger.debug({ event: 'generation_start', reqId: request.id, promptTokens: event.promptTokens, cachedTokens: event.cachedTokens }, 'the worker took the request');
-              const refusal = kv.refusal(event.promptTokens, newTokens);
-              if (refusal) return cancel('kv_budget', refusal);
-              admitted.resize(kv.bytes(kv.tokens(event.promptTokens, newTokens)));
-            }
-            if (event.type === 'text') tokensSeen = event.tokens;
-            onEvent(event);
-          });
+          /** Once the prompt's tokens are counted: the reservation shrinks to the exact need, or the request is refused. */
+          const fit = (promptTokens: number): ServeError | null => {
+            const refusal = kv.refusal(promptTokens, newTokens);
+            if (!refusal) admitted.resize(kv.bytes(kv.tokens(promptTokens, newTokens)));
+            return refusal;
+          };
+          // Tokenized once admitted, as the worker used to: a request in the tokenizer holds a running place, not a waiting one.
+          request = await this.tokenized(request);
+          const counted = request.prompt.kind === 'tokens' ? fit(request.prompt.ids.length) : null;
+          if (counted) throw counted;
+          if (!cancellation.reason) {
+            stats = await this.run(request, slot, (event) => {
+              if (cancellation.reason === 'kv_budget') return;
+              if (event.type === 'started') {
+                logger.debug({ event: 'generation_start', reqId: request.id, promptTokens: event.promptTokens, cachedTokens: event.cachedTokens }, 'the worker took the request');
+                const refusal = fit(event.promptTokens);
+                if (refusal) return cancel('kv_budget', refusal);
+              }
+              if (event.type === 'text') tokensSeen = event.tokens;
+              onEvent(event);
+            });
+          }
         }
         const { reason } = cancellation;
         if (reason) {
-          logger.info({ event: 'cancelled', reqId: request.id, reason, whileWaiting: ticket === null, tokensAfterCancel: Math.max(0, stats.completionTokens - cancellation.tokensSeen) }, 'generation cancelled');
+          const waitingFor = ticket ? undefined : leased ? 'admission' : 'model';
+          logger.info({ event: 'cancelled', reqId: request.id, reason, whileWaiting: ticket === null, waitingFor, tokensAfterCancel: Math.max(0, stats.completionTokens - cancellation.tokensSeen) }, 'generation cancelled');
           if (reason !== 'client') throw cancellation.error ?? cancellationError[reason as Exclude<CancelReason, 'client' | 'kv_budget'>]();
         }
         return stats;
@@ -274,6 +298,12 @@ export class Engine {
       if (refusal) throw refusal;
     }
     return this.admission.enter(kv.bytes(kv.tokens(prompt.tokens, newTokens)), signal);
+  }
+
+  /** The request with its prompt as token ids, counted off the MLX thread; as it came for a GGUF model. */
+  private async tokenized(request: GenerationRequest): Promise<GenerationRequest> {
+    if (!this.promptTokenizer || request.prompt.kind === 'tokens') return request;
+    return { ...request, prompt: { kind: 'tokens', ids: await this.promptTokenizer.tokenize(request.prompt) } };
   }
 
   /** A request that set no limit gets --default-max-tokens (0: until the context is full). */
@@ -352,10 +382,41 @@ export class Engine {
       .catch((error: unknown) => logger.error({ err: error }, 'idle unload failed'));
   }
 
-  /** Takes a lease on `model`, loading or switching to it first; the lease blocks unloading. */
-  private acquire(model: ModelEntry): Promise<void> {
+  /**
+   * The model (fetched if it had to be) with a lease taken on it, or null as soon as `signal`
+   * aborts: a request whose client leaves during a download or a load leaves the queue at once,
+   * and a load it was still waiting its turn for never starts.
+   */
+  private async leaseUnlessAbandoned(model: ModelEntry, signal: AbortSignal): Promise<ModelEntry | null> {
+    const lease = (async (): Promise<ModelEntry | null> => {
+      const fetched = model.fetch ? await model.fetch() : model;
+      return (await this.acquire(fetched, signal)) ? fetched : null;
+    })();
+    const abandoned = new Promise<null>((resolve) => {
+      if (signal.aborted) resolve(null);
+      else signal.addEventListener('abort', () => resolve(null), { once: true });
+    });
+    const outcome = await Promise.race([lease, abandoned]);
+    if (outcome === null) {
+      // The lease may still be taken after the client left (its load was under way): hand it back.
+      lease.then(
+        (taken) => {
+          if (taken) this.release();
+        },
+        () => undefined,
+      );
+    }
+    return outcome;
+  }
+
+  /**
+   * Takes a lease on `model`, loading or switching to it first; the lease blocks unloading.
+   * Resolves false, having loaded nothing, when `signal` has aborted by the time its turn comes.
+   */
+  private acquire(model: ModelEntry, signal?: AbortSignal): Promise<boolean> {
     if (this.closed) return Promise.reject(new ServeError('queue_full', 'the server is shutting down'));
     return this.lifecycle.run(async () => {
+      if (signal?.aborted) return false;
       if (this.workerLost) {
         this.workerLost = false;
         this.loaded = null;
@@ -365,7 +426,9 @@ export class Engine {
         if (this.loaded) await this.unloadNow();
         await this.loadNow(model);
       }
+      if (signal?.aborted) return false;
       this.leases++;
+      return true;
     });
   }
 
@@ -439,9 +502,10 @@ export class Engine {
     telemetry.modelState = 'loading';
     logger.info({ event: 'load_start', model: model.name, path: model.path }, 'loading model');
     const started = performance.now();
+    const spec = this.loadSpec(model, plan.placement, plan.availableBytes);
     let reply: WorkerReply;
     try {
-      reply = await this.task({ op: 'load', model: { name: model.name, path: model.path, builtin: model.builtin, placement: plan.placement } });
+      reply = await this.task({ op: 'load', model: spec });
     } catch (error) {
       await this.discardWorker();
       throw error;
@@ -452,16 +516,37 @@ export class Engine {
       logger.warn({ event: 'load_failed', model: model.name, err: error.message }, 'model load failed');
       throw error;
     }
+    if (!isGgufPath(model.path)) {
+      // Started once the worker has the model: the built-in model's files exist only from then.
+      this.promptTokenizer = new PromptTokenizerThread(model.path);
+      try {
+        await this.promptTokenizer.ready;
+      } catch (error) {
+        await this.discardWorker();
+        throw error;
+      }
+    }
     const seconds = (performance.now() - started) / 1000;
-    const kv = kvBudget(model.path, plan.placement, plan.availableBytes, this.options.memory);
-    this.loaded = { ...reply.load, path: model.path, loadedAt: new Date(), kv };
+    const budget = kvBudget(model.path, plan.placement, plan.availableBytes, this.options.memory);
+    // A llama.cpp context holds only the KV cells it allocated at load.
+    const kv = spec.llamaContext ? { ...budget, budgetBytes: spec.llamaContext.contextSize * spec.llamaContext.sequences * budget.bytesPerToken } : budget;
+    this.loaded = { ...reply.load, path: model.path, spec, loadedAt: new Date(), kv };
     this.kvNeed = new KvNeed(kv, reply.load.contextLength);
-    this.admission.setBudget(kv.budgetBytes);
+    this.admission.setBudget(kv.budgetBytes, reply.load.sequences);
     telemetry.modelState = 'loaded';
     telemetry.write('loadedAtMs', Date.now());
     telemetry.write('loadSeconds', seconds);
     telemetry.increment('modelLoads');
-    logger.info({ event: 'loaded', model: model.name, bytes: reply.load.bytes, seconds, rssMb: process.memoryUsage.rss() / 2 ** 20, kvBudgetBytes: kv.budgetBytes, kvBytesPerToken: kv.bytesPerToken }, 'model loaded');
+    const { contextLength, sequences } = reply.load;
+    logger.info({ event: 'loaded', model: model.name, bytes: reply.load.bytes, seconds, rssMb: process.memoryUsage.rss() / 2 ** 20, kvBudgetBytes: kv.budgetBytes, kvBytesPerToken: kv.bytesPerToken, contextLength, sequences }, 'model loaded');
+  }
+
+  /** What the worker is to load; a GGUF model's llama.cpp context is sized here, from the KV budget its load leaves. */
+  private loadSpec(model: ModelEntry, placement: WeightPlacement, availableBytes: number): LoadSpec {
+    const spec: LoadSpec = { name: model.name, path: model.path, builtin: model.builtin, placement };
+    if (!isGgufPath(model.path)) return spec;
+    const kv = kvBudget(model.path, placement, availableBytes, this.options.memory);
+    return { ...spec, llamaContext: llamaContextShape(kv, describeGguf(model.path).contextLength ?? LLAMA_DEFAULT_TRAIN_CONTEXT, this.options.maxBatch) };
   }
 
   /** Caller holds the lifecycle queue. Terminating the worker frees every array it held. */
@@ -499,6 +584,8 @@ export class Engine {
   private async discardWorker(): Promise<DeviceRelease | null> {
     const ready = this.workerReady;
     this.workerReady = null;
+    await this.promptTokenizer?.close();
+    this.promptTokenizer = null;
     let device: DeviceRelease | null = null;
     if (ready) {
       const pool = await ready.catch(() => null);

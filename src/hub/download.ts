@@ -15,11 +15,12 @@
  */
 import { createHash, type Hash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
-import { mkdir, open, readFile, readlink, rename, rm, stat, statfs, symlink, writeFile } from 'node:fs/promises';
+import { mkdir, open, readdir, readFile, readlink, rename, rm, stat, statfs, symlink, writeFile } from 'node:fs/promises';
 import { basename, dirname, join, relative } from 'node:path';
 import { HubApiError, listFiles, modelInfo, type ListFileEntry } from '@huggingface/hub';
 import { ServeError } from '../../core/errors.ts';
-import type { HubSettings } from './settings.ts';
+import { isGgufPath, quantizationOfFileName } from '../../core/gguf/format.ts';
+import { splitQuantization, type HubSettings } from './settings.ts';
 
 export type PullEvent =
   | { phase: 'manifest'; repo: string }
@@ -264,10 +265,26 @@ async function chooseWeights(files: Map<string, PlannedFile>, indexJob: PullJob,
   return [...files.values()].filter((file) => file.path.endsWith('.safetensors'));
 }
 
-/** A snapshot already in the cache for refs/main, used when HF_HUB_OFFLINE forbids asking the Hub. */
-async function cachedSnapshot(folder: string): Promise<string | null> {
+/** A snapshot already in the cache for refs/main, with a model (or the GGUF file of `quantization`), used when HF_HUB_OFFLINE forbids asking the Hub. */
+async function cachedSnapshot(folder: string, quantization: string | null): Promise<string | null> {
   const commit = (await readFile(join(folder, 'refs', 'main'), 'utf8').catch(() => '')).trim();
-  return commit && (await sizeOf(join(folder, 'snapshots', commit, 'config.json'))) !== null ? commit : null;
+  if (!commit) return null;
+  const snapshot = join(folder, 'snapshots', commit);
+  if (quantization === null) return (await sizeOf(join(snapshot, 'config.json'))) !== null ? commit : null;
+  const files = await readdir(snapshot).catch(() => []);
+  return files.some((file) => isGgufPath(file) && quantizationOfFileName(file) === quantization) ? commit : null;
+}
+
+/** The one GGUF file of `quantization` in a repository that may hold many (the first by name when several match, e.g. in subfolders). */
+function chooseGguf(listed: PlannedFile[], repo: string, quantization: string): PlannedFile {
+  const ggufs = listed.filter((file) => isGgufPath(file.path)).sort((a, b) => a.path.localeCompare(b.path));
+  const chosen = ggufs.find((file) => quantizationOfFileName(basename(file.path)) === quantization);
+  if (chosen) return chosen;
+  const offered = [...new Set(ggufs.flatMap((file) => quantizationOfFileName(basename(file.path)) ?? []))];
+  throw new ServeError('model_not_found',
+    offered.length > 0 ? `'${repo}' has no GGUF file quantized ${quantization}; it has ${offered.map((q) => `${repo}:${q}`).join(', ')}` : `'${repo}' holds no GGUF files; name it without ':${quantization}'`,
+    'model',
+  );
 }
 
 async function linkSnapshot(job: PullJob, files: PlannedFile[]): Promise<string> {
@@ -300,12 +317,17 @@ async function assertSpace(settings: HubSettings, folder: string, files: Planned
   if (needed > free) throw new ServeError('disk_full', `not enough disk space for '${repo}' in ${settings.cacheDir}: it needs ${megabytes(needed)} more, ${megabytes(free)} is free`);
 }
 
-/** Pulls `repo` (an ORG/NAME id) at its main branch into the cache; returns the snapshot folder. */
-export async function pullModel(repo: string, options: PullOptions): Promise<PulledModel> {
+/**
+ * Pulls `ref` at its main branch into the cache; returns the snapshot folder. `ref` is an ORG/NAME
+ * id (a safetensors model: its config, tokenizer and weights), or ORG/NAME:QUANT (only the GGUF
+ * file of that quantization).
+ */
+export async function pullModel(ref: string, options: PullOptions): Promise<PulledModel> {
   const { settings } = options;
+  const { repo, quantization } = splitQuantization(ref);
   const folder = repoFolder(settings.cacheDir, repo);
   if (settings.offline) {
-    const commit = await cachedSnapshot(folder);
+    const commit = await cachedSnapshot(folder, quantization);
     if (commit) return { repo, commit, path: join(folder, 'snapshots', commit), totalBytes: 0, downloadedBytes: 0 };
     throw new ServeError('hub_unreachable', `HF_HUB_OFFLINE is set, so '${repo}' cannot be downloaded. Models available here: ${(await options.cachedModels()).join(', ') || 'none'}`);
   }
@@ -316,17 +338,21 @@ export async function pullModel(repo: string, options: PullOptions): Promise<Pul
     const { sha: commit } = await modelInfo({ name: repo, revision: 'main', additionalFields: ['sha'], ...credentials });
     if (typeof commit !== 'string' || !/^[0-9a-f]{40}$/.test(commit)) throw new ServeError('download_failed', `the Hub gave no commit for '${repo}'`);
     const files = new Map<string, PlannedFile>();
-    for await (const entry of listFiles({ repo, revision: commit, ...credentials })) {
-      if (entry.type === 'file' && (MODEL_FILES.has(entry.path) || entry.path.endsWith('.safetensors') || entry.path === WEIGHTS_INDEX)) files.set(entry.path, planned(entry));
+    const ggufs: PlannedFile[] = [];
+    for await (const entry of listFiles({ repo, revision: commit, recursive: quantization !== null, ...credentials })) {
+      if (entry.type !== 'file') continue;
+      if (MODEL_FILES.has(entry.path) || entry.path.endsWith('.safetensors') || entry.path === WEIGHTS_INDEX) files.set(entry.path, planned(entry));
+      else if (isGgufPath(entry.path)) ggufs.push(planned(entry));
     }
-    if (!files.has('config.json')) throw new ServeError('unsupported_model', `'${repo}' has no config.json: it is not a transformers or MLX model repository`);
+    if (quantization === null && !files.has('config.json')) {
+      const hint = ggufs.length > 0 ? `; it holds GGUF files: name one by its quantization, e.g. ${repo}:${quantizationOfFileName(basename(ggufs[0]?.path ?? '')) ?? 'Q4_K_M'}` : '';
+      throw new ServeError('unsupported_model', `'${repo}' has no config.json: it is not a transformers or MLX model repository${hint}`);
+    }
     await mkdir(folder, { recursive: true });
     const release = await lockRepository(settings, repo);
     try {
       const job = new PullJob(repo, commit, folder, options);
-      const weights = await chooseWeights(files, new PullJob(repo, commit, folder, { ...options, onEvent: () => {} }), repo);
-      if (weights.length === 0) throw new ServeError('unsupported_model', `'${repo}' has no .safetensors weights (GGUF and PyTorch .bin repositories cannot be served; look for an MLX or safetensors version, e.g. under mlx-community/)`);
-      const wanted = [...[...files.values()].filter((f) => MODEL_FILES.has(f.path)), ...weights];
+      const wanted = quantization !== null ? [chooseGguf(ggufs, repo, quantization)] : await safetensorsModelFiles(files, new PullJob(repo, commit, folder, { ...options, onEvent: () => {} }), repo);
       job.total = wanted.reduce((sum, file) => sum + file.size, 0);
       await assertSpace(settings, folder, wanted, repo);
       for (const file of wanted) await job.fetchBlob(file);
@@ -338,6 +364,13 @@ export async function pullModel(repo: string, options: PullOptions): Promise<Pul
       await release();
     }
   } catch (error) {
-    throw await pullFailure(error, repo, options);
+    throw await pullFailure(error, ref, options);
   }
+}
+
+/** A safetensors model's files: config, tokenizer and the weights chooseWeights picks. */
+async function safetensorsModelFiles(files: Map<string, PlannedFile>, indexJob: PullJob, repo: string): Promise<PlannedFile[]> {
+  const weights = await chooseWeights(files, indexJob, repo);
+  if (weights.length === 0) throw new ServeError('unsupported_model', `'${repo}' has no .safetensors weights (GGUF and PyTorch .bin repositories cannot be served; look for an MLX or safetensors version, e.g. under mlx-community/)`);
+  return [...[...files.values()].filter((f) => MODEL_FILES.has(f.path)), ...weights];
 }

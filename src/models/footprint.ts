@@ -5,7 +5,7 @@
 import { closeSync, existsSync, openSync, readFileSync, readSync, statSync } from 'node:fs';
 import { freemem } from 'node:os';
 import { join } from 'node:path';
-import type { WeightPlacement } from '../../core/protocol.ts';
+import type { LlamaContextShape, WeightPlacement } from '../../core/protocol.ts';
 import { ServeError } from '../../core/errors.ts';
 import { isGgufPath, readGgufHeader } from '../../core/gguf/format.ts';
 import { readOptionalJson, weightFiles } from '../../core/model-folder.ts';
@@ -254,4 +254,21 @@ export function planLoad(name: string, dir: string, policy: WeightsPolicy, memor
     );
   }
   return { placement: wanted, estimatedBytes, availableBytes: available };
+}
+
+/** A llama.cpp sequence keeps at least this many KV cells (or the model's whole context, if shorter) before the context gives up sequences. */
+export const LLAMA_MIN_SEQUENCE_CONTEXT = 2048;
+
+/**
+ * llama.cpp allocates a context's KV cache when it creates it, so a GGUF model's context is sized
+ * from the KV budget up front: `maxBatch` sequences of the model's trained context each, shortened
+ * (in whole KV_ALLOCATION_TOKENS steps) to share the budget; when that would leave a sequence under
+ * LLAMA_MIN_SEQUENCE_CONTEXT cells, fewer sequences of that length instead.
+ */
+export function llamaContextShape(kv: KvBudget, trainContext: number, maxBatch: number): LlamaContextShape {
+  const tokens = kv.bytesPerToken > 0 ? Math.floor(kv.budgetBytes / kv.bytesPerToken) : Number.POSITIVE_INFINITY;
+  const shortest = Math.min(trainContext, LLAMA_MIN_SEQUENCE_CONTEXT);
+  const sequences = Math.max(1, Math.min(maxBatch, Math.floor(tokens / shortest)));
+  const shared = Math.floor(tokens / sequences / KV_ALLOCATION_TOKENS) * KV_ALLOCATION_TOKENS;
+  return { contextSize: Math.max(KV_ALLOCATION_TOKENS, Math.min(trainContext, shared)), sequences };
 }

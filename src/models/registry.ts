@@ -9,7 +9,8 @@ import { homedir } from 'node:os';
 import { basename, extname, join, resolve, sep } from 'node:path';
 import type { ModelSource } from '../../core/protocol.ts';
 import { ServeError } from '../../core/errors.ts';
-import { isGgufPath } from '../../core/gguf/format.ts';
+import { describeGguf } from '../../core/gguf/describe.ts';
+import { isGgufPath, quantizationOfFileName } from '../../core/gguf/format.ts';
 
 export const BUILTIN_MODEL = 'tiny-qwen3';
 
@@ -19,6 +20,20 @@ export interface ModelEntry extends ModelSource {
   sizeBytes: number;
   /** Set on a model that is not on disk yet (--auto-pull): downloads it and returns its entry. */
   fetch?: () => Promise<ModelEntry>;
+}
+
+/**
+ * A model name as the registry and the Hub know it: without an hf.co prefix (Ollama's
+ * `hf.co/ORG/NAME:Q4_K_M`) or Ollama's `:latest` tag, and with a quantization tag upper-cased.
+ */
+export function canonicalModelName(model: string): string {
+  const name = model
+    .trim()
+    .replace(/^https?:\/\//, '')
+    .replace(/^(hf\.co|huggingface\.co)\//, '')
+    .replace(/:latest$/, '');
+  const tag = name.lastIndexOf(':');
+  return tag > name.indexOf('/') && name.includes('/') ? `${name.slice(0, tag)}:${name.slice(tag + 1).toUpperCase()}` : name;
 }
 
 export function huggingFaceHubCache(env: NodeJS.ProcessEnv = process.env): string {
@@ -72,12 +87,19 @@ export async function huggingFaceModels(cache: string): Promise<{ name: string; 
       const repo = join(cache, entry);
       const snapshots = join(repo, 'snapshots');
       const revision = await readFile(join(repo, 'refs', 'main'), 'utf8').then((ref) => ref.trim(), async () => (await listDir(snapshots))[0]);
-      if (!revision) return null;
+      if (!revision) return [];
       const path = join(snapshots, revision);
-      return (await isModelDir(path)) ? { name: entry.slice('models--'.length).replace('--', '/'), path } : null;
+      const repoId = entry.slice('models--'.length).replace('--', '/');
+      const models = (await isModelDir(path)) ? [{ name: repoId, path }] : [];
+      // Each GGUF file of a repository that holds several is a model named by its quantization.
+      for (const file of await listDir(path)) {
+        const ggufPath = join(path, file);
+        if (await isGgufFile(ggufPath)) models.push({ name: `${repoId}:${quantizationOfFileName(file) ?? describeGguf(ggufPath).quantization}`, path: ggufPath });
+      }
+      return models;
     }),
   );
-  return found.filter((model) => model !== null);
+  return found.flat();
 }
 
 export interface RegistryOptions {
@@ -187,7 +209,7 @@ export class ModelRegistry {
   resolve(name: string | undefined | null): ModelEntry {
     const wanted = name && name.length > 0 ? name : this.defaultName;
     const { models } = this.current();
-    const found = models.get(wanted) ?? models.get(wanted.replace(/:latest$/, ''));
+    const found = models.get(wanted) ?? models.get(canonicalModelName(wanted));
     if (!found) {
       const fetchModel = this.options.fetchMissing?.(wanted);
       if (fetchModel) {

@@ -24,7 +24,7 @@ export interface HubRequest {
   range: string | null;
 }
 
-const isLfs = (path: string): boolean => path.endsWith('.safetensors') || path === 'tokenizer.json';
+const isLfs = (path: string): boolean => path.endsWith('.safetensors') || path.endsWith('.gguf') || path === 'tokenizer.json';
 const gitBlobSha1 = (content: Buffer): string => createHash('sha1').update(`blob ${content.length}\0`).update(content).digest('hex');
 const sha256 = (content: Buffer): string => createHash('sha256').update(content).digest('hex');
 

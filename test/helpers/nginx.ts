@@ -5,10 +5,12 @@
  */
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
-import { createServer } from 'node:net';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { freePort } from '../../bench/server-process.ts';
 import { tempDir } from './server.ts';
+
+export { freePort };
 
 const TEMPLATE = fileURLToPath(new URL('../../deploy/nginx/mlx-server.conf', import.meta.url));
 const CANDIDATES = ['/usr/sbin/nginx', '/usr/bin/nginx'];
@@ -23,17 +25,6 @@ export function findNginx(): { path: string } | { missing: string } {
     return { missing: `nginx is not installed and 'apt-get install nginx-light' failed (${(error as Error).message.split('\n')[0]}); install Debian's nginx-light or nginx` };
   }
   return found() ? { path: found() as string } : { missing: 'nginx-light installed but no nginx binary found' };
-}
-
-export function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const probe = createServer();
-    probe.on('error', reject);
-    probe.listen(0, '127.0.0.1', () => {
-      const address = probe.address();
-      probe.close(() => (typeof address === 'object' && address ? resolve(address.port) : reject(new Error('no port'))));
-    });
-  });
 }
 
 /** deploy/nginx/mlx-server.conf with its upstream pointed at `upstreamPorts` and listening on `listenPort`. */

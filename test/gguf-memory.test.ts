@@ -1,0 +1,70 @@
+/**
+ * Memory recovery for a GGUF model served by llama.cpp, held to the same rule as the MLX engine's
+ * lifecycle test: after each unload the process comes back to within RECOVERY_TOLERANCE of the
+ * weights' size above its settled pre-load baseline, and it does not grow over load/unload cycles.
+ * The model is the built-in one written as an F32 GGUF by our converter (~165 MB), so a residue
+ * of a few percent is measurable.
+ */
+import { rmSync } from 'node:fs';
+import { join } from 'node:path';
+import t, { type Test } from 'tap';
+import { convertToGguf } from '../src/gguf/convert.ts';
+import { describeGguf } from '../core/gguf/describe.ts';
+import { materializeDefaultModel } from '../workers/default-model.ts';
+import { assertRecovered, BASELINE_QUIET, RESIDUE_QUIET, settledRss, statusRss } from './helpers/memory.ts';
+import { post, startServer, tempDir, TEST_CACHE_DIR } from './helpers/server.ts';
+
+const GGUF = 'tiny-qwen3-f32';
+const modelsDir = tempDir('gguf-memory-');
+const ggufPath = join(modelsDir, `${GGUF}.gguf`);
+materializeDefaultModel(join(TEST_CACHE_DIR, 'tiny-qwen3'));
+convertToGguf(join(TEST_CACHE_DIR, 'tiny-qwen3'), ggufPath, { type: 'F32' });
+
+const server = await startServer(['--models-dir', modelsDir], { MLX_SERVER_LLAMA_THREADS: '1' });
+t.teardown(async () => {
+  await server.stop();
+  rmSync(modelsDir, { recursive: true, force: true });
+});
+const { url } = server;
+
+const description = describeGguf(ggufPath);
+const weightsBytes = description.parameters * 4;
+
+const loadAndGenerate = async (t: Test, prompt: string): Promise<void> => {
+  t.equal((await post(`${url}/admin/load`, { model: GGUF })).status, 200, 'loaded');
+  const r = await post(`${url}/v1/completions`, { model: GGUF, prompt, max_tokens: 32, temperature: 0, ignore_eos: true });
+  t.equal(r.status, 200);
+  t.equal(r.body.usage.completion_tokens, 32);
+};
+
+let baseline = 0;
+
+t.test('the weights are the F32 tensors of the GGUF, big enough for a residue to show', async (t) => {
+  t.equal(description.quantization, 'F32');
+  t.ok(weightsBytes > 100 * 2 ** 20, `${(weightsBytes / 2 ** 20).toFixed(1)} MB of weights`);
+  const settled = await settledRss(url, BASELINE_QUIET);
+  baseline = settled.rss;
+  t.comment(`pre-load baseline ${(baseline * 1024).toFixed(1)} MB (settled after ${settled.seconds.toFixed(0)} s)`);
+});
+
+t.test('one load, generation and unload gives the memory back', async (t) => {
+  await loadAndGenerate(t, 'first load');
+  const loaded = await statusRss(url);
+  t.ok((loaded - baseline) * 2 ** 30 >= weightsBytes * 0.5, `loading raised RSS by ${((loaded - baseline) * 1024).toFixed(1)} MB`);
+  const unloaded = await post(`${url}/admin/unload`, {});
+  t.equal(unloaded.status, 200);
+  const rss = (await settledRss(url, RESIDUE_QUIET)).rss;
+  t.comment(`loaded +${((loaded - baseline) * 1024).toFixed(1)} MB, after unload ${((rss - baseline) * 1024).toFixed(1)} MB`);
+  assertRecovered(t, { rss, baseline, weightsBytes }, 'right after the unload');
+});
+
+t.test('no leak: five load/unload cycles', async (t) => {
+  const residuals: number[] = [];
+  for (let cycle = 0; cycle < 5; cycle++) {
+    await loadAndGenerate(t, `cycle ${cycle}`);
+    t.equal((await post(`${url}/admin/unload`, {})).status, 200);
+    residuals.push((await settledRss(url, RESIDUE_QUIET)).rss - baseline);
+  }
+  t.comment(`residual after each unload (MB): ${residuals.map((r) => (r * 1024).toFixed(1)).join(', ')}`);
+  residuals.forEach((residual, cycle) => assertRecovered(t, { rss: baseline + residual, baseline, weightsBytes }, `cycle ${cycle + 1}`));
+});

@@ -1,0 +1,23 @@
+/**
+ * The prompt tokenizer's thread (a Piscina entry): renders a request's chat template and turns
+ * its text into token ids with the model's own tokenizer. It runs beside the MLX worker, not on
+ * it, so that a long prompt's tokenization (tens to hundreds of ms for 2,000 tokens on 2 cores)
+ * does not stall every running stream's step; and off the main thread, which must keep
+ * answering health at once.
+ */
+import { workerData } from 'node:worker_threads';
+import type { PromptTokenizerReply, PromptTokenizerTask } from '../core/protocol.ts';
+import { ServeError } from '../core/errors.ts';
+import { promptIds } from './prompt.ts';
+import { ModelTokenizer } from './tokenizer.ts';
+
+let tokenizer: ModelTokenizer | null = null;
+
+export default function tokenize(task: PromptTokenizerTask): PromptTokenizerReply {
+  try {
+    tokenizer ??= new ModelTokenizer((workerData as { modelPath: string }).modelPath);
+    return { ok: true, ids: task.prompt ? promptIds(tokenizer, task.prompt) : [] };
+  } catch (error) {
+    return { ok: false, error: ServeError.from(error).toShape() };
+  }
+}
