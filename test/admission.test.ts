@@ -209,7 +209,8 @@ t.test('a request whose client leaves during a model load leaves the queue at on
   }, 2000);
   t.equal(left.model_state, 'loading', 'they left while the model was still loading');
   for (const id of ['leaves-during-its-load', 'leaves-before-its-load']) {
-    const cancelled = logEvents(server, 'cancelled').find((e) => e.reqId === id);
+    // The log reaches this process through a pipe, possibly after the health reply.
+    const cancelled = await waitFor(`${id}'s cancellation`, () => logEvents(server, 'cancelled').find((e) => e.reqId === id), 2000);
     t.match(cancelled, { reason: 'client', whileWaiting: true, waitingFor: 'model' }, `${id}: cancelled while waiting for the model`);
   }
   t.same(logEvents(server, 'loaded'), [], 'logged before the load finished');

@@ -149,14 +149,3 @@ t.test('status and the load log state the context and sequences llama.cpp was gi
   t.equal(status.body.kv_cache.max_running, 16);
   t.equal(status.body.kv_cache.budget_bytes, 4096 * 16 * status.body.kv_cache.bytes_per_token, 'the budget is the cells llama.cpp allocated');
 });
-
-t.test('structured output is refused for a GGUF model with a clear 400, in both APIs', async (t) => {
-  const format = await post(`${url}/v1/chat/completions`, { model: GGUF, messages: [{ role: 'user', content: 'hi' }], response_format: { type: 'json_object' }, max_tokens: 4 });
-  t.equal(format.status, 400);
-  t.equal(format.body.error.code, 'unsupported');
-  const ollama = await post(`${url}/api/generate`, { model: GGUF, prompt: 'hi', format: 'json', stream: false, options: { num_predict: 4 } });
-  t.equal(ollama.status, 400);
-  t.match(ollama.body.error, /not supported for GGUF/);
-  const plain = await complete(GGUF);
-  t.equal(plain.status, 200, 'the same model still answers without a format');
-});

@@ -12,8 +12,8 @@
  */
 import type { MessagePort } from 'node:worker_threads';
 import { Template } from '@huggingface/jinja';
-import { getLlama, LlamaLogLevel, type Llama, type LlamaContext, type LlamaContextSequence, type LlamaModel, type SequenceEvaluateOptions, type Token } from 'node-llama-cpp';
-import type { ChatMessage, GenerationRequest, LoadResult, LoadSpec } from '../core/protocol.ts';
+import { getLlama, LlamaGrammarEvaluationState, LlamaLogLevel, type GbnfJsonSchema, type Llama, type LlamaContext, type LlamaContextSequence, type LlamaGrammar, type LlamaModel, type SequenceEvaluateOptions, type Token } from 'node-llama-cpp';
+import type { ChatMessage, GenerationRequest, LoadResult, LoadSpec, OutputFormat } from '../core/protocol.ts';
 import { ServeError } from '../core/errors.ts';
 import { describeGguf } from '../core/gguf/describe.ts';
 import { readGgufHeader, type GgufHeader } from '../core/gguf/format.ts';
@@ -74,6 +74,37 @@ function vocabularyText(header: GgufHeader): TokenBytesTable {
   return new TokenBytesTable(tokenBytesTable(json));
 }
 
+/** JSON Schema keywords node-llama-cpp's grammar generator honours, plus annotations that constrain nothing. */
+const GRAMMAR_KEYWORDS = new Set(['type', 'properties', 'required', 'additionalProperties', 'items', 'prefixItems', 'minItems', 'maxItems', 'enum', 'const', 'oneOf', '$defs', '$ref', 'format', 'minLength', 'maxLength', 'minProperties', 'maxProperties', 'description', 'title', '$schema', 'default', 'examples']);
+
+/** The first keyword of `schema` a llama.cpp grammar would not honour (e.g. `minimum`), with where it is; null when there is none. */
+function unhonouredKeyword(schema: unknown, at: string): string | null {
+  if (typeof schema !== 'object' || schema === null) return null;
+  for (const [key, value] of Object.entries(schema as Record<string, unknown>)) {
+    if (!GRAMMAR_KEYWORDS.has(key)) return `'${key}' at ${at || '/'}`;
+    const named = key === 'properties' || key === '$defs' ? Object.entries(value as Record<string, unknown>) : [];
+    const listed = (key === 'prefixItems' || key === 'oneOf') && Array.isArray(value) ? value.map((child, i): [string, unknown] => [String(i), child]) : [];
+    const single: [string, unknown][] = key === 'items' || key === 'additionalProperties' ? [['', value]] : [];
+    for (const [name, child] of [...named, ...listed, ...single]) {
+      const found = unhonouredKeyword(child, `${at}/${key}${name ? `/${name}` : ''}`);
+      if (found) return found;
+    }
+  }
+  return null;
+}
+
+/**
+ * node-llama-cpp's number rules allow exponents of up to 16 digits, so an "integer" can come out
+ * as 5e-660 and a number as 1e999 (Infinity): integers get no exponent, numbers one of two digits.
+ */
+function boundExponents(grammar: string): string {
+  const exponent = ' ([eE] [-+]? ("0" | [1-9] [0-9]{0,15}))?';
+  return grammar
+    .split('\n')
+    .map((rule) => (rule.startsWith('integer-number-rule ::=') ? rule.replace(exponent, '') : rule.replace(exponent, ' ([eE] [-+]? [0-9]{1,2})?')))
+    .join('\n');
+}
+
 /** Hands out the context's sequences, one per running request; the rest wait in order. */
 class SequencePool {
   private readonly free: LlamaContextSequence[] = [];
@@ -107,6 +138,8 @@ export class LlamaEngine implements PromptTokenizer {
   private readonly specials: { bosToken: string | null; eosToken: string | null };
   /** Control tokens by their text, for the ones a request keeps in its output (keepSpecialTokens). */
   private readonly controlIds = new Map<string, number>();
+  /** llama.cpp grammars for the JSON schemas requests asked for, by schema. */
+  private readonly grammars = new Map<string, Promise<LlamaGrammar>>();
 
   private constructor(
     private readonly model: LlamaModel,
@@ -174,11 +207,36 @@ export class LlamaEngine implements PromptTokenizer {
     return renderChatTemplate(this.template, this.specials, messages, tools, templateArgs);
   }
 
+  /**
+   * A response format as a llama.cpp grammar, which masks every token that would break it. Only a
+   * JSON schema (response_format, Ollama's format) so far; the tool-call formats that wrap JSON in
+   * a family's markers (required tool_choice) are refused before they reach the worker.
+   */
+  private grammar(format: OutputFormat): Promise<LlamaGrammar> {
+    if (format.type !== 'json') return Promise.reject(new ServeError('unsupported', 'a required tool call is not supported for GGUF models yet; use tool_choice "auto"'));
+    const unhonoured = unhonouredKeyword(format.schema, '');
+    if (unhonoured) return Promise.reject(new ServeError('unsupported', `a GGUF model's JSON output is constrained by a llama.cpp grammar, which cannot honour the schema keyword ${unhonoured}; leave it out, or use an MLX model`));
+    const key = JSON.stringify(format.schema);
+    let grammar = this.grammars.get(key);
+    if (!grammar) {
+      grammar = llamaRuntime()
+        .then(async (llama) => llama.createGrammar({ grammar: boundExponents((await llama.createGrammarForJsonSchema<GbnfJsonSchema>(format.schema as GbnfJsonSchema)).grammar) }))
+        .catch((error: unknown) => {
+          if (error instanceof ServeError) throw error;
+          this.grammars.delete(key);
+          throw new ServeError('unsupported', `llama.cpp cannot constrain output to this JSON schema: ${(error as Error).message}`);
+        });
+      this.grammars.set(key, grammar);
+    }
+    return grammar;
+  }
+
   /** Runs one request to its end; its events go to `port`, as the MLX engine's do. */
   async generate(request: GenerationRequest, slot: number, port: MessagePort, telemetry: Telemetry, cancelFlags: CancelFlags): Promise<void> {
     // node-llama-cpp brands its token ids; ours are the same numbers, checked against the vocabulary.
     const ids = promptIdsInWorker(this, request.prompt, telemetry) as Token[];
     validatePrompt(ids, request, { contextLength: this.context.contextSize, vocabSize: this.text.size });
+    const grammar = request.format ? await this.grammar(request.format) : null;
     const sequence = await this.pool.take();
     try {
       // Keep the KV state of the prefix this prompt shares with the sequence's last one; at
@@ -198,7 +256,9 @@ export class LlamaEngine implements PromptTokenizer {
       });
       if (cancelFlags.isSet(slot)) return stream.finish('cancelled');
       let first = true;
-      for await (const token of sequence.evaluate(ids.slice(reused), this.samplingOptions(request, ids, stream))) {
+      const options = this.samplingOptions(request, ids, stream);
+      if (grammar) options.grammarEvaluationState = new LlamaGrammarEvaluationState({ model: this.model, grammar });
+      for await (const token of sequence.evaluate(ids.slice(reused), options)) {
         if (first) stream.promptDone();
         first = false;
         if (cancelFlags.isSet(slot)) stream.finish('cancelled');

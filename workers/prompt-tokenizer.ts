@@ -8,6 +8,7 @@
 import { workerData } from 'node:worker_threads';
 import type { PromptTokenizerReply, PromptTokenizerTask } from '../core/protocol.ts';
 import { ServeError } from '../core/errors.ts';
+import { collectGarbage } from '../core/gc.ts';
 import { promptIds } from './prompt.ts';
 import { ModelTokenizer } from './tokenizer.ts';
 
@@ -15,7 +16,11 @@ let tokenizer: ModelTokenizer | null = null;
 
 export default function tokenize(task: PromptTokenizerTask): PromptTokenizerReply {
   try {
-    tokenizer ??= new ModelTokenizer((workerData as { modelPath: string }).modelPath);
+    if (!tokenizer) {
+      tokenizer = new ModelTokenizer((workerData as { modelPath: string }).modelPath);
+      // Reading tokenizer.json leaves ~100 MB of parsed JSON that V8 would keep for a long while.
+      collectGarbage(true);
+    }
     return { ok: true, ids: task.prompt ? promptIds(tokenizer, task.prompt) : [] };
   } catch (error) {
     return { ok: false, error: ServeError.from(error).toShape() };

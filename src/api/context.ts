@@ -34,8 +34,9 @@ export async function runGeneration(
   model: ModelEntry,
   onEvent: (event: EngineEvent) => void,
 ): Promise<GenerationStats> {
-  if (request.format && isGgufPath(model.path)) {
-    throw new ServeError('unsupported', `structured output (a response format, or a required tool call) is not supported for GGUF models such as '${model.name}'; use an MLX model, or ask without it`);
+  // A GGUF model's JSON formats are llama.cpp grammars (workers/llama-engine.ts); the tool-call formats are not yet.
+  if (request.format && request.format.type !== 'json' && isGgufPath(model.path)) {
+    throw new ServeError('unsupported', `a required tool call is not supported for GGUF models such as '${model.name}' yet; use tool_choice "auto", or an MLX model`);
   }
   const timing = ctx.latency.track();
   const handle = ctx.engine.generate(request, model, (event) => {

@@ -6,6 +6,8 @@
  * worker's port messages into events. Lifecycle changes run one at a time; a change waits
  * until no generation holds the model.
  */
+import { existsSync } from 'node:fs';
+import { join } from 'node:path';
 import { MessageChannel } from 'node:worker_threads';
 import { Piscina } from 'piscina';
 import type { Logger } from 'pino';
@@ -396,17 +398,9 @@ export class Engine {
       if (signal.aborted) resolve(null);
       else signal.addEventListener('abort', () => resolve(null), { once: true });
     });
-    const outcome = await Promise.race([lease, abandoned]);
-    if (outcome === null) {
-      // The lease may still be taken after the client left (its load was under way): hand it back.
-      lease.then(
-        (taken) => {
-          if (taken) this.release();
-        },
-        () => undefined,
-      );
-    }
-    return outcome;
+    // No lease is left behind: acquire takes one only while the signal has not aborted, and the
+    // race settles in that same turn of the event loop, before any later abort can run.
+    return Promise.race([lease, abandoned]);
   }
 
   /**
@@ -503,6 +497,10 @@ export class Engine {
     logger.info({ event: 'load_start', model: model.name, path: model.path }, 'loading model');
     const started = performance.now();
     const spec = this.loadSpec(model, plan.placement, plan.availableBytes);
+    // Read alongside the worker's load (seconds each on 2 cores) when its files are there; the
+    // built-in model's are written by the worker's first load, so then it starts after.
+    const tokenized = !isGgufPath(model.path);
+    if (tokenized && existsSync(join(model.path, 'tokenizer.json'))) this.promptTokenizer = new PromptTokenizerThread(model.path);
     let reply: WorkerReply;
     try {
       reply = await this.task({ op: 'load', model: spec });
@@ -516,9 +514,8 @@ export class Engine {
       logger.warn({ event: 'load_failed', model: model.name, err: error.message }, 'model load failed');
       throw error;
     }
-    if (!isGgufPath(model.path)) {
-      // Started once the worker has the model: the built-in model's files exist only from then.
-      this.promptTokenizer = new PromptTokenizerThread(model.path);
+    if (tokenized) {
+      this.promptTokenizer ??= new PromptTokenizerThread(model.path);
       try {
         await this.promptTokenizer.ready;
       } catch (error) {

@@ -20,6 +20,8 @@ export class PromptTokenizerThread {
   constructor(modelPath: string) {
     this.pool = new Piscina({ filename: ENTRY, minThreads: 1, maxThreads: 1, idleTimeout: Number.POSITIVE_INFINITY, workerData: { modelPath } });
     this.ready = this.run({}).then(() => undefined);
+    // Nobody may be waiting yet (it starts beside the worker's load, which can fail first).
+    this.ready.catch(() => undefined);
   }
 
   /** The prompt as token ids: the same ids the model's tokenizer gives in the MLX worker. */

@@ -16,6 +16,19 @@ const CPU_UPCAST = new Set(['F16', 'BF16']);
 /** Tokenizer tables, the worker's heap and MLX's temporaries, measured on the built-in model. */
 const RUNTIME_BYTES = 160 * 1024 * 1024;
 /**
+ * The engine's prompt tokenizer thread (src/engine/prompt-tokenizer.ts) holds a second copy of an
+ * MLX model's tokenizer: ~155 MB of resident memory for the built-in model's 11 MB tokenizer.json
+ * (measured from /proc, after a full collection in that thread), so 14 bytes for each byte of it.
+ */
+const PROMPT_TOKENIZER_BYTES_PER_FILE_BYTE = 14;
+/** For a model whose tokenizer.json is not on disk yet (the built-in model before its first load): the built-in model's. */
+const PROMPT_TOKENIZER_DEFAULT_BYTES = 160 * 1024 * 1024;
+
+function promptTokenizerBytes(dir: string): number {
+  const file = join(dir, 'tokenizer.json');
+  return existsSync(file) ? statSync(file).size * PROMPT_TOKENIZER_BYTES_PER_FILE_BYTE : PROMPT_TOKENIZER_DEFAULT_BYTES;
+}
+/**
  * The worker's KV cache grows its buffers by this many positions at a time (workers/architectures/
  * kv-cache.ts), so a sequence holds its length rounded up to it; the smallest KV budget a load accepts.
  */
@@ -146,7 +159,8 @@ export function estimateLoadBytes(dir: string, onCpu: boolean): Record<WeightPla
   }
   const config = sizingConfig(dir);
   const counts = countTensors(dir, config, onCpu);
-  return { native: counts.nativeBytes + RUNTIME_BYTES, dequantized: counts.dequantizedBytes + RUNTIME_BYTES };
+  const runtime = RUNTIME_BYTES + promptTokenizerBytes(dir);
+  return { native: counts.nativeBytes + runtime, dequantized: counts.dequantizedBytes + runtime };
 }
 
 export function availableMemoryBytes(): number {

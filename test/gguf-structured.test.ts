@@ -1,0 +1,92 @@
+/**
+ * Structured output on a GGUF model, through llama.cpp's grammars: the built-in model's random
+ * weights, as an F32 GGUF, give valid JSON that matches the client's schema only because every
+ * token that would break it is masked. Checked with a real JSON Schema validator through the
+ * official `openai` and `ollama` clients, whole and streamed.
+ */
+import { rmSync } from 'node:fs';
+import { join } from 'node:path';
+import { Ajv } from 'ajv';
+import { Ollama } from 'ollama';
+import OpenAI from 'openai';
+import t, { type Test } from 'tap';
+import { convertToGguf } from '../src/gguf/convert.ts';
+import { materializeDefaultModel } from '../workers/default-model.ts';
+import { post, startServer, tempDir, TEST_CACHE_DIR } from './helpers/server.ts';
+
+const model = 'tiny-qwen3-f32';
+const modelsDir = tempDir('gguf-structured-');
+materializeDefaultModel(join(TEST_CACHE_DIR, 'tiny-qwen3'));
+convertToGguf(join(TEST_CACHE_DIR, 'tiny-qwen3'), join(modelsDir, `${model}.gguf`), { type: 'F32' });
+const server = await startServer(['--models-dir', modelsDir, '--idle-timeout', '0'], { MLX_SERVER_LLAMA_THREADS: '1' });
+t.teardown(async () => {
+  await server.stop();
+  rmSync(modelsDir, { recursive: true, force: true });
+});
+const openai = new OpenAI({ baseURL: `${server.url}/v1`, apiKey: 'unused', maxRetries: 0 });
+const ollama = new Ollama({ host: server.url });
+const ajv = new Ajv({ strict: true });
+
+/** An enum, an integer, a number, a boolean and a nested object, every property required. */
+const ORDER = {
+  type: 'object',
+  properties: {
+    size: { enum: ['small', 'large'] },
+    quantity: { type: 'integer' },
+    discount: { type: 'number' },
+    gift: { type: 'boolean' },
+    shipping: { type: 'object', properties: { express: { type: 'boolean' }, days: { enum: [1, 2, 3] } }, required: ['express', 'days'], additionalProperties: false },
+  },
+  required: ['size', 'quantity', 'discount', 'gift', 'shipping'],
+  additionalProperties: false,
+};
+const validOrder = ajv.compile(ORDER);
+const messages = [{ role: 'user' as const, content: 'Place an order.' }];
+const BUDGET = 200;
+
+function validates(t: Test, text: string, label: string): void {
+  let value: unknown;
+  t.doesNotThrow(() => (value = JSON.parse(text)), `${label}: the output is JSON`);
+  t.ok(validOrder(value), `${label}: it matches the schema ${JSON.stringify(validOrder.errors ?? [])}: ${text}`);
+  t.ok(Number.isFinite((value as { discount?: number } | undefined)?.discount), `${label}: the number is finite`);
+}
+
+t.test('OpenAI response_format json_schema: output validates, whole and streamed', async (t) => {
+  const format = { type: 'json_schema' as const, json_schema: { name: 'order', schema: ORDER, strict: true } };
+  const reply = await openai.chat.completions.create({ model, messages, response_format: format, max_tokens: BUDGET, seed: 1 });
+  t.equal(reply.choices[0]?.finish_reason, 'stop', 'the JSON closed and the model stopped');
+  validates(t, reply.choices[0]?.message.content ?? '', 'whole');
+  const stream = await openai.chat.completions.create({ model, messages, response_format: format, max_tokens: BUDGET, seed: 2, stream: true });
+  let text = '';
+  for await (const chunk of stream) text += chunk.choices[0]?.delta.content ?? '';
+  validates(t, text, 'streamed');
+});
+
+t.test('Ollama format: <schema>, chat and generate', async (t) => {
+  const chat = await ollama.chat({ model, messages, format: ORDER, options: { seed: 3, num_predict: BUDGET } });
+  t.equal(chat.done_reason, 'stop');
+  validates(t, chat.message.content, 'chat');
+  const generated = await ollama.generate({ model, prompt: 'Place an order.', format: ORDER, options: { seed: 4, num_predict: BUDGET } });
+  validates(t, generated.response ?? '', 'generate');
+});
+
+t.test('without a format the same request is not JSON: the grammar is what makes it so', async (t) => {
+  const reply = await openai.chat.completions.create({ model, messages, max_tokens: 24, seed: 1 });
+  t.throws(() => JSON.parse(reply.choices[0]?.message.content ?? ''), 'random weights write noise');
+});
+
+t.test('a schema keyword the grammar cannot honour is refused with a 400 that names it', async (t) => {
+  const bounded = { ...ORDER, properties: { ...ORDER.properties, quantity: { type: 'integer', minimum: 1 } } };
+  const r = await post(`${server.url}/v1/chat/completions`, { model, messages, response_format: { type: 'json_schema', json_schema: { name: 'order', schema: bounded } }, max_tokens: 8 });
+  t.equal(r.status, 400);
+  t.equal(r.body.error.code, 'unsupported');
+  t.match(r.body.error.message, /cannot honour the schema keyword 'minimum' at \/properties\/quantity/);
+});
+
+t.test('a required tool call is refused for a GGUF model with a clear 400', async (t) => {
+  const tools = [{ type: 'function', function: { name: 'order', parameters: ORDER } }];
+  const r = await post(`${server.url}/v1/chat/completions`, { model, messages, tools, tool_choice: 'required', max_tokens: 8 });
+  t.equal(r.status, 400);
+  t.equal(r.body.error.code, 'unsupported');
+  t.match(r.body.error.message, /required tool call is not supported for GGUF/);
+});
