@@ -11,7 +11,7 @@ import t, { type Test } from 'tap';
 import { convertToGguf } from '../src/gguf/convert.ts';
 import { describeGguf } from '../core/gguf/describe.ts';
 import { materializeDefaultModel } from '../workers/default-model.ts';
-import { assertRecovered, BASELINE_QUIET, RESIDUE_QUIET, settledRss, statusRss } from './helpers/memory.ts';
+import { assertRecovered, settledRss, statusRss } from './helpers/memory.ts';
 import { post, startServer, tempDir, TEST_CACHE_DIR } from './helpers/server.ts';
 
 const GGUF = 'tiny-qwen3-f32';
@@ -42,7 +42,7 @@ let baseline = 0;
 t.test('the weights are the F32 tensors of the GGUF, big enough for a residue to show', async (t) => {
   t.equal(description.quantization, 'F32');
   t.ok(weightsBytes > 100 * 2 ** 20, `${(weightsBytes / 2 ** 20).toFixed(1)} MB of weights`);
-  const settled = await settledRss(url, BASELINE_QUIET);
+  const settled = await settledRss(url);
   baseline = settled.rss;
   t.comment(`pre-load baseline ${(baseline * 1024).toFixed(1)} MB (settled after ${settled.seconds.toFixed(0)} s)`);
 });
@@ -53,7 +53,7 @@ t.test('one load, generation and unload gives the memory back', async (t) => {
   t.ok((loaded - baseline) * 2 ** 30 >= weightsBytes * 0.5, `loading raised RSS by ${((loaded - baseline) * 1024).toFixed(1)} MB`);
   const unloaded = await post(`${url}/admin/unload`, {});
   t.equal(unloaded.status, 200);
-  const rss = (await settledRss(url, RESIDUE_QUIET)).rss;
+  const rss = (await settledRss(url)).rss;
   t.comment(`loaded +${((loaded - baseline) * 1024).toFixed(1)} MB, after unload ${((rss - baseline) * 1024).toFixed(1)} MB`);
   assertRecovered(t, { rss, baseline, weightsBytes }, 'right after the unload');
 });
@@ -63,7 +63,7 @@ t.test('no leak: five load/unload cycles', async (t) => {
   for (let cycle = 0; cycle < 5; cycle++) {
     await loadAndGenerate(t, `cycle ${cycle}`);
     t.equal((await post(`${url}/admin/unload`, {})).status, 200);
-    residuals.push((await settledRss(url, RESIDUE_QUIET)).rss - baseline);
+    residuals.push((await settledRss(url)).rss - baseline);
   }
   t.comment(`residual after each unload (MB): ${residuals.map((r) => (r * 1024).toFixed(1)).join(', ')}`);
   residuals.forEach((residual, cycle) => assertRecovered(t, { rss: baseline + residual, baseline, weightsBytes }, `cycle ${cycle + 1}`));

@@ -8,7 +8,7 @@ import { closeSync, openSync, readSync } from 'node:fs';
 import { join } from 'node:path';
 import t from 'tap';
 import type { ServerStatus } from '../src/api/admin.ts';
-import { assertRecovered, BASELINE_QUIET, RESIDUE_QUIET, settledRss } from './helpers/memory.ts';
+import { assertRecovered, settledRss } from './helpers/memory.ts';
 import { json, post, sleep, serverStatus, startServer, TEST_CACHE_DIR } from './helpers/server.ts';
 
 const IDLE_SECONDS = 3;
@@ -53,7 +53,7 @@ t.test('2. baseline: nothing loaded at start-up', async (t) => {
   t.equal(s.memory.model_loaded, false);
   t.equal(s.model.state, 'unloaded');
   t.equal(s.memory.active_memory_gb, 0);
-  const settled = await settledRss(url, BASELINE_QUIET);
+  const settled = await settledRss(url);
   baseline = settled.rss;
   t.comment(`pre-load baseline ${(baseline * 1024).toFixed(1)} MB (settled after ${settled.seconds.toFixed(0)} s; ${(s.memory.rss_gb * 1024).toFixed(1)} MB right after start-up)`);
 });
@@ -137,7 +137,7 @@ t.test('10. no leak: five load/unload cycles', async (t) => {
     t.equal((await post(`${url}/admin/load`, { model: 'tiny-qwen3' })).status, 200);
     t.equal((await complete(`cycle ${cycle}`, { max_tokens: 32 })).status, 200);
     t.equal((await post(`${url}/admin/unload`, {})).status, 200);
-    residuals.push((await settledRss(url, RESIDUE_QUIET)).rss - baseline);
+    residuals.push((await settledRss(url)).rss - baseline);
   }
   t.comment(`residual after each unload (MB): ${residuals.map((r) => (r * 1024).toFixed(1)).join(', ')}`);
   residuals.forEach((residual, cycle) => assertRecovered(t, { rss: baseline + residual, baseline, weightsBytes }, `cycle ${cycle + 1}`));
