@@ -140,6 +140,14 @@ export const CLIENT_USAGE = `  mlx-server run MODEL [PROMPT]  answer PROMPT (or 
 
 export const CLIENT_COMMANDS = ['run', 'ps', 'list', 'ls', 'show', 'stop'];
 
+interface CommandFlags {
+  'num-predict'?: string | undefined;
+  temperature?: string | undefined;
+  seed?: string | undefined;
+  keepalive?: string | undefined;
+  verbose?: boolean | undefined;
+}
+
 /** Runs one client command; throws a ClientError or CommandError with a message for the user. */
 export async function runClientCommand(command: string, argv: string[]): Promise<void> {
   const { values, positionals } = parseArgs({
@@ -156,7 +164,17 @@ export async function runClientCommand(command: string, argv: string[]): Promise
     },
   });
   const location = serverLocation(values.host);
-  const client = new ApiClient(location.url, { source: location.source });
+  try {
+    await runCommand(command, new ApiClient(location.url), values, positionals);
+  } catch (error) {
+    if (!(error instanceof ClientError) || error.code !== 'unreachable') throw error;
+    throw new CommandError(
+      `no mlx-server is running at ${location.url} (from ${location.source}; ${error.reason}); start one with 'mlx-server serve', or point --host / ${URL_ENV} at one`,
+    );
+  }
+}
+
+async function runCommand(command: string, client: ApiClient, values: CommandFlags, positionals: string[]): Promise<void> {
   const [model, ...rest] = positionals;
   const needModel = (): string => {
     if (!model) throw new CommandError(`'${command}' needs a model name (see 'mlx-server list')`);

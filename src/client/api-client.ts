@@ -25,11 +25,14 @@ export class ClientError extends Error {
   /** The HTTP status the server answered; 0 where none came (unreachable, or an error inside a 200 stream). */
   readonly status: number;
   readonly code: ClientErrorCode;
+  /** Why, in the system's words: for an unreachable server its error code (ECONNREFUSED), else the message. */
+  readonly reason: string;
 
-  constructor(message: string, status: number, code: ClientErrorCode) {
+  constructor(message: string, status: number, code: ClientErrorCode, reason = message) {
     super(message);
     this.status = status;
     this.code = code;
+    this.reason = reason;
   }
 }
 
@@ -219,21 +222,17 @@ export function send(url: string, method: string, body?: unknown, onData?: (text
 }
 
 export interface ApiClientOptions {
-  /** Where the base URL was read from, named when the server cannot be reached. */
-  source?: string;
   /** Ends any request still running after this long. */
   timeoutMs?: number;
 }
 
-/** A server of ours at one base URL. Requests that fail throw a ClientError with the message a user can act on. */
+/** A server of ours at one base URL. A request that fails throws a ClientError saying why. */
 export class ApiClient {
   readonly base: string;
-  private readonly source: string | undefined;
   private readonly timeoutMs: number | undefined;
 
   constructor(base: string, options: ApiClientOptions = {}) {
     this.base = trimBase(base);
-    this.source = options.source;
     this.timeoutMs = options.timeoutMs;
   }
 
@@ -247,12 +246,7 @@ export class ApiClient {
     } catch (error) {
       if ((error as Error).name === 'AbortError' || (error as Error).name === 'TimeoutError') throw error;
       const cause = (error as { cause?: { code?: string; message?: string } }).cause;
-      const from = this.source ? `from ${this.source}; ` : '';
-      throw new ClientError(
-        `no mlx-server is running at ${this.base} (${from}${cause?.code ?? cause?.message ?? (error as Error).message}); start one with 'mlx-server serve', or point --host / ${URL_ENV} at one`,
-        0,
-        'unreachable',
-      );
+      throw new ClientError((error as Error).message, 0, 'unreachable', cause?.code ?? cause?.message ?? (error as Error).message);
     }
     if (!response.ok) throw new ClientError(`${errorMessage(await response.text())} (HTTP ${response.status})`, response.status, 'http_status');
     return response;
