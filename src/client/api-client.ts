@@ -87,9 +87,18 @@ function parseBody(text: string): unknown {
   }
 }
 
-/** POSTs `body` (an object, or a string sent as it is: a malformed body on purpose) and reads the JSON reply. */
-export const postJson = <T = JsonObject>(url: string, body: unknown, signal?: AbortSignal): Promise<JsonReply<T>> =>
-  exchangeJson<T>(url, { method: 'POST', headers: { 'content-type': 'application/json' }, body: typeof body === 'string' ? body : JSON.stringify(body), ...(signal ? { signal } : {}) });
+const postInit = (body: unknown, signal?: AbortSignal): RequestInit => ({
+  method: 'POST',
+  headers: { 'content-type': 'application/json' },
+  body: typeof body === 'string' ? body : JSON.stringify(body),
+  ...(signal ? { signal } : {}),
+});
+
+/** POSTs `body` (an object, or a string sent as it is: a malformed body on purpose); the response is the caller's to read. */
+export const postRequest = (url: string, body: unknown, signal?: AbortSignal): Promise<Response> => fetch(url, postInit(body, signal));
+
+/** POSTs `body` as postRequest does and reads the JSON reply. */
+export const postJson = <T = JsonObject>(url: string, body: unknown, signal?: AbortSignal): Promise<JsonReply<T>> => exchangeJson<T>(url, postInit(body, signal));
 
 /** The message in an error reply: Ollama's `{error: "…"}`, OpenAI's `{error: {message}}`, else the text itself. */
 function errorMessage(text: string): string {
