@@ -10,9 +10,9 @@
 import { readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
-import type { ServerStatus } from '../src/api/admin.ts';
 import { parseServerConfig } from '../src/config.ts';
-import { agent, getJson, timedGeneration, type RequestTiming } from './client.ts';
+import { agent, ApiClient } from '../src/client/api-client.ts';
+import { timedGeneration, type RequestTiming } from './client.ts';
 import { FP32_05B, generatedModel, makeModel } from './models.ts';
 import { distinctPrompt, promptOfWords } from './prompts.ts';
 import { startBenchServer } from './server-process.ts';
@@ -66,8 +66,9 @@ for (const signal of ['SIGINT', 'SIGTERM'] as const) {
 let exitCode = 1;
 try {
   progress(`server pid ${server.serverPid}; --memory-limit ${mib(limit)} = weights ${mib(weightsBytes)} + ${mib(Number(values.headroom))}`);
-  await getJson(`${server.url}/admin/load`, 'POST', {});
-  const kv = (await getJson<ServerStatus>(`${server.url}/admin/status`)).kv_cache;
+  const admin = new ApiClient(server.url);
+  await admin.load();
+  const kv = (await admin.status()).kv_cache;
   if (!kv) throw new Error('the server reports no KV budget after /admin/load');
   progress(`loaded: KV budget ${mib(kv.budget_bytes)} (${Math.floor(kv.budget_bytes / kv.bytes_per_token)} tokens at ${kv.bytes_per_token} bytes a token); resident ${mib(residentMemory(server.serverPid).rss)}`);
 
@@ -84,7 +85,7 @@ try {
   void all.finally(() => (done = true));
   let lastReport = 0;
   while (!done) {
-    const status = await getJson<ServerStatus>(`${server.url}/admin/status`);
+    const status = await admin.status();
     peaks.running = Math.max(peaks.running, status.requests.active);
     peaks.waiting = Math.max(peaks.waiting, status.requests.queued);
     peaks.rss = Math.max(peaks.rss, residentMemory(server.serverPid).rss);

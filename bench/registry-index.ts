@@ -11,7 +11,7 @@ import { mkdirSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
-import { send } from './client.ts';
+import { send } from '../src/client/api-client.ts';
 import { startBenchServer } from './server-process.ts';
 
 function fakeHubCache(dir: string, repos: number): void {

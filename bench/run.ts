@@ -10,7 +10,7 @@ import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { parseServerConfig } from '../src/config.ts';
 import { BUILTIN_MODEL, ModelRegistry } from '../src/models/registry.ts';
-import { agent } from './client.ts';
+import { agent } from '../src/client/api-client.ts';
 import { compareResults, formatComparison } from './compare.ts';
 import { Recorders } from './histograms.ts';
 import { renderHtml } from './html.ts';

@@ -4,7 +4,8 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
-import { getJson, recordTiming, send, timedGeneration, type ApiRoute, type GenerationCall, type RequestTiming } from './client.ts';
+import { ApiClient, send, type ApiRoute } from '../src/client/api-client.ts';
+import { recordTiming, timedGeneration, type GenerationCall, type RequestTiming } from './client.ts';
 import type { Recorders } from './histograms.ts';
 import { treeJiffies } from './machine.ts';
 import type { BenchModel } from './models.ts';
@@ -115,7 +116,8 @@ export async function newcomerAndHealthUnderLoad(ctx: ScenarioContext, model: Be
   if (busy < 1) return;
   const newcomer: GenerationCall = { route: 'openai-completions', model: model.name, prompt, maxTokens, stream: true };
   await sequential(ctx, model, NEWCOMER_ALONE, newcomer, repeats);
-  const generated = async (): Promise<number> => (await getJson<{ tokens?: { generated?: number } }>(`${ctx.baseUrl}/admin/status`)).tokens?.generated ?? 0;
+  const admin = new ApiClient(ctx.baseUrl);
+  const generated = async (): Promise<number> => (await admin.status()).tokens.generated;
   for (let round = 0; round < repeats; round++) {
     const before = await generated();
     const streams = Promise.all(
@@ -181,25 +183,21 @@ async function measureGenerations(ctx: ScenarioContext, model: BenchModel, route
   return promptTokens;
 }
 
-interface AdminStatus {
-  model?: { weights?: { placement?: WeightPlacement } | null; context_length?: number | null };
-  config?: { max_batch?: number };
-}
-
 export async function runServerScenarios(ctx: ScenarioContext, model: BenchModel): Promise<ModelRunInfo> {
   ctx.progress(`${model.label}: loading on the server`);
-  const loaded = await getJson<{ load_seconds?: number }>(`${ctx.baseUrl}/admin/load`, 'POST', { model: model.name });
+  const admin = new ApiClient(ctx.baseUrl);
+  const loaded = await admin.load(model.name);
   const routes = await availableRoutes(ctx.baseUrl, model.name);
-  const status = await getJson<AdminStatus>(`${ctx.baseUrl}/admin/status`);
-  const placement = status.model?.weights?.placement ?? null;
-  const contextPerSequence = status.model?.context_length;
-  const parallel = status.config?.max_batch;
-  ctx.progress(`${model.label}: loaded in ${loaded.load_seconds ?? '?'} s, weights ${placement ?? '?'}, context ${contextPerSequence ?? '?'} per sequence; routes: ${routes.join(', ')}`);
+  const status = await admin.status();
+  const placement = status.model.weights?.placement ?? null;
+  const contextPerSequence = status.model.context_length;
+  const parallel = status.config.max_batch;
+  ctx.progress(`${model.label}: loaded in ${loaded.load_seconds} s, weights ${placement ?? '?'}, context ${contextPerSequence ?? '?'} per sequence; routes: ${routes.join(', ')}`);
   const promptTokens = await measureGenerations(ctx, model, model.workload.allRoutes ? routes : ['openai-completions']);
   await newcomerAndHealthUnderLoad(ctx, model, promptOfWords(model.workload.shortPromptWords));
-  await getJson(`${ctx.baseUrl}/admin/unload`, 'POST', {});
+  await admin.unload();
   const settings = contextPerSequence && parallel ? { contextPerSequence, parallel } : null;
-  return { name: model.name, label: model.label, placement, loadSeconds: loaded.load_seconds ?? null, routes, workload: model.workload, promptTokens, settings };
+  return { name: model.name, label: model.label, placement, loadSeconds: loaded.load_seconds, routes, workload: model.workload, promptTokens, settings };
 }
 
 /** The same generations against llama-server (already started on the model's file): OpenAI completions only. */

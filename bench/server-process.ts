@@ -6,7 +6,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { createServer } from 'node:net';
 import { availableParallelism } from 'node:os';
 import { fileURLToPath } from 'node:url';
-import { send } from './client.ts';
+import { send } from '../src/client/api-client.ts';
 
 const BIN = fileURLToPath(new URL('../bin/mlx-server.js', import.meta.url));
 const START_TIMEOUT_MS = 60_000;

@@ -1,14 +1,8 @@
-/** The soak suite talks to a server only over HTTP, like any client; this is that client. */
-import type { ServerStatus } from '../src/api/admin.ts';
-
-export type { ServerStatus };
-
-export interface ServerHealth {
-  status: string;
-  model_state?: string;
-  active_requests: number;
-  queued_requests: number;
-}
+/**
+ * The soak suite's load generator: it talks to a server only over HTTP, like any client, through
+ * our one API client, and counts failed requests instead of throwing them.
+ */
+import { ApiClient, generationBody, generationEvent, postJson, ROUTE_PATHS, streamRecords, trimBase, type ApiRoute, type JsonReply, type ServerHealth, type ServerStatus } from '../src/client/api-client.ts';
 
 export interface GenerateOptions {
   prompt: string;
@@ -38,50 +32,37 @@ export interface Generation {
 /** Which wire shape generation requests use: Ollama's /api/generate where the server has it, else OpenAI's. */
 export type GenerationApi = 'ollama' | 'openai';
 
-const trimSlash = (url: string): string => url.replace(/\/+$/, '');
+const GENERATION_ROUTES: Record<GenerationApi, ApiRoute> = { ollama: 'ollama-generate', openai: 'openai-completions' };
+
+/** Status polls give up sooner than generations: a server that cannot answer them in this long is stuck. */
+const POLL_TIMEOUT_MS = 30_000;
 
 export class SoakClient {
   readonly url: string;
   readonly model: string | undefined;
   private readonly timeoutMs: number;
+  private readonly polls: ApiClient;
   private api: GenerationApi | null = null;
   private defaultModel: string | null = null;
 
   constructor(url: string, model: string | undefined, timeoutMs = 600_000) {
-    this.url = trimSlash(url);
+    this.url = trimBase(url);
     this.model = model;
     this.timeoutMs = timeoutMs;
+    this.polls = new ApiClient(this.url, { timeoutMs: POLL_TIMEOUT_MS });
   }
 
-  async getJson<T>(path: string): Promise<T> {
-    const response = await fetch(this.url + path, { signal: AbortSignal.timeout(30_000) });
-    if (!response.ok) throw new Error(`GET ${path}: HTTP ${response.status}`);
-    return (await response.json()) as T;
-  }
-
-  async postJson(path: string, body: unknown): Promise<{ status: number; body: Record<string, unknown> }> {
-    const response = await fetch(this.url + path, {
-      method: 'POST',
-      headers: { 'content-type': 'application/json' },
-      body: typeof body === 'string' ? body : JSON.stringify(body),
-      signal: AbortSignal.timeout(this.timeoutMs),
-    });
-    const text = await response.text();
-    let parsed: Record<string, unknown> = {};
-    try {
-      parsed = text ? (JSON.parse(text) as Record<string, unknown>) : {};
-    } catch {
-      parsed = { raw: text };
-    }
-    return { status: response.status, body: parsed };
+  /** Never throws for an error status: the caller judges it. */
+  postJson(path: string, body: unknown): Promise<JsonReply<Record<string, unknown>>> {
+    return postJson(this.url + path, body, AbortSignal.timeout(this.timeoutMs));
   }
 
   status(): Promise<ServerStatus> {
-    return this.getJson<ServerStatus>('/admin/status');
+    return this.polls.status();
   }
 
   health(): Promise<ServerHealth> {
-    return this.getJson<ServerHealth>('/admin/health');
+    return this.polls.health();
   }
 
   /**
@@ -99,7 +80,7 @@ export class SoakClient {
     return last;
   }
 
-  unload(): Promise<{ status: number; body: Record<string, unknown> }> {
+  unload(): Promise<JsonReply<Record<string, unknown>>> {
     return this.postJson('/admin/unload', {});
   }
 
@@ -115,7 +96,7 @@ export class SoakClient {
   /** Ollama's API names a model in every request; OpenAI's lets the server pick its default. */
   async serverDefaultModel(): Promise<string> {
     if (this.defaultModel === null) {
-      const listed = await this.getJson<{ data: { id: string }[] }>('/v1/models');
+      const listed = await this.polls.get<{ data: { id: string }[] }>('/v1/models');
       const status = await this.status();
       const name = status.model?.default ?? listed.data[0]?.id;
       if (!name) throw new Error('the server lists no models');
@@ -132,12 +113,9 @@ export class SoakClient {
       const api = options.api ?? (await this.generationApi());
       const model = options.model ?? this.model ?? (api === 'ollama' ? await this.serverDefaultModel() : undefined);
       const stream = options.stream ?? false;
-      const temperature = options.temperature ?? 0;
-      const body =
-        api === 'ollama'
-          ? { model, prompt: options.prompt, stream, options: { num_predict: options.maxTokens, temperature, seed: options.seed ?? 0 } }
-          : { model, prompt: options.prompt, stream, max_tokens: options.maxTokens, temperature, seed: options.seed ?? 0, ignore_eos: true };
-      const response = await fetch(this.url + (api === 'ollama' ? '/api/generate' : '/v1/completions'), {
+      const route = GENERATION_ROUTES[api];
+      const body = generationBody({ route, model, prompt: options.prompt, maxTokens: options.maxTokens, stream, temperature: options.temperature ?? 0, seed: options.seed ?? 0 });
+      const response = await fetch(this.url + ROUTE_PATHS[route], {
         method: 'POST',
         headers: { 'content-type': 'application/json' },
         body: JSON.stringify(body),
@@ -148,8 +126,9 @@ export class SoakClient {
         result.error = `HTTP ${response.status}: ${(await response.text()).slice(0, 300)}`;
         return result;
       }
-      const events = stream ? readEvents(response.body, api) : singleEvent(response);
-      for await (const event of events) {
+      const records = stream ? streamRecords(response.body, api === 'openai' ? 'sse' : 'ndjson') : singleRecord(response);
+      for await (const record of records) {
+        const event = generationEvent(record);
         if (event.error) throw new Error(event.error);
         if (event.text) {
           if (result.chunks === 0) options.onFirstText?.();
@@ -169,42 +148,8 @@ export class SoakClient {
   }
 }
 
-interface WireEvent {
-  text: string;
-  completionTokens: number | null;
-  error: string | null;
-}
-
-/** Reads one event from an OpenAI completion or Ollama generate body (they share no field names). */
-function wireEvent(data: Record<string, unknown>): WireEvent {
-  const error = data.error as { message?: string } | string | undefined;
-  if (error) return { text: '', completionTokens: null, error: typeof error === 'string' ? error : (error.message ?? 'error') };
-  if (typeof data.response === 'string') {
-    return { text: data.response, completionTokens: typeof data.eval_count === 'number' ? data.eval_count : null, error: null };
-  }
-  const choices = (data.choices as { text?: string }[] | undefined) ?? [];
-  const usage = data.usage as { completion_tokens?: number } | undefined;
-  return { text: choices.map((c) => c.text ?? '').join(''), completionTokens: usage?.completion_tokens ?? null, error: null };
-}
-
-async function* singleEvent(response: Response): AsyncGenerator<WireEvent> {
-  yield wireEvent((await response.json()) as Record<string, unknown>);
-}
-
-/** SSE (`data: {...}` lines, `[DONE]` at the end) for OpenAI; one JSON object a line for Ollama. */
-async function* readEvents(body: ReadableStream<Uint8Array>, api: GenerationApi): AsyncGenerator<WireEvent> {
-  const decoder = new TextDecoder();
-  let buffered = '';
-  for await (const chunk of body) {
-    buffered += decoder.decode(chunk, { stream: true });
-    const lines = buffered.split('\n');
-    buffered = lines.pop() ?? '';
-    for (const line of lines) {
-      const payload = api === 'openai' ? (line.startsWith('data: ') ? line.slice(6).trim() : '') : line.trim();
-      if (payload === '' || payload === '[DONE]') continue;
-      yield wireEvent(JSON.parse(payload) as Record<string, unknown>);
-    }
-  }
+async function* singleRecord(response: Response): AsyncGenerator<Record<string, unknown>> {
+  yield (await response.json()) as Record<string, unknown>;
 }
 
 export const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));

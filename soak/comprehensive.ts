@@ -5,7 +5,8 @@
  * tracking. Concurrent answers are compared, not only counted: concurrent greedy outputs must
  * equal the same requests run one at a time.
  */
-import { SoakClient, sleep, type Generation, type ServerStatus } from './client.ts';
+import type { ServerStatus } from '../src/client/api-client.ts';
+import { SoakClient, sleep, type Generation } from './client.ts';
 import { Reporter, clock, finishSuite, gb, type SuiteResult } from './report.ts';
 
 export interface ComprehensiveOptions {

@@ -12,6 +12,7 @@
 import { writeFileSync } from 'node:fs';
 import net from 'node:net';
 import { parseArgs } from 'node:util';
+import { ApiClient, postRequest } from '../src/client/api-client.ts';
 import { sleep } from './client.ts';
 import { trend, type MemorySample } from './long-soak.ts';
 import { parseDuration, markdownTable } from './report.ts';
@@ -73,9 +74,6 @@ function seeded(seed: number): () => number {
 function refusal(response: Response, rejectionsExpected: boolean): Outcome {
   return rejectionsExpected && response.status === 503 && response.headers.get('retry-after') !== null ? 'rejected' : 'unexpected';
 }
-
-const post = (url: string, body: unknown, signal?: AbortSignal): Promise<Response> =>
-  fetch(url, { method: 'POST', headers: { 'content-type': 'application/json' }, body: typeof body === 'string' ? body : JSON.stringify(body), ...(signal ? { signal } : {}) });
 
 /** Reads a streamed body to the end; `pauseMs` between reads makes a slow client. */
 async function readAll(response: Response, pauseMs = 0): Promise<string> {
@@ -142,14 +140,14 @@ async function runOne(url: string, kind: Kind, random: () => number, rejectionsE
   const prompt = `mixed load ${Math.floor(random() * 1e9)}`;
   switch (kind) {
     case 'complete': {
-      const response = await post(`${url}/v1/completions`, { prompt, max_tokens: maxTokens, ignore_eos: true });
+      const response = await postRequest(`${url}/v1/completions`, { prompt, max_tokens: maxTokens, ignore_eos: true });
       if (response.status !== 200) return refusal(response, rejectionsExpected);
       const body = (await response.json()) as { usage?: { completion_tokens: number } };
       return body.usage?.completion_tokens === maxTokens ? 'ok' : 'lost';
     }
     case 'stream':
     case 'slow': {
-      const response = await post(`${url}/v1/chat/completions`, {
+      const response = await postRequest(`${url}/v1/chat/completions`, {
         messages: [{ role: 'user', content: prompt }],
         max_tokens: maxTokens,
         ignore_eos: true,
@@ -160,7 +158,7 @@ async function runOne(url: string, kind: Kind, random: () => number, rejectionsE
       return sseComplete(await readAll(response, kind === 'slow' ? 100 : 0), maxTokens) ? 'ok' : 'lost';
     }
     case 'ollama': {
-      const response = await post(`${url}/api/generate`, { model: 'tiny-qwen3', prompt, stream: false, options: { num_predict: maxTokens } });
+      const response = await postRequest(`${url}/api/generate`, { model: 'tiny-qwen3', prompt, stream: false, options: { num_predict: maxTokens } });
       if (response.status !== 200) return refusal(response, rejectionsExpected);
       const body = (await response.json()) as { done?: boolean; eval_count?: number };
       return body.done === true && (body.eval_count ?? 0) >= 1 && (body.eval_count ?? 0) <= maxTokens ? 'ok' : 'lost';
@@ -173,7 +171,7 @@ async function runOne(url: string, kind: Kind, random: () => number, rejectionsE
     }
     case 'abort': {
       const controller = new AbortController();
-      const response = await post(`${url}/v1/completions`, { prompt, max_tokens: 200, ignore_eos: true, stream: true }, controller.signal);
+      const response = await postRequest(`${url}/v1/completions`, { prompt, max_tokens: 200, ignore_eos: true, stream: true }, controller.signal);
       if (response.status !== 200) return refusal(response, rejectionsExpected);
       const reader = (response.body as ReadableStream<Uint8Array>).getReader();
       await reader.read();
@@ -204,10 +202,11 @@ export async function runMixedLoad(options: MixedLoadOptions, log: (line: string
   let restarts = 0;
   let lastUptime = -1;
 
+  const admin = new ApiClient(options.url);
   const watch = async (): Promise<void> => {
     while (Date.now() < deadline) {
       try {
-        const status = (await (await fetch(`${options.url}/admin/status`)).json()) as { memory: { rss_gb: number }; requests: { uptime_seconds: number } };
+        const status = await admin.status();
         if (status.requests.uptime_seconds < lastUptime) restarts++;
         lastUptime = status.requests.uptime_seconds;
         memory.push({ t: (Date.now() - started) / 1000, rssGb: status.memory.rss_gb, loaded: true });

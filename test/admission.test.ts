@@ -8,7 +8,7 @@
  */
 import t from 'tap';
 import { estimateLoadBytes } from '../src/models/footprint.ts';
-import { builtinModelVariant, json, logEvents, post, sleep, startServer, waitFor, type TestServer } from './helpers/server.ts';
+import { builtinModelVariant, json, logEvents, post, serverStatus, sleep, startServer, waitFor, type TestServer } from './helpers/server.ts';
 
 type Health = { active_requests: number; queued_requests: number };
 const health = async (server: TestServer): Promise<Health> => (await json<Health>(`${server.url}/admin/health`)).body;
@@ -145,7 +145,7 @@ t.test('a request cancelled while it waits never reaches the worker', async (t) 
   t.equal(after.status, 200, 'the running place is free again');
   const reached = [...logEvents(server, 'admitted'), ...logEvents(server, 'generation_start')].filter((e) => e.reqId === waitingId);
   t.same(reached, [], 'never admitted, and the worker never started it');
-  const status = (await json<{ tokens: { prompt: number } }>(`${server.url}/admin/status`)).body;
+  const status = await serverStatus(server.url);
   t.equal(status.tokens.prompt, first.body.usage.prompt_tokens + after.body.usage.prompt_tokens, "the worker prefilled only the other two requests' prompts, not its 300 tokens");
 });
 
@@ -157,7 +157,8 @@ t.test('a request whose KV cache could not fit in the budget even alone gets a 4
   const server = await startServer(['--idle-timeout', '0', '--models-dir', modelsDir, '--model', 'long-context', '--memory-limit', String(limit), '--memory-reserve', '0', '--prompt-cache-bytes', '0']);
   t.teardown(() => server.stop());
   t.equal((await post(`${server.url}/admin/load`, {})).status, 200);
-  const kv = (await json<{ kv_cache: { budget_bytes: number; bytes_per_token: number } }>(`${server.url}/admin/status`)).body.kv_cache;
+  const kv = (await serverStatus(server.url)).kv_cache;
+  if (!kv) return t.fail('the status reports a KV budget after the load');
   const budgetTokens = Math.floor(kv.budget_bytes / kv.bytes_per_token);
   t.ok(budgetTokens > 1000 && budgetTokens < 1_000_000, `a KV budget of ${budgetTokens} tokens (${kv.bytes_per_token} bytes a token)`);
   const tooMany = budgetTokens + 1000;
@@ -182,8 +183,8 @@ t.test('a request whose KV cache could not fit in the budget even alone gets a 4
   const fits = await post(`${server.url}/v1/completions`, { prompt: 'a short prompt', max_tokens: 8, ignore_eos: true });
   t.equal(fits.status, 200, 'a request that fits is served');
   t.equal(fits.body.usage.completion_tokens, 8);
-  const status = (await json<{ requests: { active: number; queued: number }; kv_cache: { reserved_bytes: number } }>(`${server.url}/admin/status`)).body;
-  t.same([status.requests.active, status.requests.queued, status.kv_cache.reserved_bytes], [0, 0, 0], 'refused requests hold nothing');
+  const status = await serverStatus(server.url);
+  t.same([status.requests.active, status.requests.queued, status.kv_cache?.reserved_bytes], [0, 0, 0], 'refused requests hold nothing');
 });
 
 t.test('a request whose client leaves during a model load leaves the queue at once, and a load it was waiting for never starts', async (t) => {
@@ -226,5 +227,5 @@ t.test('a request whose client leaves during a model load leaves the queue at on
   );
   const reached = [...logEvents(server, 'admitted'), ...logEvents(server, 'generation_start')].filter((e) => String(e.reqId).startsWith('leaves-'));
   t.same(reached, [], 'neither reached the worker');
-  t.equal((await json<{ tokens: { prompt: number } }>(`${server.url}/admin/status`)).body.tokens.prompt, 0, 'the worker prefilled nothing');
+  t.equal((await serverStatus(server.url)).tokens.prompt, 0, 'the worker prefilled nothing');
 });

@@ -6,7 +6,7 @@
  */
 import t from 'tap';
 import { parseResponses, rawRequest, type RawResponse } from './helpers/raw-http.ts';
-import { json, startServer } from './helpers/server.ts';
+import { json, serverStatus, startServer } from './helpers/server.ts';
 
 const SEED = 0x5eed_0008;
 const HTTP_CASES = 240;
@@ -203,7 +203,7 @@ t.test('bad input on every route gets a 4xx in its family shape', async (t) => {
 
 t.test(`seeded fuzz: ${HTTP_CASES} random requests and ${RAW_CASES} raw byte streams`, async (t) => {
   const random = generator(SEED);
-  const status = async () => (await json<{ memory: { rss_gb: number } }>(`${url}/admin/status`)).body;
+  const status = () => serverStatus(url);
   // Warm up: load the model so the memory baseline includes it.
   t.equal((await request('POST', '/v1/completions', JSON.stringify({ prompt: 'warm up', max_tokens: 1 }))).status, 200);
   const rssBefore = (await status()).memory.rss_gb;

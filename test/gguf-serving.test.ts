@@ -10,7 +10,7 @@ import t from 'tap';
 import { convertToGguf } from '../src/gguf/convert.ts';
 import { kvBudget } from '../src/models/footprint.ts';
 import { materializeDefaultModel } from '../workers/default-model.ts';
-import { json, logEvents, post, sleep, startServer, tempDir, TEST_CACHE_DIR } from './helpers/server.ts';
+import { json, logEvents, post, serverStatus, sleep, startServer, tempDir, TEST_CACHE_DIR } from './helpers/server.ts';
 
 const BUILTIN = 'tiny-qwen3';
 const GGUF = 'tiny-qwen3-f32';
@@ -140,12 +140,14 @@ t.test('the KV budget of a GGUF model is sized from its header: fp16 keys and va
 
 t.test('status and the load log state the context and sequences llama.cpp was given; the KV budget is what it allocated', async (t) => {
   t.equal((await post(`${url}/admin/load`, { model: GGUF })).status, 200);
-  const status = await json<{ model: { context_length: number }; kv_cache: { budget_bytes: number; bytes_per_token: number; max_running: number } }>(`${url}/admin/status`);
+  const status = await serverStatus(url);
+  const kv = status.kv_cache;
+  if (!kv) return t.fail('the status reports a KV budget after the load');
   const loaded = logEvents(server, 'loaded').filter((event) => event.model === GGUF).at(-1);
-  t.equal(loaded?.contextLength, status.body.model.context_length, 'the log states the context per sequence');
-  t.equal(loaded?.sequences, status.body.kv_cache.max_running, 'the log states the sequences');
+  t.equal(loaded?.contextLength, status.model.context_length, 'the log states the context per sequence');
+  t.equal(loaded?.sequences, kv.max_running, 'the log states the sequences');
   // This machine has memory for the whole trained context of every --max-batch (16) sequence.
-  t.equal(status.body.model.context_length, 4096);
-  t.equal(status.body.kv_cache.max_running, 16);
-  t.equal(status.body.kv_cache.budget_bytes, 4096 * 16 * status.body.kv_cache.bytes_per_token, 'the budget is the cells llama.cpp allocated');
+  t.equal(status.model.context_length, 4096);
+  t.equal(kv.max_running, 16);
+  t.equal(kv.budget_bytes, 4096 * 16 * kv.bytes_per_token, 'the budget is the cells llama.cpp allocated');
 });

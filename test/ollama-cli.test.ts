@@ -3,7 +3,7 @@ import t from 'tap';
 import { readdirSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { cli } from './helpers/cli.ts';
-import { json, startServer, TEST_CACHE_DIR } from './helpers/server.ts';
+import { json, serverStatus, startServer, TEST_CACHE_DIR } from './helpers/server.ts';
 
 const server = await startServer(['--idle-timeout', '0', '--default-max-tokens', '5']);
 t.teardown(() => server.stop());
@@ -99,7 +99,7 @@ t.test('list shows the size on disk and ps the weights in memory, each as the AP
     cli(['ps', ...host]),
     json<{ models: { name: string; size: number; model?: string }[] }>(`${server.url}/api/tags`),
     json<{ models: { name: string; size: number }[] }>(`${server.url}/api/ps`),
-    json<{ memory: { model_memory_gb: number } }>(`${server.url}/admin/status`),
+    serverStatus(server.url),
   ]);
   const folder = join(TEST_CACHE_DIR, 'tiny-qwen3');
   const onDisk = readdirSync(folder).reduce((sum, file) => sum + statSync(join(folder, file)).size, 0);
@@ -107,7 +107,7 @@ t.test('list shows the size on disk and ps the weights in memory, each as the AP
   t.equal(listed?.size, onDisk, '/api/tags: the bytes of the model folder on disk');
   t.match(list.stdout, new RegExp(`tiny-qwen3\\s+[0-9a-f]{12}\\s+${megabytes(onDisk)}\\s`), `list prints ${megabytes(onDisk)}`);
   const inMemory = running.body.models[0]?.size ?? 0;
-  t.ok(Math.abs(inMemory / 2 ** 30 - status.body.memory.model_memory_gb) < 1e-4, `/api/ps (${inMemory} bytes) and status model_memory_gb (${status.body.memory.model_memory_gb} GiB) are the same weights`);
+  t.ok(Math.abs(inMemory / 2 ** 30 - status.memory.model_memory_gb) < 1e-4, `/api/ps (${inMemory} bytes) and status model_memory_gb (${status.memory.model_memory_gb} GiB) are the same weights`);
   t.match(ps.stdout, new RegExp(`tiny-qwen3\\s+${megabytes(inMemory)}\\s`), `ps prints ${megabytes(inMemory)}`);
   t.equal(megabytes(inMemory), '159 MB', 'the figure the README and docs quote for the built-in model');
   t.equal(megabytes(onDisk), '170 MB', 'the on-disk figure the docs quote');

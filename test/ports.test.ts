@@ -8,7 +8,7 @@ import { createServer, type AddressInfo } from 'node:net';
 import { fileURLToPath } from 'node:url';
 import t from 'tap';
 import { parseServerConfig } from '../src/config.ts';
-import { json, post, startServer, TEST_CACHE_DIR } from './helpers/server.ts';
+import { json, post, serverStatus, startServer, TEST_CACHE_DIR } from './helpers/server.ts';
 
 const BIN = fileURLToPath(new URL('../bin/mlx-server.js', import.meta.url));
 
@@ -71,7 +71,7 @@ t.test('the main port serves the client APIs and probes; the admin port serves e
     t.equal((await fetch(`${server.url}${path}`)).status, 200, `admin port: ${path}`);
   }
   t.equal((await post(`${server.mainUrl}/admin/unload`, {})).status, 404, 'no admin mutation on the main port');
-  const status = (await json<{ ports: { admin: number; main: number } }>(`${server.url}/admin/status`)).body;
+  const status = await serverStatus(server.url);
   t.same(status.ports, { admin: server.port, main: server.mainPort }, 'status reports both ports');
 });
 

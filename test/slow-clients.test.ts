@@ -5,7 +5,7 @@ import type { Exchange } from '../src/http/exchange.ts';
 import { openAiError } from '../src/api/errors.ts';
 import { startHttpServer, type HttpOptions, type Route } from '../src/http/server.ts';
 import { parseResponses } from './helpers/raw-http.ts';
-import { json, post, startServer } from './helpers/server.ts';
+import { json, post, serverStatus, startServer } from './helpers/server.ts';
 
 const KB = 1024;
 const MB = 1024 * KB;
@@ -146,7 +146,7 @@ t.test('slow requests against the real server', async (t) => {
   t.test('a streaming client that never reads does not block others, and its generation is cancelled when it goes', async (t) => {
     const body = JSON.stringify({ prompt: 'Once upon a time', max_tokens: 3000, ignore_eos: true, stream: true });
     const socket = neverReading(server.port, `POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`);
-    const active = async (): Promise<number> => (await json<{ requests: { active: number } }>(`${server.url}/admin/status`)).body.requests.active;
+    const active = async (): Promise<number> => (await serverStatus(server.url)).requests.active;
     await until('the stuck stream to be generating', async () => (await active()) >= 1);
     const others = await Promise.all(Array.from({ length: 3 }, (_, i) => post(`${server.url}/v1/completions`, { prompt: `hello ${i}`, max_tokens: 4 })));
     t.same(others.map((r) => r.status), [200, 200, 200], 'other requests complete while it is stuck');

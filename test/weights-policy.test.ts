@@ -5,7 +5,7 @@ import t from 'tap';
 import { mx } from '../workers/architectures/mx.ts';
 import { estimateLoadBytes, availableMemoryBytes } from '../src/models/footprint.ts';
 import type { ServerStatus } from '../src/api/admin.ts';
-import { json, post, serverStatus, startServer, tempDir, TEST_CACHE_DIR } from './helpers/server.ts';
+import { post, serverStatus, startServer, tempDir, TEST_CACHE_DIR } from './helpers/server.ts';
 
 const modelsDir = tempDir('mlx-quantized-');
 const quantized = join(modelsDir, 'tiny-qwen3-8bit');
@@ -17,7 +17,7 @@ const quantized = join(modelsDir, 'tiny-qwen3-8bit');
 async function makeQuantizedModel(): Promise<number> {
   const source = join(TEST_CACHE_DIR, 'tiny-qwen3');
   const warm = await startServer(['--idle-timeout', '0']);
-  const unloadedBytes = (await json<{ memory: { rss_gb: number } }>(`${warm.url}/admin/status`)).body.memory.rss_gb * 1024 ** 3;
+  const unloadedBytes = (await serverStatus(warm.url)).memory.rss_gb * 1024 ** 3;
   await post(`${warm.url}/admin/load`, {});
   await warm.stop();
   mkdirSync(quantized, { recursive: true });

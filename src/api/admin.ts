@@ -56,6 +56,29 @@ export interface ServerStatus {
   idle_timeout_seconds: number;
 }
 
+/** POST /admin/load's answer (the first three fields under their older names too, for fleets' scripts). */
+export interface LoadReply {
+  status: 'success';
+  model_name: string;
+  memory_gb: number;
+  load_time: number;
+  model: string;
+  model_type: string;
+  model_memory_gb: number;
+  load_seconds: number;
+}
+
+/** POST /admin/unload's answer. */
+export interface UnloadReply {
+  status: 'success';
+  model_name: string;
+  memory_freed_gb: number;
+  unload_time: number;
+  model: string;
+  model_memory_gb: number;
+  unload_seconds: number;
+}
+
 export interface MemoryStatus {
   active_memory_gb: number;
   peak_memory_gb: number;
@@ -249,7 +272,7 @@ export function adminRoutes(ctx: ServeContext): Route[] {
         const started = performance.now();
         const loaded = await ctx.engine.load(model);
         const seconds = Math.round(performance.now() - started) / 1000;
-        exchange.json(200, {
+        const reply: LoadReply = {
           status: 'success',
           model_name: loaded.name,
           memory_gb: gb(loaded.bytes),
@@ -258,7 +281,8 @@ export function adminRoutes(ctx: ServeContext): Route[] {
           model_type: loaded.modelType,
           model_memory_gb: gb(loaded.bytes),
           load_seconds: seconds,
-        });
+        };
+        exchange.json(200, reply);
       },
     },
     {
@@ -269,7 +293,7 @@ export function adminRoutes(ctx: ServeContext): Route[] {
         await optionalBody(exchange);
         const result = await ctx.engine.unload();
         const seconds = Math.round(result.unloadMs) / 1000;
-        exchange.json(200, {
+        const reply: UnloadReply = {
           status: 'success',
           model_name: result.name,
           memory_freed_gb: gb(result.freedBytes),
@@ -277,7 +301,8 @@ export function adminRoutes(ctx: ServeContext): Route[] {
           model: result.name,
           model_memory_gb: gb(result.modelBytes),
           unload_seconds: seconds,
-        });
+        };
+        exchange.json(200, reply);
       },
     },
   ];

@@ -6,90 +6,15 @@ import { createInterface } from 'node:readline';
 import { parseArgs } from 'node:util';
 import { DEFAULT_MAX_TOKENS } from '../config.ts';
 import { BUILTIN_MODEL } from '../models/registry.ts';
+import { ApiClient, ClientError, DEFAULT_HOST, generationEvent, HOST_ENV, serverLocation, URL_ENV } from '../client/api-client.ts';
 
-export const DEFAULT_HOST = 'http://127.0.0.1:11437';
-/** The server's URL for client commands. */
-export const URL_ENV = 'MLX_SERVER_URL';
-/** `serve`'s bind address; client commands still read it when MLX_SERVER_URL is unset, as they did before it existed. */
-export const HOST_ENV = 'MLX_SERVER_HOST';
+/** A command the user gave that cannot be carried out, said in words they can act on. */
+export class CommandError extends Error {}
 
-export class ClientError extends Error {}
+/** Whether `error` is one of the messages a client command prints for the user. */
+export const isUserMessage = (error: unknown): error is Error => error instanceof ClientError || error instanceof CommandError;
 
 type Json = Record<string, unknown>;
-
-/**
- * Where the server is, read as Ollama reads OLLAMA_HOST: a URL, "host:port", "host" or ":port".
- * A host without a port takes `serve`'s port (MLX_SERVER_PORT, default 11437), so a bind
- * address in MLX_SERVER_HOST finds the server it started; https without a port means 443.
- */
-export function serverUrl(host: string | undefined, env: NodeJS.ProcessEnv = process.env): string {
-  const value = (host ?? '').trim() || DEFAULT_HOST;
-  const withoutScheme = value.replace(/^https?:\/\//, '');
-  const url = new URL(value === withoutScheme ? `http://${value.startsWith(':') ? `127.0.0.1${value}` : value}` : value);
-  const hasPort = /^[^/]*:\d+(\/|$)/.test(withoutScheme) || withoutScheme.startsWith(':');
-  if (!hasPort && url.protocol === 'http:') url.port = env.MLX_SERVER_PORT || new URL(DEFAULT_HOST).port;
-  return url.toString().replace(/\/+$/, '');
-}
-
-/** The server's URL and what it was read from: --host, MLX_SERVER_URL, MLX_SERVER_HOST, or the default. */
-export function serverLocation(flag: string | undefined, env: NodeJS.ProcessEnv = process.env): { url: string; source: string } {
-  const [source, value] = ([['--host', flag], [URL_ENV, env[URL_ENV]], [HOST_ENV, env[HOST_ENV]]] as const).find(([, v]) => v?.trim()) ?? ['the default', undefined];
-  return { url: serverUrl(value, env), source };
-}
-
-class Client {
-  constructor(readonly base: string, private readonly source: string) {}
-
-  async request(path: string, init: RequestInit = {}): Promise<Response> {
-    let response: Response;
-    try {
-      response = await fetch(this.base + path, { ...init, headers: { 'content-type': 'application/json' } });
-    } catch (error) {
-      if ((error as Error).name === 'AbortError') throw error;
-      const cause = (error as { cause?: { code?: string; message?: string } }).cause;
-      throw new ClientError(
-        `no mlx-server is running at ${this.base} (from ${this.source}; ${cause?.code ?? cause?.message ?? (error as Error).message}); start one with 'mlx-server serve', or point --host / ${URL_ENV} at one`,
-      );
-    }
-    if (!response.ok) {
-      const text = await response.text();
-      let message = text;
-      try {
-        message = (JSON.parse(text) as { error?: string }).error ?? text;
-      } catch {
-        // not JSON: the text itself is the message
-      }
-      throw new ClientError(`${message} (HTTP ${response.status})`);
-    }
-    return response;
-  }
-
-  async get(path: string): Promise<Json> {
-    return (await (await this.request(path)).json()) as Json;
-  }
-
-  async post(path: string, body: Json): Promise<Json> {
-    return (await (await this.request(path, { method: 'POST', body: JSON.stringify(body) })).json()) as Json;
-  }
-
-  /** POSTs and yields each NDJSON object of the streamed answer; an {error} line is thrown. */
-  async *stream(path: string, body: Json, signal?: AbortSignal): AsyncGenerator<Json> {
-    const response = await this.request(path, { method: 'POST', body: JSON.stringify({ ...body, stream: true }), ...(signal ? { signal } : {}) });
-    const decoder = new TextDecoder();
-    let buffered = '';
-    for await (const chunk of response.body as unknown as AsyncIterable<Uint8Array>) {
-      buffered += decoder.decode(chunk, { stream: true });
-      const lines = buffered.split('\n');
-      buffered = lines.pop() ?? '';
-      for (const line of lines) {
-        if (!line.trim()) continue;
-        const object = JSON.parse(line) as Json;
-        if (typeof object.error === 'string') throw new ClientError(object.error);
-        yield object;
-      }
-    }
-  }
-}
 
 const GB = 1e9;
 function size(bytes: number): string {
@@ -127,10 +52,10 @@ interface RunOptions {
 const keepAliveField = (run: RunOptions): Json => (run.keepAlive !== undefined ? { keep_alive: run.keepAlive } : {});
 
 /** Streams one answer to stdout; returns the whole text so a chat can keep it. */
-async function answer(client: Client, model: string, messages: Json[], run: RunOptions, signal?: AbortSignal): Promise<string> {
+async function answer(client: ApiClient, model: string, messages: Json[], run: RunOptions, signal?: AbortSignal): Promise<string> {
   const parts: string[] = [];
   for await (const object of client.stream('/api/chat', { model, messages, options: run.options, ...keepAliveField(run) }, signal)) {
-    const text = ((object.message as Json | undefined)?.content as string | undefined) ?? '';
+    const { text } = generationEvent(object);
     if (text) {
       process.stdout.write(text);
       parts.push(text);
@@ -155,7 +80,7 @@ async function readStdin(): Promise<string> {
   return Buffer.concat(chunks).toString('utf8').trim();
 }
 
-async function interactive(client: Client, model: string, run: RunOptions): Promise<void> {
+async function interactive(client: ApiClient, model: string, run: RunOptions): Promise<void> {
   const rl = createInterface({ input: process.stdin, output: process.stdout, prompt: '>>> ' });
   const history: Json[] = [];
   let generation: AbortController | null = null;
@@ -196,7 +121,7 @@ async function interactive(client: Client, model: string, run: RunOptions): Prom
 function number(flag: string, value: string | undefined): number | undefined {
   if (value === undefined) return undefined;
   const n = Number(value);
-  if (!Number.isFinite(n)) throw new ClientError(`--${flag} must be a number, got '${value}'`);
+  if (!Number.isFinite(n)) throw new CommandError(`--${flag} must be a number, got '${value}'`);
   return n;
 }
 
@@ -215,7 +140,15 @@ export const CLIENT_USAGE = `  mlx-server run MODEL [PROMPT]  answer PROMPT (or 
 
 export const CLIENT_COMMANDS = ['run', 'ps', 'list', 'ls', 'show', 'stop'];
 
-/** Runs one client command; throws ClientError with a message for the user. */
+interface CommandFlags {
+  'num-predict'?: string | undefined;
+  temperature?: string | undefined;
+  seed?: string | undefined;
+  keepalive?: string | undefined;
+  verbose?: boolean | undefined;
+}
+
+/** Runs one client command; throws a ClientError or CommandError with a message for the user. */
 export async function runClientCommand(command: string, argv: string[]): Promise<void> {
   const { values, positionals } = parseArgs({
     args: argv,
@@ -231,22 +164,32 @@ export async function runClientCommand(command: string, argv: string[]): Promise
     },
   });
   const location = serverLocation(values.host);
-  const client = new Client(location.url, location.source);
+  try {
+    await runCommand(command, new ApiClient(location.url), values, positionals);
+  } catch (error) {
+    if (!(error instanceof ClientError) || error.code !== 'unreachable') throw error;
+    throw new CommandError(
+      `no mlx-server is running at ${location.url} (from ${location.source}; ${error.reason}); start one with 'mlx-server serve', or point --host / ${URL_ENV} at one`,
+    );
+  }
+}
+
+async function runCommand(command: string, client: ApiClient, values: CommandFlags, positionals: string[]): Promise<void> {
   const [model, ...rest] = positionals;
   const needModel = (): string => {
-    if (!model) throw new ClientError(`'${command}' needs a model name (see 'mlx-server list')`);
+    if (!model) throw new CommandError(`'${command}' needs a model name (see 'mlx-server list')`);
     return model;
   };
   switch (command) {
     case 'list':
     case 'ls': {
-      const { models } = (await client.get('/api/tags')) as { models: Json[] };
+      const { models } = await client.get<{ models: Json[] }>('/api/tags');
       const rows = models.map((m) => [m.name as string, (m.digest as string).slice(0, 12), size(m.size as number), ago(m.modified_at as string)]);
       process.stdout.write(table([['NAME', 'ID', 'SIZE', 'MODIFIED'], ...rows]));
       return;
     }
     case 'ps': {
-      const { models } = (await client.get('/api/ps')) as { models: Json[] };
+      const { models } = await client.get<{ models: Json[] }>('/api/ps');
       const processor = (m: Json): string => ((m.size_vram as number) > 0 ? '100% GPU' : '100% CPU');
       const rows = models.map((m) => [m.name as string, size(m.size as number), processor(m), String(m.context_length ?? ''), until(m.expires_at as string)]);
       process.stdout.write(table([['NAME', 'SIZE', 'PROCESSOR', 'CONTEXT', 'UNTIL'], ...rows]));
@@ -254,8 +197,8 @@ export async function runClientCommand(command: string, argv: string[]): Promise
     }
     case 'stop': {
       const name = needModel();
-      const { models } = (await client.get('/api/ps')) as { models: Json[] };
-      if (!models.some((m) => m.name === name || m.name === name.replace(/:latest$/, ''))) throw new ClientError(`model '${name}' is not loaded, so there is nothing to stop`);
+      const { models } = await client.get<{ models: Json[] }>('/api/ps');
+      if (!models.some((m) => m.name === name || m.name === name.replace(/:latest$/, ''))) throw new CommandError(`model '${name}' is not loaded, so there is nothing to stop`);
       await client.post('/api/generate', { model: name, keep_alive: 0, stream: false });
       return;
     }
@@ -297,10 +240,10 @@ export async function runClientCommand(command: string, argv: string[]): Promise
       else if (process.stdin.isTTY) {
         await client.post('/api/generate', { model: name, stream: false, ...keepAliveField(run) });
         await interactive(client, name, run);
-      } else throw new ClientError('nothing to answer: the piped input was empty');
+      } else throw new CommandError('nothing to answer: the piped input was empty');
       return;
     }
     default:
-      throw new ClientError(`unknown command '${command}'`);
+      throw new CommandError(`unknown command '${command}'`);
   }
 }

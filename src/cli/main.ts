@@ -3,7 +3,7 @@ import { ConfigError, flagsHelp, parseServerConfig, type ServerConfig } from '..
 import { ListenError } from '../http/server.ts';
 import { createLogger } from '../log.ts';
 import { startServer, type RunningServer } from '../server.ts';
-import { CLIENT_COMMANDS, CLIENT_USAGE, ClientError, runClientCommand } from './client.ts';
+import { CLIENT_COMMANDS, CLIENT_USAGE, isUserMessage, runClientCommand } from './client.ts';
 import { doctorCommand } from './doctor.ts';
 import { CHILD_MARKER, CONFIG_ERROR_EXIT, superviseServer } from './launcher.ts';
 import { pullCommand } from './pull.ts';
@@ -115,7 +115,7 @@ export async function main(argv: string[]): Promise<void> {
         try {
           await runClientCommand(command, args);
         } catch (error) {
-          if (!(error instanceof ClientError) && !(error instanceof TypeError)) throw error;
+          if (!isUserMessage(error) && !(error instanceof TypeError)) throw error;
           process.stderr.write(`mlx-server: ${error.message}\n`);
           process.exit(1);
         }

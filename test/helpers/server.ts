@@ -4,7 +4,7 @@ import { cpSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import type { ServerStatus } from '../../src/api/admin.ts';
+import { ApiClient, exchangeJson, postJson, type JsonReply, type ServerStatus } from '../../src/client/api-client.ts';
 
 const BIN = fileURLToPath(new URL('../../bin/mlx-server.js', import.meta.url));
 /** Shared by every test run on this machine, so the built-in model is generated once. */
@@ -81,16 +81,12 @@ export async function startServer(args: string[] = [], env: NodeJS.ProcessEnv = 
   };
 }
 
-export async function json<T = Record<string, unknown>>(url: string, init?: RequestInit): Promise<{ status: number; body: T; headers: Headers }> {
-  const response = await fetch(url, init);
-  const text = await response.text();
-  return { status: response.status, body: (text ? JSON.parse(text) : null) as T, headers: response.headers };
-}
+/** The tests reach the server through our one API client, as every client of ours does. */
+export const json = exchangeJson;
 
-export const post = (url: string, body: unknown): Promise<{ status: number; body: Record<string, any>; headers: Headers }> =>
-  json(url, { method: 'POST', headers: { 'content-type': 'application/json' }, body: typeof body === 'string' ? body : JSON.stringify(body) });
+export const post = (url: string, body: unknown): Promise<JsonReply<Record<string, any>>> => postJson(url, body);
 
-export const serverStatus = async (url: string): Promise<ServerStatus> => (await json<ServerStatus>(`${url}/admin/status`)).body;
+export const serverStatus = (url: string): Promise<ServerStatus> => new ApiClient(url).status();
 
 export const tempDir = (prefix: string): string => mkdtempSync(join(tmpdir(), prefix));
 
