@@ -1,4 +1,5 @@
 /** What listings (/api/tags, /api/show, /v1/models) say about a GGUF model, from its header alone. */
+import { statSync } from 'node:fs';
 import { FILE_TYPES, readGgufHeader, type MetadataValue } from './format.ts';
 
 export interface GgufDescription {
@@ -12,7 +13,24 @@ export interface GgufDescription {
   info: Record<string, MetadataValue>;
 }
 
+/**
+ * Kept per file while its size and modification time stay the same: reading a header walks the
+ * whole vocabulary (~250 ms for a 150k-token one), and listings describe every GGUF file on every
+ * request.
+ */
+const described = new Map<string, { stamp: string; description: GgufDescription }>();
+
 export function describeGguf(path: string): GgufDescription {
+  const { size, mtimeMs } = statSync(path);
+  const stamp = `${size}:${mtimeMs}`;
+  const known = described.get(path);
+  if (known?.stamp === stamp) return known.description;
+  const description = readDescription(path);
+  described.set(path, { stamp, description });
+  return description;
+}
+
+function readDescription(path: string): GgufDescription {
   const { metadata, tensors } = readGgufHeader(path);
   const architecture = String(metadata.get('general.architecture') ?? 'unknown');
   const fileType = metadata.get('general.file_type');

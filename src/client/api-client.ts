@@ -210,9 +210,23 @@ export interface HttpReply {
 
 /**
  * One exchange on the keep-alive agent, for clients that measure: `onData` sees each piece of
- * the body as it arrives, with its arrival time (performance.now()).
+ * the body as it arrives, with its arrival time (performance.now()). A kept-alive socket that the
+ * server closed while it sat idle (llama-server does after each reply) fails at once with a
+ * reset before any byte was answered; the exchange is then sent once more on a new socket, as
+ * Node's documentation advises.
  */
-export function send(url: string, method: string, body?: unknown, onData?: (text: string, at: number) => void): Promise<HttpReply> {
+export async function send(url: string, method: string, body?: unknown, onData?: (text: string, at: number) => void): Promise<HttpReply> {
+  try {
+    return await sendOnce(url, method, body, onData);
+  } catch (error) {
+    if (!(error instanceof StaleSocketError)) throw error;
+    return sendOnce(url, method, body, onData);
+  }
+}
+
+class StaleSocketError extends Error {}
+
+function sendOnce(url: string, method: string, body?: unknown, onData?: (text: string, at: number) => void): Promise<HttpReply> {
   return new Promise((resolve, reject) => {
     const payload = body === undefined ? undefined : JSON.stringify(body);
     const request = http.request(url, { method, agent, headers: payload ? { 'content-type': 'application/json', 'content-length': Buffer.byteLength(payload) } : {} }, (response) => {
@@ -225,7 +239,7 @@ export function send(url: string, method: string, body?: unknown, onData?: (text
       response.on('end', () => resolve({ status: response.statusCode ?? 0, body: text }));
       response.on('error', reject);
     });
-    request.on('error', reject);
+    request.on('error', (error: NodeJS.ErrnoException) => reject(request.reusedSocket && error.code === 'ECONNRESET' ? new StaleSocketError(error.message) : error));
     request.end(payload);
   });
 }
