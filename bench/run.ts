@@ -163,6 +163,7 @@ async function bench(values: BenchFlags, out: string, argv: string[]): Promise<B
       if (!values.url && model.serverWeights !== serverWeights) ctx.baseUrl = await startServer(model.serverWeights);
       const info: ModelRunInfo = await runServerScenarios(ctx, model);
       let rawEngineLoadMs: number | null = null;
+      let peerRun: ModelRunInfo | null = null;
       if (peerBinary && model.engine === 'llama.cpp' && model.path && info.settings) {
         const label = `${model.label}@${PEER_LLAMA_SERVER}`;
         const ourUrl = ctx.baseUrl;
@@ -170,7 +171,7 @@ async function bench(values: BenchFlags, out: string, argv: string[]): Promise<B
         peer = await startLlamaServer(peerBinary, model.path, info.settings);
         Object.assign(ctx, { baseUrl: peer.url, healthPath: '/health' });
         try {
-          runs.push({ ...(await runPeerScenarios(ctx, { ...model, label }, (performance.now() - starting) / 1000)), rawEngineLoadMs: null });
+          peerRun = await runPeerScenarios(ctx, { ...model, label }, (performance.now() - starting) / 1000);
         } finally {
           Object.assign(ctx, { baseUrl: ourUrl, healthPath: '/admin/health' });
           await peer.stop();
@@ -185,6 +186,7 @@ async function bench(values: BenchFlags, out: string, argv: string[]): Promise<B
         openblasCore = raw.openblasCore;
       }
       runs.push({ ...info, rawEngineLoadMs });
+      if (peerRun) runs.push({ ...peerRun, rawEngineLoadMs: null });
     }
     progress('front end: routes with no model work');
     const serverPid = (server as BenchServer | null)?.process.pid ?? null;
