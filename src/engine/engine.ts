@@ -496,7 +496,10 @@ export class Engine {
     telemetry.modelState = 'loading';
     logger.info({ event: 'load_start', model: model.name, path: model.path }, 'loading model');
     const started = performance.now();
-    const spec = this.loadSpec(model, plan.placement, plan.availableBytes);
+    // A GGUF file is there before its load and its context is sized from the budget; the built-in
+    // MLX model's files are written by the worker's first load, so its budget is read after.
+    const ggufBudget = isGgufPath(model.path) ? kvBudget(model.path, plan.placement, plan.availableBytes, this.options.memory) : null;
+    const spec = this.loadSpec(model, plan.placement, ggufBudget);
     // Read alongside the worker's load (seconds each on 2 cores) when its files are there; the
     // built-in model's are written by the worker's first load, so then it starts after.
     const tokenized = !isGgufPath(model.path);
@@ -524,7 +527,7 @@ export class Engine {
       }
     }
     const seconds = (performance.now() - started) / 1000;
-    const budget = kvBudget(model.path, plan.placement, plan.availableBytes, this.options.memory);
+    const budget = ggufBudget ?? kvBudget(model.path, plan.placement, plan.availableBytes, this.options.memory);
     // A llama.cpp context holds only the KV cells it allocated at load.
     const kv = spec.llamaContext ? { ...budget, budgetBytes: spec.llamaContext.contextSize * spec.llamaContext.sequences * budget.bytesPerToken } : budget;
     this.loaded = { ...reply.load, path: model.path, spec, loadedAt: new Date(), kv };
@@ -539,10 +542,9 @@ export class Engine {
   }
 
   /** What the worker is to load; a GGUF model's llama.cpp context is sized here, from the KV budget its load leaves. */
-  private loadSpec(model: ModelEntry, placement: WeightPlacement, availableBytes: number): LoadSpec {
+  private loadSpec(model: ModelEntry, placement: WeightPlacement, kv: KvBudget | null): LoadSpec {
     const spec: LoadSpec = { name: model.name, path: model.path, builtin: model.builtin, placement };
-    if (!isGgufPath(model.path)) return spec;
-    const kv = kvBudget(model.path, placement, availableBytes, this.options.memory);
+    if (!kv) return spec;
     return { ...spec, llamaContext: llamaContextShape(kv, describeGguf(model.path).contextLength ?? LLAMA_DEFAULT_TRAIN_CONTEXT, this.options.maxBatch) };
   }
 
