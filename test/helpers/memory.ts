@@ -3,7 +3,7 @@
  * to within RECOVERY_TOLERANCE of the weights' size above the settled pre-load baseline.
  */
 import type { Test } from 'tap';
-import { json, sleep } from './server.ts';
+import { serverStatus, sleep } from './server.ts';
 
 /**
  * An unload gives back all but 3% of the weights' size: the model's memory is freed, not leaked.
@@ -14,7 +14,7 @@ import { json, sleep } from './server.ts';
 export const RECOVERY_TOLERANCE = 0.03;
 
 /** The process's resident memory as the server's status reports it, in GiB. */
-export const statusRss = async (url: string): Promise<number> => (await json<{ memory: { rss_gb: number } }>(`${url}/admin/status`)).body.memory.rss_gb;
+export const statusRss = async (url: string): Promise<number> => (await serverStatus(url)).memory.rss_gb;
 
 /**
  * What the idle process settles to: the lowest reading once it has not fallen for 10 s. V8 gives
