@@ -217,19 +217,20 @@ export interface HttpReply {
  */
 export async function send(url: string, method: string, body?: unknown, onData?: (text: string, at: number) => void): Promise<HttpReply> {
   try {
-    return await sendOnce(url, method, body, onData);
+    return await sendOnce(url, method, body, onData, agent);
   } catch (error) {
     if (!(error instanceof StaleSocketError)) throw error;
-    return sendOnce(url, method, body, onData);
+    // Not the pool again: its other idle sockets may be just as stale.
+    return sendOnce(url, method, body, onData, false);
   }
 }
 
 class StaleSocketError extends Error {}
 
-function sendOnce(url: string, method: string, body?: unknown, onData?: (text: string, at: number) => void): Promise<HttpReply> {
+function sendOnce(url: string, method: string, body: unknown, onData: ((text: string, at: number) => void) | undefined, via: http.Agent | false): Promise<HttpReply> {
   return new Promise((resolve, reject) => {
     const payload = body === undefined ? undefined : JSON.stringify(body);
-    const request = http.request(url, { method, agent, headers: payload ? { 'content-type': 'application/json', 'content-length': Buffer.byteLength(payload) } : {} }, (response) => {
+    const request = http.request(url, { method, agent: via, headers: payload ? { 'content-type': 'application/json', 'content-length': Buffer.byteLength(payload) } : {} }, (response) => {
       response.setEncoding('utf8');
       let text = '';
       response.on('data', (piece: string) => {
