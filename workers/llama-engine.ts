@@ -12,13 +12,14 @@
  */
 import type { MessagePort } from 'node:worker_threads';
 import { Template } from '@huggingface/jinja';
-import { getLlama, LlamaGrammarEvaluationState, LlamaLogLevel, type GbnfJsonSchema, type Llama, type LlamaContext, type LlamaContextSequence, type LlamaGrammar, type LlamaModel, type SequenceEvaluateOptions, type Token } from 'node-llama-cpp';
+import { getLlama, LlamaGrammarEvaluationState, LlamaLogLevel, type Llama, type LlamaContext, type LlamaContextSequence, type LlamaGrammar, type LlamaModel, type SequenceEvaluateOptions, type Token } from 'node-llama-cpp';
 import type { ChatMessage, GenerationRequest, LoadResult, LoadSpec, OutputFormat } from '../core/protocol.ts';
 import { ServeError } from '../core/errors.ts';
 import { describeGguf } from '../core/gguf/describe.ts';
 import { readGgufHeader, type GgufHeader } from '../core/gguf/format.ts';
 import type { CancelFlags } from '../core/cancel-flags.ts';
 import type { Telemetry } from '../core/telemetry.ts';
+import { outputFormatGbnf } from './constraints/gbnf.ts';
 import { promptIdsInWorker, validatePrompt, type PromptTokenizer } from './prompt.ts';
 import { TokenStream } from './token-stream.ts';
 import { renderChatTemplate, tokenBytesTable, TokenBytesTable, type TokenizerJson } from './tokenizer.ts';
@@ -74,37 +75,6 @@ function vocabularyText(header: GgufHeader): TokenBytesTable {
   return new TokenBytesTable(tokenBytesTable(json));
 }
 
-/** JSON Schema keywords node-llama-cpp's grammar generator honours, plus annotations that constrain nothing. */
-const GRAMMAR_KEYWORDS = new Set(['type', 'properties', 'required', 'additionalProperties', 'items', 'prefixItems', 'minItems', 'maxItems', 'enum', 'const', 'oneOf', '$defs', '$ref', 'format', 'minLength', 'maxLength', 'minProperties', 'maxProperties', 'description', 'title', '$schema', 'default', 'examples']);
-
-/** The first keyword of `schema` a llama.cpp grammar would not honour (e.g. `minimum`), with where it is; null when there is none. */
-function unhonouredKeyword(schema: unknown, at: string): string | null {
-  if (typeof schema !== 'object' || schema === null) return null;
-  for (const [key, value] of Object.entries(schema as Record<string, unknown>)) {
-    if (!GRAMMAR_KEYWORDS.has(key)) return `'${key}' at ${at || '/'}`;
-    const named = key === 'properties' || key === '$defs' ? Object.entries(value as Record<string, unknown>) : [];
-    const listed = (key === 'prefixItems' || key === 'oneOf') && Array.isArray(value) ? value.map((child, i): [string, unknown] => [String(i), child]) : [];
-    const single: [string, unknown][] = key === 'items' || key === 'additionalProperties' ? [['', value]] : [];
-    for (const [name, child] of [...named, ...listed, ...single]) {
-      const found = unhonouredKeyword(child, `${at}/${key}${name ? `/${name}` : ''}`);
-      if (found) return found;
-    }
-  }
-  return null;
-}
-
-/**
- * node-llama-cpp's number rules allow exponents of up to 16 digits, so an "integer" can come out
- * as 5e-660 and a number as 1e999 (Infinity): integers get no exponent, numbers one of two digits.
- */
-function boundExponents(grammar: string): string {
-  const exponent = ' ([eE] [-+]? ("0" | [1-9] [0-9]{0,15}))?';
-  return grammar
-    .split('\n')
-    .map((rule) => (rule.startsWith('integer-number-rule ::=') ? rule.replace(exponent, '') : rule.replace(exponent, ' ([eE] [-+]? [0-9]{1,2})?')))
-    .join('\n');
-}
-
 /** Hands out the context's sequences, one per running request; the rest wait in order. */
 class SequencePool {
   private readonly free: LlamaContextSequence[] = [];
@@ -138,7 +108,7 @@ export class LlamaEngine implements PromptTokenizer {
   private readonly specials: { bosToken: string | null; eosToken: string | null };
   /** Control tokens by their text, for the ones a request keeps in its output (keepSpecialTokens). */
   private readonly controlIds = new Map<string, number>();
-  /** llama.cpp grammars for the JSON schemas requests asked for, by schema. */
+  /** llama.cpp grammars for the output formats requests asked for, by format. */
   private readonly grammars = new Map<string, Promise<LlamaGrammar>>();
 
   private constructor(
@@ -208,23 +178,19 @@ export class LlamaEngine implements PromptTokenizer {
   }
 
   /**
-   * A response format as a llama.cpp grammar, which masks every token that would break it. Only a
-   * JSON schema (response_format, Ollama's format) so far; the tool-call formats that wrap JSON in
-   * a family's markers (required tool_choice) are refused before they reach the worker.
+   * An output format (a JSON schema, or a required tool call's markers around its arguments) as
+   * a llama.cpp grammar, which masks every token that would break it.
    */
   private grammar(format: OutputFormat): Promise<LlamaGrammar> {
-    if (format.type !== 'json') return Promise.reject(new ServeError('unsupported', 'a required tool call is not supported for GGUF models yet; use tool_choice "auto"'));
-    const unhonoured = unhonouredKeyword(format.schema, '');
-    if (unhonoured) return Promise.reject(new ServeError('unsupported', `a GGUF model's JSON output is constrained by a llama.cpp grammar, which cannot honour the schema keyword ${unhonoured}; leave it out, or use an MLX model`));
-    const key = JSON.stringify(format.schema);
+    const key = JSON.stringify(format);
     let grammar = this.grammars.get(key);
     if (!grammar) {
       grammar = llamaRuntime()
-        .then(async (llama) => llama.createGrammar({ grammar: boundExponents((await llama.createGrammarForJsonSchema<GbnfJsonSchema>(format.schema as GbnfJsonSchema)).grammar) }))
+        .then(async (llama) => llama.createGrammar({ grammar: await outputFormatGbnf(llama, format) }))
         .catch((error: unknown) => {
-          if (error instanceof ServeError) throw error;
           this.grammars.delete(key);
-          throw new ServeError('unsupported', `llama.cpp cannot constrain output to this JSON schema: ${(error as Error).message}`);
+          if (error instanceof ServeError) throw error;
+          throw new ServeError('unsupported', `llama.cpp cannot constrain output to this format: ${(error as Error).message}`);
         });
       this.grammars.set(key, grammar);
     }

@@ -2,8 +2,6 @@ import type { Logger } from 'pino';
 import type { ServerConfig } from '../config.ts';
 import type { Engine, EngineEvent } from '../engine/engine.ts';
 import type { GenerationRequest, GenerationStats } from '../../core/protocol.ts';
-import { ServeError } from '../../core/errors.ts';
-import { isGgufPath } from '../../core/gguf/format.ts';
 import type { Exchange } from '../http/exchange.ts';
 import type { ModelEntry, ModelRegistry } from '../models/registry.ts';
 import type { LatencyRecorder } from '../telemetry/latency.ts';
@@ -34,10 +32,6 @@ export async function runGeneration(
   model: ModelEntry,
   onEvent: (event: EngineEvent) => void,
 ): Promise<GenerationStats> {
-  // A GGUF model's JSON formats are llama.cpp grammars (workers/llama-engine.ts); the tool-call formats are not yet.
-  if (request.format && request.format.type !== 'json' && isGgufPath(model.path)) {
-    throw new ServeError('unsupported', `a required tool call is not supported for GGUF models such as '${model.name}' yet; use tool_choice "auto", or an MLX model`);
-  }
   const timing = ctx.latency.track();
   const handle = ctx.engine.generate(request, model, (event) => {
     timing.event(event);
