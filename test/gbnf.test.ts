@@ -48,3 +48,15 @@ t.test('a schema keyword the grammar cannot honour is refused, wherever the sche
   const format: OutputFormat = { type: 'sequence', elements: [{ type: 'text', value: '[' }, { type: 'json', schema: { type: 'object', properties: { n: { type: 'number', maximum: 3 } } }, closed: true }] };
   await t.rejects(outputFormatGbnf(llama, format), { code: 'unsupported', message: /cannot honour the schema keyword 'maximum' at \/properties\/n/ });
 });
+
+t.test('a format that is not closed lets objects hold properties beyond those listed', async (t) => {
+  const schema = { type: 'object', properties: { inner: { type: 'object' } } };
+  const open = await outputFormatGbnf(llama, { type: 'json', schema, closed: false });
+  const closed = await outputFormatGbnf(llama, { type: 'json', schema, closed: true });
+  const emptyOnly = /::= "\{" json0-whitespace-\S+ json0-whitespace-\S+ "\}"$/m;
+  t.match(closed, emptyOnly, 'closed: the inner object, which lists no properties, can only be {}');
+  t.notMatch(open, emptyOnly, 'open: no object is held to {}');
+  t.match(open, /^json0-root ::= "\{" .*"\\"inner\\"".*\)\* /m, 'open: the outer object takes members after inner');
+  t.notMatch(await outputFormatGbnf(llama, { type: 'json', schema: { type: 'object' }, closed: false }), emptyOnly, 'an "any object" (json_object) is not only {}');
+  await t.resolves(llama.createGrammar({ grammar: open }), 'llama.cpp parses it');
+});

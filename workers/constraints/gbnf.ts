@@ -6,8 +6,10 @@
  * of several tools (one per branch of a required call's choice) do not share rule names.
  */
 import type { GbnfJsonSchema, Llama } from 'node-llama-cpp';
-import type { JsonSchema, OutputFormat } from '../../core/protocol.ts';
+import type { OutputFormat } from '../../core/protocol.ts';
 import { ServeError } from '../../core/errors.ts';
+
+type JsonFormat = Extract<OutputFormat, { type: 'json' }>;
 
 /** What the translation needs of node-llama-cpp: its JSON-schema grammar generator. */
 export type JsonGrammarSource = Pick<Llama, 'createGrammarForJsonSchema'>;
@@ -29,6 +31,25 @@ function unhonouredKeyword(schema: unknown, at: string): string | null {
     }
   }
   return null;
+}
+
+/**
+ * `schema` with every object that does not say otherwise open to properties beyond those it
+ * lists, as a format that is not `closed` allows: node-llama-cpp closes them by default, which
+ * would make an "any object" (json_object, Ollama's "json") always `{}`.
+ */
+function openObjects(schema: unknown): unknown {
+  if (typeof schema !== 'object' || schema === null || Array.isArray(schema)) return schema;
+  const opened: Record<string, unknown> = {};
+  for (const [key, value] of Object.entries(schema as Record<string, unknown>)) {
+    if (key === 'properties' || key === '$defs') opened[key] = Object.fromEntries(Object.entries(value as Record<string, unknown>).map(([name, child]) => [name, openObjects(child)]));
+    else if ((key === 'prefixItems' || key === 'oneOf') && Array.isArray(value)) opened[key] = value.map(openObjects);
+    else if (key === 'items' || key === 'additionalProperties') opened[key] = openObjects(value);
+    else opened[key] = value;
+  }
+  const type = opened.type;
+  if ((type === 'object' || (Array.isArray(type) && type.includes('object'))) && !('additionalProperties' in opened)) opened.additionalProperties = true;
+  return opened;
 }
 
 /**
@@ -98,9 +119,10 @@ export function prefixRuleNames(grammar: string, prefix: string): string {
 }
 
 /** The rules of one schema's JSON, its root rule named `${prefix}root`. */
-async function jsonRules(llama: JsonGrammarSource, schema: JsonSchema, prefix: string): Promise<string> {
-  const unhonoured = unhonouredKeyword(schema, '');
+async function jsonRules(llama: JsonGrammarSource, format: JsonFormat, prefix: string): Promise<string> {
+  const unhonoured = unhonouredKeyword(format.schema, '');
   if (unhonoured) throw new ServeError('unsupported', `a GGUF model's JSON output is constrained by a llama.cpp grammar, which cannot honour the schema keyword ${unhonoured}; leave it out, or use an MLX model`);
+  const schema = format.closed ? format.schema : openObjects(format.schema);
   const generated = (await llama.createGrammarForJsonSchema<GbnfJsonSchema>(schema as GbnfJsonSchema)).grammar;
   const [root = '', ...rest] = generated.split('\n');
   if (!root.startsWith('root ::= ') || !root.endsWith(ROOT_SUFFIX)) throw new ServeError('internal_error', `node-llama-cpp's JSON grammar has an unexpected root rule: ${root}`);
@@ -117,7 +139,7 @@ export async function outputFormatGbnf(llama: JsonGrammarSource, format: OutputF
       case 'json': {
         // Parts are translated one after another, so the count of rules so far numbers this one.
         const prefix = `json${rules.length}-`;
-        rules.push(await jsonRules(llama, part.schema, prefix));
+        rules.push(await jsonRules(llama, part, prefix));
         return `${prefix}root`;
       }
       case 'sequence':
