@@ -92,7 +92,7 @@ const RULE_NAME_CHAR = /[A-Za-z0-9-]/;
  * Names are read only outside string literals, character classes and repetition counts, whose
  * text (`"root"`, `[a-z]`, `{0,15}`) must stay as it is.
  */
-export function prefixRuleNames(grammar: string, prefix: string): string {
+function prefixRuleNames(grammar: string, prefix: string): string {
   const defined = new Set([...grammar.matchAll(/^([A-Za-z0-9-]+) ::=/gm)].map((match) => match[1] as string));
   let out = '';
   let i = 0;
