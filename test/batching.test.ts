@@ -1,6 +1,6 @@
 /** Continuous batching: a request's output is the same alone or inside a batch, batched rows share forward passes, and rows leave independently. */
 import t from 'tap';
-import { post, startServer } from './helpers/server.ts';
+import { forwardPassCounters, post, startServer } from './helpers/server.ts';
 
 const server = await startServer(['--idle-timeout', '0', '--max-batch', '4', '--prefill-chunk', '16']);
 t.teardown(() => server.stop());
@@ -16,17 +16,11 @@ const requests = [
 ];
 const complete = (body: Record<string, unknown>) => post(`${url}/v1/completions`, { ...body, ignore_eos: true });
 
-/** The worker's forward-pass counters and the tokens generated, from /metrics. */
-async function passCounters(): Promise<{ passes: number; sequences: number; generated: number }> {
-  const text = await (await fetch(`${url}/metrics`)).text();
-  const value = (name: string): number => Number(new RegExp(`^${name} (\\S+)$`, 'm').exec(text)?.[1] ?? NaN);
-  return { passes: value('mlx:forward_passes_total'), sequences: value('mlx:forward_pass_sequences_total'), generated: value('mlx:generation_tokens_total') };
-}
 
 t.test('each request gives the same text alone and in a batch larger than --max-batch', async (t) => {
   const alone: string[] = [];
   for (const request of requests) alone.push((await complete(request)).body.choices[0].text);
-  const before = await passCounters();
+  const before = await forwardPassCounters(url);
   const together = await Promise.all(requests.map((request) => complete(request)));
   together.forEach((response, i) => {
     t.equal(response.status, 200);
@@ -35,7 +29,7 @@ t.test('each request gives the same text alone and in a batch larger than --max-
   });
   // Rows decoded together share one forward pass per step: far fewer passes than tokens, and
   // each pass carries several sequences on average.
-  const after = await passCounters();
+  const after = await forwardPassCounters(url);
   const passes = after.passes - before.passes;
   const sequences = after.sequences - before.sequences;
   const generated = after.generated - before.generated;

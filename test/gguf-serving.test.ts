@@ -10,7 +10,7 @@ import t from 'tap';
 import { convertToGguf } from '../src/gguf/convert.ts';
 import { kvBudget } from '../src/models/footprint.ts';
 import { materializeDefaultModel } from '../workers/default-model.ts';
-import { json, logEvents, post, serverStatus, sleep, startServer, tempDir, TEST_CACHE_DIR } from './helpers/server.ts';
+import { forwardPassCounters, json, logEvents, post, serverStatus, sleep, startServer, tempDir, TEST_CACHE_DIR } from './helpers/server.ts';
 
 const BUILTIN = 'tiny-qwen3';
 const GGUF = 'tiny-qwen3-f32';
@@ -89,6 +89,21 @@ t.test('both APIs, streamed and whole, give the same text', async (t) => {
   const chatWhole = await post(`${url}/api/chat`, { ...chatBody, stream: false });
   t.equal(chatWhole.status, 200);
   t.equal(await streamed('/api/chat', chatBody, (c) => c.message?.content), chatWhole.body.message.content, 'Ollama chat streamed and whole');
+});
+
+t.test('concurrent requests decode together in llama.cpp batches, each as it would alone', async (t) => {
+  const prompts = ['The quick brown fox', 'Once upon a time', 'In a galaxy far away', 'Hello there, who are you?'];
+  const alone: string[] = [];
+  for (const prompt of prompts) alone.push((await complete(GGUF, { prompt })).body.choices[0].text);
+  const before = await forwardPassCounters(url);
+  const together = await Promise.all(prompts.map((prompt) => complete(GGUF, { prompt })));
+  t.same(together.map((r) => r.body.choices[0].text), alone, 'each text as it was alone');
+  const after = await forwardPassCounters(url);
+  const passes = after.passes - before.passes;
+  const sequences = after.sequences - before.sequences;
+  t.equal(after.generated - before.generated, prompts.length * greedy.max_tokens);
+  // Four rows in step: about one pass per token of a row, each carrying the four.
+  t.ok(sequences / passes > 3.5, `${(sequences / passes).toFixed(2)} sequences per forward pass over ${passes} passes`);
 });
 
 t.test('a stop string ends the text before it', async (t) => {

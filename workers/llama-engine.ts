@@ -21,6 +21,7 @@ import type { CancelFlags } from '../core/cancel-flags.ts';
 import type { Telemetry } from '../core/telemetry.ts';
 import { outputFormatGbnf } from './constraints/gbnf.ts';
 import { promptIdsInWorker, validatePrompt, type PromptTokenizer } from './prompt.ts';
+import { LlamaBatches } from './llama-batches.ts';
 import { TokenStream } from './token-stream.ts';
 import { renderChatTemplate, tokenBytesTable, TokenBytesTable, type TokenizerJson } from './tokenizer.ts';
 
@@ -44,12 +45,13 @@ function llamaRuntime(): Promise<Llama> {
 
 /**
  * llama.cpp's threads spin while they wait for each other, so more threads than free cores
- * stalls them all (node-llama-cpp's default is 4 on a 2-core machine). Physical cores by
- * default, as llama-server does; MLX_SERVER_LLAMA_THREADS sets another count.
+ * stalls them all (node-llama-cpp's default is 4 on a 2-core machine). At most the physical
+ * cores, as llama-server uses, each batch on as many as pay for themselves (LlamaBatches);
+ * MLX_SERVER_LLAMA_THREADS sets a fixed count instead.
  */
-function computeThreads(llama: Llama): number {
+function computeThreads(llama: Llama): { threads: number; adaptive: boolean } {
   const wanted = Number(process.env.MLX_SERVER_LLAMA_THREADS);
-  return Number.isInteger(wanted) && wanted > 0 ? wanted : Math.max(1, llama.cpuMathCores);
+  return Number.isInteger(wanted) && wanted > 0 ? { threads: wanted, adaptive: false } : { threads: Math.max(1, llama.cpuMathCores), adaptive: true };
 }
 
 function stringArray(header: GgufHeader, key: string): string[] {
@@ -96,6 +98,42 @@ class SequencePool {
   }
 }
 
+/**
+ * Holds each decoding request's next token until every decoding request has its own, so that
+ * their next decodes are queued in the same tick and node-llama-cpp batches them together.
+ * Left alone, each request queues as soon as its own sampling finishes; the first one's decode
+ * then starts alone, the others queue while it runs, and the requests stay out of step for good
+ * (two streams measured here never once shared a batch). A request joins after its first token,
+ * so a prompt being read never holds the others.
+ */
+class DecodeStep {
+  private members = 0;
+  private held: (() => void)[] = [];
+
+  join(): void {
+    this.members++;
+  }
+
+  leave(): void {
+    this.members--;
+    this.releaseWhenAllArrived();
+  }
+
+  /** Resolves once every member has its token for this step. */
+  arrive(): Promise<void> {
+    const released = new Promise<void>((resolve) => this.held.push(resolve));
+    this.releaseWhenAllArrived();
+    return released;
+  }
+
+  private releaseWhenAllArrived(): void {
+    if (this.held.length === 0 || this.held.length < this.members) return;
+    const held = this.held;
+    this.held = [];
+    for (const release of held) release();
+  }
+}
+
 function commonPrefix(a: readonly number[], b: readonly number[]): number {
   let n = 0;
   while (n < a.length && n < b.length && a[n] === b[n]) n++;
@@ -104,6 +142,7 @@ function commonPrefix(a: readonly number[], b: readonly number[]): number {
 
 export class LlamaEngine implements PromptTokenizer {
   private readonly pool: SequencePool;
+  private readonly step = new DecodeStep();
   private readonly template: Template | null;
   private readonly specials: { bosToken: string | null; eosToken: string | null };
   /** Control tokens by their text, for the ones a request keeps in its output (keepSpecialTokens). */
@@ -145,12 +184,14 @@ export class LlamaEngine implements PromptTokenizer {
     }
     const shape = spec.llamaContext;
     if (!shape) throw new ServeError('internal_error', `no llama.cpp context size was given for ${spec.name}`);
+    const { threads, adaptive } = computeThreads(llama);
     const context = await model
-      .createContext({ contextSize: shape.contextSize, sequences: shape.sequences, threads: computeThreads(llama) })
+      .createContext({ contextSize: shape.contextSize, sequences: shape.sequences, threads })
       .catch(async (error: unknown) => {
         await model.dispose();
         throw new ServeError('insufficient_memory', `llama.cpp could not create a context for ${spec.name}: ${(error as Error).message}`);
       });
+    LlamaBatches.install(context, telemetry, { maxThreads: threads, adaptive });
     telemetry.write('modelBytes', model.size);
     const info: LoadResult = {
       name: spec.name,
@@ -221,15 +262,23 @@ export class LlamaEngine implements PromptTokenizer {
         telemetry,
       });
       if (cancelFlags.isSet(slot)) return stream.finish('cancelled');
-      let first = true;
+      let decoding = false;
       const options = this.samplingOptions(request, ids, stream);
       if (grammar) options.grammarEvaluationState = new LlamaGrammarEvaluationState({ model: this.model, grammar });
-      for await (const token of sequence.evaluate(ids.slice(reused), options)) {
-        if (first) stream.promptDone();
-        first = false;
-        if (cancelFlags.isSet(slot)) stream.finish('cancelled');
-        else stream.accept(token);
-        if (stream.finished) break;
+      try {
+        for await (const token of sequence.evaluate(ids.slice(reused), options)) {
+          if (!decoding) {
+            stream.promptDone();
+            this.step.join();
+            decoding = true;
+          }
+          if (cancelFlags.isSet(slot)) stream.finish('cancelled');
+          else stream.accept(token);
+          if (stream.finished) break;
+          await this.step.arrive();
+        }
+      } finally {
+        if (decoding) this.step.leave();
       }
       stream.finish('stop');
     } finally {

@@ -116,3 +116,10 @@ export function builtinModelVariant(name: string, changes: Record<string, unknow
   writeFileSync(join(path, 'config.json'), JSON.stringify({ ...config, ...changes }));
   return { modelsDir, path };
 }
+
+/** The worker's forward-pass counters and the tokens generated, from /metrics. */
+export async function forwardPassCounters(url: string): Promise<{ passes: number; sequences: number; generated: number }> {
+  const text = await (await fetch(`${url}/metrics`)).text();
+  const value = (name: string): number => Number(new RegExp(`^${name} (\\S+)$`, 'm').exec(text)?.[1] ?? NaN);
+  return { passes: value('mlx:forward_passes_total'), sequences: value('mlx:forward_pass_sequences_total'), generated: value('mlx:generation_tokens_total') };
+}

@@ -1,0 +1,118 @@
+/**
+ * What the llama.cpp engine adds around each batch node-llama-cpp decodes: the batch counted in
+ * the forward-pass telemetry the MLX scheduler also writes, and the threads it runs on.
+ *
+ * Threads: node-llama-cpp's binaries give each decode a ggml thread pool of its own, made for
+ * that decode and ended after it (llama-server keeps one pool spinning). Starting the extra
+ * threads costs from nothing to 20 ms on this 2-core machine, depending on what else runs: a
+ * one-row decode of a 28 MB model took 1 ms on one thread and 13 ms on two, while a 278 MB
+ * model's 364-token prompt took 1.3 s on one and 0.7 s on two. So which is faster is measured,
+ * not assumed: batches are grouped by size, each group keeps the time per unit of work on one
+ * thread and on all, runs on the faster, and now and then tries the other.
+ */
+import type { LlamaContext } from 'node-llama-cpp';
+import type { Telemetry } from '../core/telemetry.ts';
+
+/** A prompt token costs about this share of a decoding row (one read of the weights serves the whole chunk). */
+const PROMPT_TOKEN_SHARE = 0.25;
+/** Groups of at least 2^this units of work (a 128-token prompt chunk) try every thread first: one thread would be slow to find out. */
+const LARGE_GROUP = 5;
+/** Weight of a new measurement in a group's running time per unit of work. */
+const EWMA = 0.2;
+/** One batch in this many of a group runs on the thread count that is not the faster, to keep its figure current. */
+const EXPLORE_EVERY = 16;
+/** The retry of a much slower thread count is put off by its ratio to the faster, up to this factor. */
+const MAX_EXPLORE_BACKOFF = 64;
+
+interface SizeGroup {
+  /** Running ms per unit of work on one thread, and on all; undefined until measured. */
+  one?: number;
+  all?: number;
+  batches: number;
+  /** The thread count a group's first batch runs on. */
+  firstTry: number;
+}
+
+/** The part of node-llama-cpp's native context object the batch loop drives (LlamaContext._ctx, not public). */
+interface NativeContext {
+  initBatch(size: number): void;
+  addToBatch(sequenceId: number, firstTokenIndex: number, tokens: Uint32Array, logitIndexes: Uint32Array): Uint32Array;
+  decodeBatch(): Promise<void>;
+  setThreads(threads: number): void;
+}
+
+const isNativeContext = (value: unknown): value is NativeContext =>
+  typeof value === 'object' && value !== null && ['initBatch', 'addToBatch', 'decodeBatch', 'setThreads'].every((name) => typeof (value as Record<string, unknown>)[name] === 'function');
+
+export class LlamaBatches {
+  private rows = 0;
+  private promptChunks = 0;
+  private promptTokens = 0;
+  /** By the base-2 logarithm of a batch's work (rows, plus prompt tokens at their share). */
+  private readonly groups: SizeGroup[] = [];
+
+  private constructor(private readonly telemetry: Telemetry, private readonly maxThreads: number) {}
+
+  /**
+   * Wraps `context`'s batch calls. `adaptive` false keeps the context's own thread count (the
+   * operator set one); the telemetry is written either way. A node-llama-cpp without such a
+   * native context is left as it is (its GGUF forward passes then read 0, which a test checks).
+   */
+  static install(context: LlamaContext, telemetry: Telemetry, { maxThreads, adaptive, now = () => performance.now() }: { maxThreads: number; adaptive: boolean; now?: () => number }): void {
+    const native: unknown = (context as unknown as { _ctx?: unknown })._ctx;
+    if (!isNativeContext(native)) return;
+    const batches = new LlamaBatches(telemetry, maxThreads);
+    const { initBatch, addToBatch, decodeBatch } = native;
+    // The methods are read-only on the native prototype, so the wrappers are defined on the instance.
+    const define = (name: keyof NativeContext, value: unknown): void => void Object.defineProperty(native, name, { value, configurable: true });
+    define('initBatch', (size: number) => {
+      batches.rows = 0;
+      batches.promptChunks = 0;
+      batches.promptTokens = 0;
+      initBatch.call(native, size);
+    });
+    define('addToBatch', (sequenceId: number, firstTokenIndex: number, tokens: Uint32Array, logitIndexes: Uint32Array) => {
+      if (tokens.length === 1) batches.rows++;
+      else {
+        batches.promptChunks++;
+        batches.promptTokens += tokens.length;
+      }
+      return addToBatch.call(native, sequenceId, firstTokenIndex, tokens, logitIndexes);
+    });
+    define('decodeBatch', async () => {
+      const work = Math.max(1, batches.rows + batches.promptTokens * PROMPT_TOKEN_SHARE);
+      const size = Math.floor(Math.log2(work));
+      const group = (batches.groups[size] ??= { batches: 0, firstTry: size >= LARGE_GROUP ? maxThreads : 1 });
+      const threads = adaptive && maxThreads > 1 ? batches.threadsFor(group) : 0;
+      if (threads > 0) native.setThreads(threads);
+      const started = now();
+      await decodeBatch.call(native);
+      if (threads > 0) batches.learn(group, threads, (now() - started) / work);
+      batches.count();
+    });
+  }
+
+  private threadsFor(group: SizeGroup): number {
+    group.batches++;
+    if (group.one === undefined && group.all === undefined) return group.firstTry;
+    if (group.one === undefined) return 1;
+    if (group.all === undefined) return this.maxThreads;
+    const [faster, other] = group.one <= group.all ? [1, this.maxThreads] : [this.maxThreads, 1];
+    // The slower the other measured, the rarer its retry: on a busy machine more threads than
+    // free cores can take 200 times as long, and each retry would be a stall for every stream.
+    const period = EXPLORE_EVERY * Math.min(MAX_EXPLORE_BACKOFF, Math.round(Math.max(group.one, group.all) / Math.min(group.one, group.all)));
+    return group.batches % period === 0 ? other : faster;
+  }
+
+  private learn(group: SizeGroup, threads: number, msPerWork: number): void {
+    const key = threads === 1 ? 'one' : 'all';
+    const before = group[key];
+    group[key] = before === undefined ? msPerWork : before + EWMA * (msPerWork - before);
+  }
+
+  private count(): void {
+    this.telemetry.increment('forwardPasses');
+    this.telemetry.increment('forwardRows', this.rows + this.promptChunks);
+    this.telemetry.increment('forwardPrefillTokens', this.promptTokens);
+  }
+}
