@@ -165,6 +165,11 @@ t.test('--gguf-context sets the context llama.cpp gives each sequence; a longer 
   t.equal(long.status, 400);
   t.match(long.body.error.message, /maximum context length is 512 tokens, but the request needs \d+ \(\d+ in the prompt, 1 to generate\)/);
   t.ok(Number(/\((\d+) in the prompt/.exec(long.body.error.message as string)?.[1]) >= 600, 'the prompt is over the context');
+  // --default-max-tokens (2048) is more than the context: a request without a limit stops when the context is full.
+  const unlimited = await post(`${capped.url}/v1/completions`, { model: GGUF, prompt: 'hello '.repeat(500), temperature: 0, ignore_eos: true });
+  t.equal(unlimited.status, 200, 'a request without a limit is served');
+  t.equal(unlimited.body.choices?.[0].finish_reason, 'length');
+  t.equal(unlimited.body.usage?.total_tokens, 512, 'until the context is full');
   const short = await post(`${capped.url}/v1/completions`, { model: GGUF, prompt: 'The quick brown fox', ...greedy });
   t.equal(short.body.choices[0].text, ggufText, 'a prompt that fits is served as with the whole context');
   const models = await json<{ data: Record<string, unknown>[] }>(`${capped.url}/v1/models`);

@@ -313,7 +313,7 @@ export class Engine {
   /** A request that set no limit gets --default-max-tokens (0: until the context is full). */
   private withTokenLimit(request: GenerationRequest): GenerationRequest {
     if (request.maxTokens !== null) return request;
-    return { ...request, maxTokens: this.options.defaultMaxTokens > 0 ? this.options.defaultMaxTokens : 'context' };
+    return { ...request, maxTokens: this.options.defaultMaxTokens > 0 ? this.options.defaultMaxTokens : 'context', defaultLimit: true };
   }
 
   /**

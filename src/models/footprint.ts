@@ -270,7 +270,7 @@ export function planLoad(name: string, dir: string, policy: WeightsPolicy, memor
   return { placement: wanted, estimatedBytes, availableBytes: available };
 }
 
-/** A llama.cpp sequence keeps at least this many KV cells (or the model's whole context, if shorter) before the context gives up sequences. */
+/** A llama.cpp sequence keeps at least this many KV cells (or all a sequence may get, --gguf-context or the trained context, if shorter) before the context gives up sequences. */
 export const LLAMA_MIN_SEQUENCE_CONTEXT = 2048;
 
 /**
@@ -278,8 +278,8 @@ export const LLAMA_MIN_SEQUENCE_CONTEXT = 2048;
  * up front: `maxBatch` sequences of `perSequence` tokens each (--gguf-context; 0 or more than the
  * model's trained context: the trained context), shortened (in whole KV_ALLOCATION_TOKENS steps)
  * to share the KV budget; when that would leave a sequence under LLAMA_MIN_SEQUENCE_CONTEXT cells,
- * fewer sequences of that length instead. Without the cap a model trained on 32768 tokens took
- * most of the machine's memory at load for contexts that few requests use.
+ * fewer sequences of that length instead. The cap is there because the whole trained context is
+ * costly up front: 16 sequences of a 0.5B model's 32768 tokens are 6 GiB of KV, allocated at load.
  */
 export function llamaContextShape(kv: KvBudget, trainContext: number, maxBatch: number, perSequence: number): LlamaContextShape {
   const longest = perSequence > 0 ? Math.min(perSequence, trainContext) : trainContext;
