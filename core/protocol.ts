@@ -54,6 +54,12 @@ export interface GenerationRequest {
    * bounds every one of them.
    */
   maxTokens: number | 'context' | null;
+  /**
+   * Set when maxTokens is the server's --default-max-tokens, not the client's: a prompt that leaves
+   * less room than that in the context shortens it rather than being refused, or every request
+   * without a limit would be refused by a context under --default-max-tokens (--gguf-context).
+   */
+  defaultLimit?: boolean;
   sampling: SamplingParams;
   stop: string[];
   ignoreEos: boolean;

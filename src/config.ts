@@ -32,6 +32,8 @@ export interface ServerConfig {
   requestTimeoutSeconds: number;
   shutdownTimeoutSeconds: number;
   maxBatch: number;
+  /** Tokens per sequence of a GGUF model's llama.cpp context; 0: the model's trained context. */
+  ggufContext: number;
   prefillChunk: number;
   promptCacheBytes: number;
   defaultMaxTokens: number;
@@ -77,6 +79,7 @@ export const FLAGS: FlagSpec[] = [
   { flag: 'max-queue', help: 'requests allowed to wait in the engine (for a running place, KV room or a model load) before 503', default: '256' },
   { flag: 'max-body', help: 'largest request body in bytes (413 above)', default: String(10 * 1024 * 1024) },
   { flag: 'max-batch', help: 'requests running in the worker at once, decoded together in one step; more wait in the engine', default: '16' },
+  { flag: 'gguf-context', help: "tokens of context per sequence (request) of a GGUF model, allocated by llama.cpp for all --max-batch sequences at load (0: the model's trained context); never above the trained context, shorter when the KV budget is. MLX models' KV grows as needed, up to their trained context", default: '4096' },
   { flag: 'prefill-chunk', help: 'prompt tokens processed per step, so a long prompt does not stall other streams', default: '256' },
   { flag: 'prompt-cache-bytes', help: 'KV state kept for reuse by requests sharing a prefix (0 disables); set aside before the KV budget', default: String(256 * 1024 * 1024) },
   { flag: 'default-max-tokens', help: 'tokens generated at most when a request sets no limit (max_tokens, num_predict); the context length still bounds (0: until the context is full)', default: String(DEFAULT_MAX_TOKENS) },
@@ -181,6 +184,7 @@ export function parseServerConfig(argv: string[], env: NodeJS.ProcessEnv = proce
     cacheDir: get('cache-dir'),
     requestTimeoutSeconds: integer('request-timeout', get('request-timeout'), 0),
     maxBatch: integer('max-batch', get('max-batch'), 1),
+    ggufContext: integer('gguf-context', get('gguf-context'), 0),
     prefillChunk: integer('prefill-chunk', get('prefill-chunk'), 1),
     promptCacheBytes: integer('prompt-cache-bytes', get('prompt-cache-bytes'), 0),
     defaultMaxTokens: integer('default-max-tokens', get('default-max-tokens'), 0),

@@ -43,6 +43,7 @@ export async function startServer(config: ServerConfig, logger: Logger): Promise
     maxQueue: config.maxQueue,
     requestTimeoutSeconds: config.requestTimeoutSeconds,
     maxBatch: config.maxBatch,
+    ggufContext: config.ggufContext,
     defaultMaxTokens: config.defaultMaxTokens,
     weights: config.weights,
     memory: { reserveBytes: config.memoryReserveBytes, limitBytes: config.memoryLimitBytes, promptCacheBytes: config.promptCacheBytes, prefillChunk: config.prefillChunk },

@@ -166,3 +166,28 @@ t.test('status and the load log state the context and sequences llama.cpp was gi
   t.equal(kv.max_running, 16);
   t.equal(kv.budget_bytes, 4096 * 16 * kv.bytes_per_token, 'the budget is the cells llama.cpp allocated');
 });
+
+t.test('--gguf-context sets the context llama.cpp gives each sequence; a longer prompt is refused with the numbers; listings keep the trained context', async (t) => {
+  const capped = await startServer(['--models-dir', modelsDir, '--gguf-context', '512'], { MLX_SERVER_LLAMA_THREADS: '1' });
+  t.teardown(() => capped.stop());
+  t.equal((await post(`${capped.url}/admin/load`, { model: GGUF })).status, 200);
+  const status = await serverStatus(capped.url);
+  t.equal(status.model.context_length, 512, 'status: the loaded context per sequence');
+  t.equal(status.kv_cache?.max_running, 16, 'every --max-batch sequence');
+  t.equal(status.kv_cache?.budget_bytes, 512 * 16 * (status.kv_cache?.bytes_per_token ?? 0), 'the budget is the cells llama.cpp allocated');
+  t.equal(status.config.gguf_context, 512);
+  const long = await post(`${capped.url}/v1/completions`, { model: GGUF, prompt: 'hello '.repeat(600), max_tokens: 1 });
+  t.equal(long.status, 400);
+  t.match(long.body.error.message, /maximum context length is 512 tokens, but the request needs \d+ \(\d+ in the prompt, 1 to generate\)/);
+  t.ok(Number(/\((\d+) in the prompt/.exec(long.body.error.message as string)?.[1]) >= 600, 'the prompt is over the context');
+  // --default-max-tokens (2048) is more than the context: a request without a limit stops when the context is full.
+  const unlimited = await post(`${capped.url}/v1/completions`, { model: GGUF, prompt: 'hello '.repeat(500), temperature: 0, ignore_eos: true });
+  t.equal(unlimited.status, 200, 'a request without a limit is served');
+  t.equal(unlimited.body.choices?.[0].finish_reason, 'length');
+  t.equal(unlimited.body.usage?.total_tokens, 512, 'until the context is full');
+  const short = await post(`${capped.url}/v1/completions`, { model: GGUF, prompt: 'The quick brown fox', ...greedy });
+  t.equal(short.body.choices[0].text, ggufText, 'a prompt that fits is served as with the whole context');
+  const models = await json<{ data: Record<string, unknown>[] }>(`${capped.url}/v1/models`);
+  t.equal(models.body.data.find((m) => m.id === GGUF)?.context_length, 4096, '/v1/models: the trained context');
+  t.equal((await post(`${capped.url}/api/show`, { model: GGUF })).body.model_info['qwen3.context_length'], 4096, '/api/show: the trained context');
+});

@@ -33,7 +33,7 @@ export function validatePrompt(ids: number[], request: GenerationRequest, limits
   if (ids.length === 0) throw new ServeError('invalid_request', 'the prompt is empty after tokenization', 'prompt');
   const bad = ids.find((id) => !Number.isInteger(id) || id < 0 || id >= vocabSize);
   if (bad !== undefined) throw new ServeError('invalid_request', `token id ${bad} is outside the vocabulary (0..${vocabSize - 1})`, 'prompt');
-  const asked = typeof request.maxTokens === 'number' ? request.maxTokens : 1;
+  const asked = typeof request.maxTokens === 'number' && !request.defaultLimit ? request.maxTokens : 1;
   const wanted = ids.length + asked;
   if (wanted > contextLength) {
     throw new ServeError('context_length_exceeded',

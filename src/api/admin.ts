@@ -50,7 +50,7 @@ export interface ServerStatus {
   tokens: { generated: number; prompt: number };
   worker: { healthy: boolean; status: Engine['workerStatus'] };
   ports: ListeningPorts;
-  config: { idle_timeout_seconds: number; max_queue: number; max_batch: number; weights: WeightsPolicy; request_timeout_seconds: number };
+  config: { idle_timeout_seconds: number; max_queue: number; max_batch: number; gguf_context: number; weights: WeightsPolicy; request_timeout_seconds: number };
   version: string;
   kv_cache: KvCacheStatus | null;
   idle_timeout_seconds: number;
@@ -178,6 +178,7 @@ export function statusBody(ctx: ServeContext): ServerStatus {
       idle_timeout_seconds: engine.idleTimeoutSeconds,
       max_queue: engine.maxQueue,
       max_batch: ctx.config.maxBatch,
+      gguf_context: ctx.config.ggufContext,
       weights: ctx.config.weights,
       request_timeout_seconds: ctx.config.requestTimeoutSeconds,
     },

@@ -73,6 +73,8 @@ export interface EngineOptions {
   requestTimeoutSeconds: number;
   /** Requests running in the worker at once; also handed to it (see WorkerData). */
   maxBatch: number;
+  /** Tokens per sequence of a GGUF model's llama.cpp context (--gguf-context; 0: its trained context). */
+  ggufContext: number;
   defaultMaxTokens: number;
   memory: MemoryBudget;
   /** Bytes of freed buffers MLX's Metal allocator keeps for reuse (--mlx-cache-limit). */
@@ -311,7 +313,7 @@ export class Engine {
   /** A request that set no limit gets --default-max-tokens (0: until the context is full). */
   private withTokenLimit(request: GenerationRequest): GenerationRequest {
     if (request.maxTokens !== null) return request;
-    return { ...request, maxTokens: this.options.defaultMaxTokens > 0 ? this.options.defaultMaxTokens : 'context' };
+    return { ...request, maxTokens: this.options.defaultMaxTokens > 0 ? this.options.defaultMaxTokens : 'context', defaultLimit: true };
   }
 
   /**
@@ -545,7 +547,7 @@ export class Engine {
   private loadSpec(model: ModelEntry, placement: WeightPlacement, kv: KvBudget | null): LoadSpec {
     const spec: LoadSpec = { name: model.name, path: model.path, builtin: model.builtin, placement };
     if (!kv) return spec;
-    return { ...spec, llamaContext: llamaContextShape(kv, describeGguf(model.path).contextLength ?? LLAMA_DEFAULT_TRAIN_CONTEXT, this.options.maxBatch) };
+    return { ...spec, llamaContext: llamaContextShape(kv, describeGguf(model.path).contextLength ?? LLAMA_DEFAULT_TRAIN_CONTEXT, this.options.maxBatch, this.options.ggufContext) };
   }
 
   /** Caller holds the lifecycle queue. Terminating the worker frees every array it held. */

@@ -270,19 +270,22 @@ export function planLoad(name: string, dir: string, policy: WeightsPolicy, memor
   return { placement: wanted, estimatedBytes, availableBytes: available };
 }
 
-/** A llama.cpp sequence keeps at least this many KV cells (or the model's whole context, if shorter) before the context gives up sequences. */
+/** A llama.cpp sequence keeps at least this many KV cells (or all a sequence may get, --gguf-context or the trained context, if shorter) before the context gives up sequences. */
 export const LLAMA_MIN_SEQUENCE_CONTEXT = 2048;
 
 /**
  * llama.cpp allocates a context's KV cache when it creates it, so a GGUF model's context is sized
- * from the KV budget up front: `maxBatch` sequences of the model's trained context each, shortened
- * (in whole KV_ALLOCATION_TOKENS steps) to share the budget; when that would leave a sequence under
- * LLAMA_MIN_SEQUENCE_CONTEXT cells, fewer sequences of that length instead.
+ * up front: `maxBatch` sequences of `perSequence` tokens each (--gguf-context; 0 or more than the
+ * model's trained context: the trained context), shortened (in whole KV_ALLOCATION_TOKENS steps)
+ * to share the KV budget; when that would leave a sequence under LLAMA_MIN_SEQUENCE_CONTEXT cells,
+ * fewer sequences of that length instead. The cap is there because the whole trained context is
+ * costly up front: 16 sequences of a 0.5B model's 32768 tokens are 6 GiB of KV, allocated at load.
  */
-export function llamaContextShape(kv: KvBudget, trainContext: number, maxBatch: number): LlamaContextShape {
+export function llamaContextShape(kv: KvBudget, trainContext: number, maxBatch: number, perSequence: number): LlamaContextShape {
+  const longest = perSequence > 0 ? Math.min(perSequence, trainContext) : trainContext;
   const tokens = kv.bytesPerToken > 0 ? Math.floor(kv.budgetBytes / kv.bytesPerToken) : Number.POSITIVE_INFINITY;
-  const shortest = Math.min(trainContext, LLAMA_MIN_SEQUENCE_CONTEXT);
+  const shortest = Math.min(longest, LLAMA_MIN_SEQUENCE_CONTEXT);
   const sequences = Math.max(1, Math.min(maxBatch, Math.floor(tokens / shortest)));
   const shared = Math.floor(tokens / sequences / KV_ALLOCATION_TOKENS) * KV_ALLOCATION_TOKENS;
-  return { contextSize: Math.max(KV_ALLOCATION_TOKENS, Math.min(trainContext, shared)), sequences };
+  return { contextSize: Math.max(Math.min(KV_ALLOCATION_TOKENS, longest), Math.min(longest, shared)), sequences };
 }
