@@ -5,8 +5,9 @@
  * text stream, stop strings and usage counts are the ones every model gets.
  *
  * Batching: the context holds the sequences the main thread sized from the KV budget (at most
- * --max-batch, each of at most the model's trained context; llamaContextShape); node-llama-cpp
- * evaluates the sequences that have work in one batch, so concurrent requests decode together.
+ * --max-batch, each of at most --gguf-context tokens and the model's trained context;
+ * llamaContextShape); node-llama-cpp evaluates the sequences that have work in one batch, and
+ * DecodeStep keeps the running requests in step so that they share it.
  * A sequence keeps its KV state after a request, and the next request on it reuses the prefix
  * they share (the prompt cache of this engine).
  */
