@@ -11,7 +11,7 @@ import t, { type Test } from 'tap';
 import { convertToGguf } from '../src/gguf/convert.ts';
 import { describeGguf } from '../core/gguf/describe.ts';
 import { materializeDefaultModel } from '../workers/default-model.ts';
-import { assertRecovered, settledRss, statusRss } from './helpers/memory.ts';
+import { assertNoLeakOverCycles, assertRecovered, settledRss, statusRss } from './helpers/memory.ts';
 import { post, startServer, tempDir, TEST_CACHE_DIR } from './helpers/server.ts';
 
 const GGUF = 'tiny-qwen3-f32';
@@ -72,13 +72,14 @@ t.test('one load, generation and unload gives the memory back', async (t) => {
   assertRecovered(t, { rss, baseline, weightsBytes }, 'right after the unload');
 });
 
-t.test('no leak: three load/unload cycles', async (t) => {
-  const residuals: number[] = [];
-  for (let cycle = 0; cycle < 3; cycle++) {
-    await loadAndGenerate(t, `cycle ${cycle}`);
-    t.equal((await post(`${url}/admin/unload`, {})).status, 200);
-    residuals.push((await settledRss(url)).rss - baseline);
-  }
-  t.comment(`residual after each unload (MB): ${residuals.map((r) => (r * 1024).toFixed(1)).join(', ')}`);
-  residuals.forEach((residual, cycle) => assertRecovered(t, { rss: baseline + residual, baseline, weightsBytes }, `cycle ${cycle + 1}`));
+t.test('no leak: five load/unload cycles', async (t) => {
+  await assertNoLeakOverCycles(t, url, {
+    cycles: 5,
+    baseline,
+    weightsBytes,
+    cycle: async (index) => {
+      await loadAndGenerate(t, `cycle ${index}`);
+      t.equal((await post(`${url}/admin/unload`, {})).status, 200);
+    },
+  });
 });

@@ -48,3 +48,31 @@ export function assertRecovered(t: Test, { rss, baseline, weightsBytes }: { rss:
     `${what}: ${mb(residualBytes)} MB above the baseline, within ${RECOVERY_TOLERANCE * 100}% of the weights' ${mb(weightsBytes)} MB (${mb(allowedBytes)} MB)`,
   );
 }
+
+/**
+ * What a load/unload cycle may leave behind, as a share of the weights, measured over many cycles
+ * together. Single settled readings of an idle process wander by up to 5 MB (a clean-clone CI run
+ * read 5.0, 0.2, 0.5, 0.6, 3.8 MB after five cycles of the built-in model), so cycles are run back
+ * to back and read once, where a leak has added up and that wander is a small part of the bar.
+ */
+export const LEAK_PER_CYCLE = 0.01;
+
+/**
+ * Runs `cycles` load/generate/unload cycles back to back, then asserts the settled RSS is within
+ * LEAK_PER_CYCLE of the weights per cycle above `baseline` (GiB, settled before the first).
+ */
+export async function assertNoLeakOverCycles(
+  t: Test,
+  url: string,
+  { cycles, baseline, weightsBytes, cycle }: { cycles: number; baseline: number; weightsBytes: number; cycle: (index: number) => Promise<void> },
+): Promise<number> {
+  for (let index = 0; index < cycles; index++) await cycle(index);
+  const residualBytes = ((await settledRss(url)).rss - baseline) * 2 ** 30;
+  const allowedBytes = LEAK_PER_CYCLE * weightsBytes * cycles;
+  const mb = (bytes: number): string => (bytes / 2 ** 20).toFixed(1);
+  t.ok(
+    residualBytes <= allowedBytes,
+    `${cycles} cycles left ${mb(residualBytes)} MB above the baseline, within ${LEAK_PER_CYCLE * 100}% of the weights' ${mb(weightsBytes)} MB a cycle (${mb(allowedBytes)} MB)`,
+  );
+  return residualBytes / 2 ** 30;
+}
