@@ -30,6 +30,7 @@ const USAGE = `usage: npm run bench -- [options]
   --no-raw            skip the raw-engine baseline
   --peer llama-server the llama.cpp comparison instead of the default set: ${FP32_05B} as MLX, as GGUF F32 and Q4_0
                       through our server, and the GGUF files through llama.cpp's llama-server (with --quick: tiny-qwen3)
+                      (with --model NAME, only that one of the three, e.g. qwen2.5-0.5b-shape.Q4_0)
   --peer-binary PATH  the llama-server to run (default: bench/peers/build-llama-server.sh builds it once, a long build)
   --compare FILE      judge this run (or --current FILE) against the baseline FILE; exit 1 on a regression
   --current FILE      with --compare: compare an existing result instead of running
@@ -52,6 +53,14 @@ function peerModels(quick: boolean, cacheDir: string): BenchModel[] {
   const source = quick ? { ...builtinModel(cacheDir, quick), workload } : { ...generatedModel(FP32_05B, cacheDir, false), workload };
   const path = source.path as string;
   return [source, ...GGUF_TYPES.map((type) => ggufModel({ ...source, path }, type, cacheDir, workload))];
+}
+
+/** With --peer, --model measures one of the set (its name as the bench lists it), not all three. */
+function choosePeerModels(set: BenchModel[], requested: string | undefined): BenchModel[] {
+  if (!requested) return set;
+  const chosen = set.filter((model) => model.name === requested);
+  if (chosen.length === 0) throw new Error(`--peer with --model: one of ${set.map((model) => model.name).join(', ')}`);
+  return chosen;
 }
 
 const builtinModel = (cacheDir: string, quick: boolean): BenchModel => ({ name: BUILTIN_MODEL, label: BUILTIN_MODEL, serverWeights: null, path: join(cacheDir, BUILTIN_MODEL), engine: 'mlx', generated: null, workload: workloadFor(BUILTIN_MODEL, quick) });
@@ -124,10 +133,12 @@ async function bench(values: BenchFlags, out: string, argv: string[]): Promise<B
   const quick = values.quick;
   const cacheDir = values['cache-dir'] ?? parseServerConfig([]).cacheDir;
   const peerBinary = values.peer ? llamaServerBinary(values['peer-binary']) : null;
-  const models = peerBinary ? peerModels(quick, cacheDir) : await chooseModels(values.model, quick, cacheDir);
+  const peerSet = peerBinary ? peerModels(quick, cacheDir) : null;
+  const models = peerSet ? choosePeerModels(peerSet, values.model) : await chooseModels(values.model, quick, cacheDir);
   progress(`bench ${quick ? '--quick ' : ''}on ${models.map((m) => m.name).join(', ')}${peerBinary ? `, the GGUF files also through ${peerBinary}` : ''}; results to ${out}`);
   monitor = await LoadMonitor.baseline(quick ? 1000 : 3000);
-  for (const model of models) await makeModel(model, cacheDir, progress);
+  // The whole peer set, even when one of it is measured: its GGUF files are converted from its MLX folder.
+  for (const model of peerSet ?? models) await makeModel(model, cacheDir, progress);
   const startedAt = new Date().toISOString();
   monitor.start();
   let server: BenchServer | null = null;

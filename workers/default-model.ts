@@ -82,6 +82,17 @@ export function materializeDefaultModel(dir: string): void {
   writeFileSync(join(staging, 'config.json'), JSON.stringify(DEFAULT_MODEL_CONFIG, null, 2));
   writeFileSync(join(staging, 'generation_config.json'), JSON.stringify({ eos_token_id: [151645, 151643], bos_token_id: 151643 }, null, 2));
   mkdirSync(dirname(dir), { recursive: true });
+  try {
+    renameSync(staging, dir);
+    return;
+  } catch {
+    // The directory exists and is not empty: written meanwhile by another process (a parallel
+    // test, a second server), whose copy may already be loaded and stays; or left half-done.
+  }
+  if (existsSync(join(dir, 'model.safetensors'))) {
+    rmSync(staging, { recursive: true, force: true });
+    return;
+  }
   rmSync(dir, { recursive: true, force: true });
   renameSync(staging, dir);
 }

@@ -10,8 +10,8 @@
  * a JSON false here, and "field present" is `in` on the parsed object.
  */
 import t from 'tap';
-import type { ServerStatus } from '../src/api/admin.ts';
-import { json, sleep, serverStatus, startServer } from './helpers/server.ts';
+import type { ServerStatus } from '../../src/api/admin.ts';
+import { json, sleep, serverStatus, startServer } from '../helpers/server.ts';
 
 const ADMIN_API = 'http://localhost:11437';
 const MAIN_API = 'http://localhost:11436';
