@@ -1,7 +1,8 @@
 /**
  * The llama.cpp engine's per-batch wrapper, on a stand-in for node-llama-cpp's native context:
- * each batch is counted in the forward-pass telemetry, and runs on the thread count measured
- * faster for batches of its size, retrying the other rarely when it is far slower.
+ * each batch is counted in the forward-pass telemetry, runs on the thread count measured faster
+ * for batches of its size (retrying the other rarely when it is far slower), and reaches
+ * llama.cpp with its sequences sorted by id.
  */
 import t from 'tap';
 import type { LlamaContext } from 'node-llama-cpp';
@@ -18,9 +19,9 @@ function nativeContext(msFor: (threads: number, tokens: number) => number) {
     initBatch: () => {
       tokens = 0;
     },
-    addToBatch: (_sequence: number, _first: number, batch: Uint32Array) => {
+    addToBatch: (_sequence: number, _first: number, batch: Uint32Array, logits: Uint32Array) => {
       tokens += batch.length;
-      return new Uint32Array();
+      return new Uint32Array(logits.length);
     },
     decodeBatch: async () => {
       used.push(threads);
@@ -35,8 +36,8 @@ function nativeContext(msFor: (threads: number, tokens: number) => number) {
 
 async function decodeRows(native: ReturnType<typeof nativeContext>['native'], rows: number, prompt = 0): Promise<void> {
   native.initBatch();
-  for (let row = 0; row < rows; row++) native.addToBatch(row, 0, new Uint32Array(1));
-  if (prompt > 0) native.addToBatch(rows, 0, new Uint32Array(prompt));
+  for (let row = 0; row < rows; row++) native.addToBatch(row, 0, new Uint32Array(1), new Uint32Array(1));
+  if (prompt > 0) native.addToBatch(rows, 0, new Uint32Array(prompt), new Uint32Array(1));
   await native.decodeBatch();
 }
 
@@ -75,4 +76,29 @@ t.test('a count the operator set is left alone', async (t) => {
   LlamaBatches.install(context, new Telemetry(createTelemetryBuffers()), { maxThreads: 2, adaptive: false });
   for (let i = 0; i < 5; i++) await decodeRows(native, 1);
   t.same(used, [2, 2, 2, 2, 2]);
+});
+
+t.test("a batch's sequences reach llama.cpp sorted by id, and each learns where its logits are", async (t) => {
+  const order: number[] = [];
+  let added = 0;
+  const native = {
+    initBatch: () => {
+      added = 0;
+    },
+    addToBatch: (sequence: number, _first: number, tokens: Uint32Array, logits: Uint32Array) => {
+      order.push(sequence);
+      added += tokens.length;
+      return Uint32Array.from(logits, (index) => added - tokens.length + index);
+    },
+    decodeBatch: async () => {},
+    setThreads: () => {},
+  };
+  LlamaBatches.install({ _ctx: native } as unknown as LlamaContext, new Telemetry(createTelemetryBuffers()), { maxThreads: 1, adaptive: false });
+  native.initBatch();
+  const positions = [5, 2, 9, 0].map((sequence) => native.addToBatch(sequence, 0, new Uint32Array(sequence === 9 ? 3 : 1), Uint32Array.of(sequence === 9 ? 2 : 0)));
+  t.same(order, [], 'nothing reaches llama.cpp before the batch is decoded');
+  await native.decodeBatch();
+  t.same(order, [0, 2, 5, 9], 'one run of ascending ids, whatever order they were queued in');
+  // In the sorted batch: 0 at 0, 2 at 1, 5 at 2, then 9's three tokens at 3-5 (its logits at the last).
+  t.same(positions.map((p) => [...p]), [[2], [1], [5], [0]], 'the positions handed back are those of the sorted batch');
 });

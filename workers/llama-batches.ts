@@ -9,6 +9,11 @@
  * model's 364-token prompt took 1.3 s on one and 0.7 s on two. So which is faster is measured,
  * not assumed: batches are grouped by size, each group keeps the time per unit of work on one
  * thread and on all, runs on the faster, and now and then tries the other.
+ *
+ * Order: a batch's sequences reach llama.cpp sorted by sequence id. node-llama-cpp adds them in
+ * the order their tokens were queued, and llama.cpp splits a batch for a per-sequence KV cache
+ * (the kind node-llama-cpp makes) into runs of consecutive sequence ids, each a forward pass of
+ * its own: 16 rows added shuffled decoded in 152 ms against 51 ms sorted, on a 0.5B model.
  */
 import type { LlamaContext } from 'node-llama-cpp';
 import type { Telemetry } from '../core/telemetry.ts';
@@ -44,7 +49,18 @@ interface NativeContext {
 const isNativeContext = (value: unknown): value is NativeContext =>
   typeof value === 'object' && value !== null && ['initBatch', 'addToBatch', 'decodeBatch', 'setThreads'].every((name) => typeof (value as Record<string, unknown>)[name] === 'function');
 
+/** One sequence's part of a batch, held until the batch is decoded so the parts can go in sorted. */
+interface BatchPart {
+  sequenceId: number;
+  firstTokenIndex: number;
+  tokens: Uint32Array;
+  logitIndexes: Uint32Array;
+  /** Returned to node-llama-cpp when the part is added; filled with its logits' batch positions when the batch is sent. */
+  logitPositions: Uint32Array;
+}
+
 export class LlamaBatches {
+  private parts: BatchPart[] = [];
   private rows = 0;
   private promptChunks = 0;
   private promptTokens = 0;
@@ -66,6 +82,7 @@ export class LlamaBatches {
     // The methods are read-only on the native prototype, so the wrappers are defined on the instance.
     const define = (name: keyof NativeContext, value: unknown): void => void Object.defineProperty(native, name, { value, configurable: true });
     define('initBatch', (size: number) => {
+      batches.parts = [];
       batches.rows = 0;
       batches.promptChunks = 0;
       batches.promptTokens = 0;
@@ -77,9 +94,15 @@ export class LlamaBatches {
         batches.promptChunks++;
         batches.promptTokens += tokens.length;
       }
-      return addToBatch.call(native, sequenceId, firstTokenIndex, tokens, logitIndexes);
+      // node-llama-cpp reads the positions only once the batch is decoded.
+      const logitPositions = new Uint32Array(logitIndexes.length);
+      batches.parts.push({ sequenceId, firstTokenIndex, tokens, logitIndexes, logitPositions });
+      return logitPositions;
     });
     define('decodeBatch', async () => {
+      for (const part of batches.parts.sort((a, b) => a.sequenceId - b.sequenceId)) {
+        part.logitPositions.set(addToBatch.call(native, part.sequenceId, part.firstTokenIndex, part.tokens, part.logitIndexes));
+      }
       const work = Math.max(1, batches.rows + batches.promptTokens * PROMPT_TOKEN_SHARE);
       const size = Math.floor(Math.log2(work));
       const group = (batches.groups[size] ??= { batches: 0, firstTry: size >= LARGE_GROUP ? maxThreads : 1 });

@@ -78,17 +78,34 @@ function vocabularyText(header: GgufHeader): TokenBytesTable {
   return new TokenBytesTable(tokenBytesTable(json));
 }
 
-/** Hands out the context's sequences, one per running request; the rest wait in order. */
-class SequencePool {
+/**
+ * Hands out the context's sequences, one per running request; the rest wait in order. A free
+ * sequence whose cache holds most of the prompt is given to it; otherwise the lowest-numbered
+ * free one, so that the running sequences' ids stay one run: llama.cpp decodes each run of
+ * consecutive ids in a batch as a forward pass of its own (see llama-batches.ts).
+ */
+export class SequencePool {
   private readonly free: LlamaContextSequence[] = [];
   private readonly waiting: ((sequence: LlamaContextSequence) => void)[] = [];
+  /** Each sequence's number in the order the context made them, which is its id there (none is ever given back). */
+  private readonly ids = new Map<LlamaContextSequence, number>();
 
   constructor(private readonly context: LlamaContext) {}
 
-  take(): Promise<LlamaContextSequence> {
-    const reused = this.free.pop();
-    if (reused) return Promise.resolve(reused);
-    if (this.context.sequencesLeft > 0) return Promise.resolve(this.context.getSequence());
+  take(prompt: readonly number[]): Promise<LlamaContextSequence> {
+    if (this.free.length > 0) {
+      const cached = (sequence: LlamaContextSequence): number => commonPrefix(sequence.contextTokens, prompt);
+      const best = this.free.reduce((a, b) => (cached(b) > cached(a) ? b : a));
+      const id = (sequence: LlamaContextSequence): number => this.ids.get(sequence) ?? 0;
+      const chosen = cached(best) * 2 >= prompt.length ? best : this.free.reduce((a, b) => (id(b) < id(a) ? b : a));
+      this.free.splice(this.free.indexOf(chosen), 1);
+      return Promise.resolve(chosen);
+    }
+    if (this.context.sequencesLeft > 0) {
+      const sequence = this.context.getSequence();
+      this.ids.set(sequence, this.ids.size);
+      return Promise.resolve(sequence);
+    }
     return new Promise((resolve) => this.waiting.push(resolve));
   }
 
@@ -245,7 +262,7 @@ export class LlamaEngine implements PromptTokenizer {
     const ids = promptIdsInWorker(this, request.prompt, telemetry) as Token[];
     validatePrompt(ids, request, { contextLength: this.context.contextSize, vocabSize: this.text.size });
     const grammar = request.format ? await this.grammar(request.format) : null;
-    const sequence = await this.pool.take();
+    const sequence = await this.pool.take(ids);
     try {
       // Keep the KV state of the prefix this prompt shares with the sequence's last one; at
       // least one prompt token is evaluated, so that its logits give the first new token.
