@@ -250,7 +250,7 @@ async function main(argv: string[]): Promise<number> {
   }
   if (values.current && !values.compare) throw new Error('--current needs --compare BASELINE');
   if (values.peer !== undefined && values.peer !== PEER_LLAMA_SERVER) throw new Error(`--peer ${values.peer}: the only peer is ${PEER_LLAMA_SERVER}`);
-  if (values.peer && (values.url || values.model)) throw new Error('--peer measures its own models on servers it starts: not with --url or --model');
+  if (values.peer && values.url) throw new Error('--peer measures its own models on servers it starts: not with --url');
   const baseline = values.compare ? readResult(values.compare) : null;
   let current: BenchResult;
   if (values.current) current = readResult(values.current);

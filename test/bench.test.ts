@@ -162,3 +162,10 @@ t.test('--compare exits non-zero only when a figure regresses beyond the runs no
   const missing = bench(['--compare', join(dir, 'nope.json'), '--current', regressed]);
   t.equal(missing.status, 2, 'an unreadable baseline is a usage error');
 });
+
+t.test('--peer with --model measures one of the three models, and names them when it is none of them', async (t) => {
+  // The model is chosen before any server starts, so a stand-in binary is enough to reach the check.
+  const run = bench(['--peer', 'llama-server', '--peer-binary', '/bin/true', '--model', 'no-such-model', '--cache-dir', tempDir('bench-peer-model-')], 60_000);
+  t.equal(run.status, 2, 'a usage error');
+  t.match(run.stderr, /--peer with --model: one of qwen2\.5-0\.5b-shape-fp32, qwen2\.5-0\.5b-shape\.F32, qwen2\.5-0\.5b-shape\.Q4_0/);
+});
