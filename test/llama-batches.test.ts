@@ -71,6 +71,19 @@ t.test('large batches settle on every thread when they pay for themselves', asyn
   t.equal(used.filter((n) => n === 1).length, 2, 'two of 40 batches on one thread');
 });
 
+t.test('batches carrying a prompt learn apart from decode steps of the same size', async (t) => {
+  // Decode rows only pay the start-up cost of a second thread; a prompt chunk's work halves on two.
+  const { context, native, used, now } = nativeContext((threads, tokens) => (tokens > 4 ? tokens / threads : threads === 1 ? 1 : 12));
+  LlamaBatches.install(context, new Telemetry(createTelemetryBuffers()), { maxThreads: 2, adaptive: true, now });
+  for (let i = 0; i < 20; i++) await decodeRows(native, 4);
+  t.equal(used.at(-1), 1, 'four decode rows settled on one thread');
+  used.length = 0;
+  // 16 prompt tokens at a quarter each: work 4, the size of the four-row decode group.
+  for (let i = 0; i < 10; i++) await decodeRows(native, 0, 16);
+  t.equal(used[0], 2, 'a prompt batch first tries every thread');
+  t.equal(used.filter((n) => n === 1).length, 1, 'and, tried once on one thread, stays on two');
+});
+
 t.test('a count the operator set is left alone', async (t) => {
   const { context, native, used } = nativeContext(() => 0);
   LlamaBatches.install(context, new Telemetry(createTelemetryBuffers()), { maxThreads: 2, adaptive: false });

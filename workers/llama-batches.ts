@@ -8,7 +8,11 @@
  * one-row decode of a 28 MB model took 1 ms on one thread and 13 ms on two, while a 278 MB
  * model's 364-token prompt took 1.3 s on one and 0.7 s on two. So which is faster is measured,
  * not assumed: batches are grouped by size, each group keeps the time per unit of work on one
- * thread and on all, runs on the faster, and now and then tries the other.
+ * thread and on all, runs on the faster, and now and then tries the other. Batches that carry
+ * prompt tokens have groups of their own, which try every thread first: a prompt chunk is
+ * compute-bound where a decoding row mostly waits on memory, so a shared group's figure fitted
+ * neither (a 0.5B F32 prompt batch ran 480 ms on the one thread its group had learned from
+ * decode steps, against 258 ms on two).
  *
  * Order: a batch's sequences reach llama.cpp sorted by sequence id. node-llama-cpp adds them in
  * the order their tokens were queued, and llama.cpp splits a batch for a per-sequence KV cache
@@ -20,7 +24,7 @@ import type { Telemetry } from '../core/telemetry.ts';
 
 /** A prompt token costs about this share of a decoding row (one read of the weights serves the whole chunk). */
 const PROMPT_TOKEN_SHARE = 0.25;
-/** Groups of at least 2^this units of work (a 128-token prompt chunk) try every thread first: one thread would be slow to find out. */
+/** Decode groups of at least 2^this rows try every thread first: one thread would be slow to find out. */
 const LARGE_GROUP = 5;
 /** Weight of a new measurement in a group's running time per unit of work. */
 const EWMA = 0.2;
@@ -65,7 +69,8 @@ export class LlamaBatches {
   private promptChunks = 0;
   private promptTokens = 0;
   /** By the base-2 logarithm of a batch's work (rows, plus prompt tokens at their share). */
-  private readonly groups: SizeGroup[] = [];
+  private readonly decodeGroups: SizeGroup[] = [];
+  private readonly promptGroups: SizeGroup[] = [];
 
   private constructor(private readonly telemetry: Telemetry, private readonly maxThreads: number) {}
 
@@ -105,7 +110,9 @@ export class LlamaBatches {
       }
       const work = Math.max(1, batches.rows + batches.promptTokens * PROMPT_TOKEN_SHARE);
       const size = Math.floor(Math.log2(work));
-      const group = (batches.groups[size] ??= { batches: 0, firstTry: size >= LARGE_GROUP ? maxThreads : 1 });
+      const group = batches.promptTokens > 0
+        ? (batches.promptGroups[size] ??= { batches: 0, firstTry: maxThreads })
+        : (batches.decodeGroups[size] ??= { batches: 0, firstTry: size >= LARGE_GROUP ? maxThreads : 1 });
       const threads = adaptive && maxThreads > 1 ? batches.threadsFor(group) : 0;
       if (threads > 0) native.setThreads(threads);
       const started = now();
