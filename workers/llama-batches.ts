@@ -40,6 +40,8 @@ interface SizeGroup {
   batches: number;
   /** The thread count a group's first batch runs on. */
   firstTry: number;
+  /** The group's batch at which the other thread count is first tried. */
+  firstExplore: number;
 }
 
 /** The part of node-llama-cpp's native context object the batch loop drives (LlamaContext._ctx, not public). */
@@ -110,9 +112,11 @@ export class LlamaBatches {
       }
       const work = Math.max(1, batches.rows + batches.promptTokens * PROMPT_TOKEN_SHARE);
       const size = Math.floor(Math.log2(work));
+      // A prompt batch on one thread is a long stall (a first token 120 ms late on a 0.5B F32
+      // model), so prompt groups put their first try of it off; decode groups learn at once.
       const group = batches.promptTokens > 0
-        ? (batches.promptGroups[size] ??= { batches: 0, firstTry: maxThreads })
-        : (batches.decodeGroups[size] ??= { batches: 0, firstTry: size >= LARGE_GROUP ? maxThreads : 1 });
+        ? (batches.promptGroups[size] ??= { batches: 0, firstTry: maxThreads, firstExplore: EXPLORE_EVERY })
+        : (batches.decodeGroups[size] ??= { batches: 0, firstTry: size >= LARGE_GROUP ? maxThreads : 1, firstExplore: 2 });
       const threads = adaptive && maxThreads > 1 ? batches.threadsFor(group) : 0;
       if (threads > 0) native.setThreads(threads);
       const started = now();
@@ -125,8 +129,8 @@ export class LlamaBatches {
   private threadsFor(group: SizeGroup): number {
     group.batches++;
     if (group.one === undefined && group.all === undefined) return group.firstTry;
-    if (group.one === undefined) return 1;
-    if (group.all === undefined) return this.maxThreads;
+    if (group.one === undefined) return group.batches >= group.firstExplore ? 1 : this.maxThreads;
+    if (group.all === undefined) return group.batches >= group.firstExplore ? this.maxThreads : 1;
     const [faster, other] = group.one <= group.all ? [1, this.maxThreads] : [this.maxThreads, 1];
     // The slower the other measured, the rarer its retry: on a busy machine more threads than
     // free cores can take 200 times as long, and each retry would be a stall for every stream.
