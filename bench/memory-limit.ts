@@ -5,7 +5,7 @@
  * resident memory stays under the limit. Prints the numbers; exits 1 when either fails.
  *
  * usage: npm run bench:memory -- [--clients 64] [--prompt-words 1900] [--max-tokens 16]
- *          [--headroom BYTES] [--max-batch 16] [--prompt-cache-bytes BYTES] [--cache-dir DIR]
+ *          [--headroom BYTES] [--max-batch 16] [--prefill-chunk 64] [--prompt-cache-bytes BYTES] [--cache-dir DIR]
  */
 import { readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
@@ -24,6 +24,7 @@ const { values } = parseArgs({
     'max-tokens': { type: 'string', default: '16' },
     headroom: { type: 'string', default: String(2 ** 30) },
     'max-batch': { type: 'string', default: '16' },
+    'prefill-chunk': { type: 'string', default: '64' },
     'prompt-cache-bytes': { type: 'string', default: String(64 * 2 ** 20) },
     'cache-dir': { type: 'string' },
   },
@@ -55,6 +56,7 @@ const server = await startBenchServer([
   '--memory-reserve', '0',
   '--prompt-cache-bytes', values['prompt-cache-bytes'],
   '--max-batch', values['max-batch'],
+  '--prefill-chunk', values['prefill-chunk'],
   '--max-queue', String(clients),
 ]);
 for (const signal of ['SIGINT', 'SIGTERM'] as const) {
@@ -102,7 +104,7 @@ try {
   const promptTokens = answered.map((r) => r.promptTokens);
   const seconds = answered.map((r) => (r.endedAt - r.startedAt) / 1000).sort((a, b) => a - b);
   const lines = [
-    `clients ${clients}, prompts of ${Math.min(...promptTokens)}-${Math.max(...promptTokens)} tokens, ${maxTokens} new tokens each, --max-batch ${values['max-batch']}`,
+    `clients ${clients}, prompts of ${Math.min(...promptTokens)}-${Math.max(...promptTokens)} tokens, ${maxTokens} new tokens each, --max-batch ${values['max-batch']}, --prefill-chunk ${values['prefill-chunk']}`,
     `answered in full: ${answered.length}/${clients}${failures.length ? `; failed: ${failures.length} (first: ${failures[0]?.message.slice(0, 200)})` : ''}`,
     `most running at once: ${peaks.running}; most waiting at once: ${peaks.waiting}`,
     `time to answer: fastest ${seconds[0]?.toFixed(1)} s, median ${seconds[Math.floor(seconds.length / 2)]?.toFixed(1)} s, slowest ${seconds.at(-1)?.toFixed(1)} s`,
