@@ -116,18 +116,12 @@ export class Admission {
 
   /**
    * Resolves with a ticket once a running place is free and `bytes` fit (capped at the whole
-   * budget: such a request runs alone); resolves null if `signal` aborts first. `exactBytes`,
-   * when it settles while the request still waits, replaces the estimate `bytes` (it must not reject).
+   * budget: such a request runs alone); resolves null if `signal` aborts first.
    */
-  enter(bytes: number, signal: AbortSignal, exactBytes?: Promise<number | null>): Promise<Ticket | null> {
+  enter(bytes: number, signal: AbortSignal): Promise<Ticket | null> {
     if (signal.aborted) return Promise.resolve(null);
     return new Promise((resolve) => {
       const waiter: Waiter = { bytes: Math.min(bytes, this.budgetBytes), admit: resolve };
-      void exactBytes?.then((exact) => {
-        if (exact === null || !this.queue.includes(waiter)) return;
-        waiter.bytes = Math.min(exact, this.budgetBytes);
-        this.pump();
-      });
       const leave = (): void => {
         const index = this.queue.indexOf(waiter);
         if (index < 0) return;

@@ -227,15 +227,10 @@ export class Engine {
       try {
         const ready = await this.leaseUnlessAbandoned(model, leaveQueue.signal);
         const kv = this.kvNeed as KvNeed;
-        // The prompt is counted while the request waits, off the MLX thread, so that it waits for
-        // room for its exact need: a text prompt's upper estimate (its UTF-8 bytes) is about five
-        // times that, and held the head of the queue back until that much was free.
-        let counting: Promise<GenerationRequest> | null = null;
         if (ready) {
           leased = true;
           model = ready;
-          counting = this.tokenized(request);
-          ticket = await this.admit(request, newTokens, kv, leaveQueue.signal, counting);
+          ticket = await this.admit(request, newTokens, kv, leaveQueue.signal);
         }
         let stats: GenerationStats = { finishReason: 'cancelled', promptTokens: 0, cachedTokens: 0, completionTokens: 0, promptMs: 0, decodeMs: 0 };
         if (ticket) {
@@ -252,7 +247,8 @@ export class Engine {
             if (!refusal) admitted.resize(kv.bytes(kv.tokens(promptTokens, newTokens)));
             return refusal;
           };
-          request = await (counting as Promise<GenerationRequest>);
+          // Tokenized once admitted, as the worker used to: a request in the tokenizer holds a running place, not a waiting one.
+          request = await this.tokenized(request);
           const counted = request.prompt.kind === 'tokens' ? fit(request.prompt.ids.length) : null;
           if (counted) throw counted;
           if (!cancellation.reason) {
@@ -295,20 +291,17 @@ export class Engine {
 
   /**
    * Waits for a running place and room for the request's KV cache; null when the wait was
-   * abandoned. Until `counted` has the prompt's tokens, text is reserved at an upper estimate
-   * (corrected while it waits, or once admitted; for a GGUF model, when the worker reports the
-   * count, before any of its KV is allocated); a request whose exact need could never fit is
-   * refused here, without waiting.
+   * abandoned. Before the worker has counted the prompt, text is reserved at an upper estimate
+   * (corrected when the worker reports the exact count, before any of its KV is allocated); a
+   * request whose exact need could never fit is refused here, without waiting.
    */
-  private admit(request: GenerationRequest, newTokens: number | null, kv: KvNeed, signal: AbortSignal, counting: Promise<GenerationRequest>): Promise<Ticket | null> {
-    // A tokenizer failure surfaces once the request is admitted and awaits `counting` itself.
-    const exactBytes = counting.then((tokenized) => (tokenized.prompt.kind === 'tokens' ? kv.bytes(kv.tokens(tokenized.prompt.ids.length, newTokens)) : null), () => null);
+  private admit(request: GenerationRequest, newTokens: number | null, kv: KvNeed, signal: AbortSignal): Promise<Ticket | null> {
     const prompt = promptTokenBound(request);
     if (prompt.exact || newTokens === null) {
       const refusal = kv.refusal(prompt.exact ? prompt.tokens : null, newTokens);
       if (refusal) throw refusal;
     }
-    return this.admission.enter(kv.bytes(kv.tokens(prompt.tokens, newTokens)), signal, exactBytes);
+    return this.admission.enter(kv.bytes(kv.tokens(prompt.tokens, newTokens)), signal);
   }
 
   /** The request with its prompt as token ids, counted off the MLX thread; as it came for a GGUF model. */
