@@ -129,8 +129,10 @@ export class LlamaBatches {
   private threadsFor(group: SizeGroup): number {
     group.batches++;
     if (group.one === undefined && group.all === undefined) return group.firstTry;
-    if (group.one === undefined) return group.batches >= group.firstExplore ? 1 : this.maxThreads;
-    if (group.all === undefined) return group.batches >= group.firstExplore ? this.maxThreads : 1;
+    if (group.one === undefined || group.all === undefined) {
+      // Only the first-tried count is measured; the other is first tried at the group's firstExplore-th batch.
+      return group.batches >= group.firstExplore ? (group.firstTry === 1 ? this.maxThreads : 1) : group.firstTry;
+    }
     const [faster, other] = group.one <= group.all ? [1, this.maxThreads] : [this.maxThreads, 1];
     // The slower the other measured, the rarer its retry: on a busy machine more threads than
     // free cores can take 200 times as long, and each retry would be a stall for every stream.
