@@ -1,7 +1,7 @@
 /**
- * Memory recovery for a GGUF model served by llama.cpp, held to the same rule as the MLX engine's
- * lifecycle test: after each unload the process comes back to within RECOVERY_TOLERANCE of the
- * weights' size above its settled pre-load baseline, and it does not grow over load/unload cycles.
+ * Memory recovery for a GGUF model served by llama.cpp, held to the rule of helpers/memory.ts:
+ * after each unload the process comes back to within RECOVERY_TOLERANCE of the weights' size above
+ * a baseline settled after a first load and unload, and it does not grow over load/unload cycles.
  * The model is the built-in one written as an F32 GGUF by our converter (~165 MB), so a residue
  * of a few percent is measurable.
  */

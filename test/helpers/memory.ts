@@ -1,16 +1,16 @@
 /**
- * The memory-recovery rule every engine is held to: after an unload, the process's RSS comes back
+ * The memory-recovery rule the engines are held to: after an unload, the process's RSS comes back
  * to within RECOVERY_TOLERANCE of the weights' size above the settled pre-load baseline.
  */
 import type { Test } from 'tap';
 import { serverStatus, sleep } from './server.ts';
 
 /**
- * An unload gives back all but 3% of the weights' size: the model's memory is freed, not leaked.
- * What stays after the first unload (1.3-5.1 MB measured with the built-in model's 151 MB of
- * weights) is mostly the main thread's own state from serving its first generations, paid once
- * and not scaling with the model: 15 further cycles read -1.4 to +2.8 MB against a baseline taken
- * after a first load. A leak of even 4 MB a load crosses this bar at the first unload.
+ * An unload gives back all but 3% of the weights' size, measured from a baseline taken after a
+ * first load and unload: the model's memory is freed, not leaked. Against the start-up baseline
+ * the first unload also carries the main thread's own state from its first generations (2-7 MB
+ * with the built-in model's 151 MB of weights), paid once and not scaling with the model; 15
+ * further cycles read -1.4 to +2.8 MB. A leak of even 4 MB a load crosses this bar.
  */
 export const RECOVERY_TOLERANCE = 0.03;
 
