@@ -89,6 +89,7 @@ export function renderHtml(result: BenchResult): string {
       ...p.throughput.map((x) => [p.model, `aggregate tok/s, ${x.clients} streams`, x.ours, x.peer, x.ratio]),
       ...(p.ttft ? [[p.model, 'TTFT ms (median, 1 stream), difference', p.ttft.oursMs, p.ttft.peerMs, p.ttft.differenceMs]] : []),
       ...(p.healthP99 ? [[p.model, `health p99 ms at ${p.healthP99.clients} streams`, p.healthP99.oursMs, p.healthP99.peerMs, p.healthP99.ratio]] : []),
+      [p.model, 'CPU library (libggml-cpu)', p.cpuLibrary ?? '-', p.cpuLibrary ?? "its own build's", ''],
     ]);
     body.push(table(['model', 'figure', 'ours', 'llama-server', 'ratio'], rows));
   }

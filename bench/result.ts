@@ -31,6 +31,8 @@ export interface PeerComparison {
   ttft: { oursMs: number; peerMs: number; differenceMs: number } | null;
   /** p99 of the health route (ours /admin/health, llama-server /health) polled while `clients` streams decode. */
   healthP99: { clients: number; oursMs: number; peerMs: number; ratio: number } | null;
+  /** The libggml-cpu both sides ran (bench/peers/same-cpu.ts); null: llama-server ran its own build's. */
+  cpuLibrary: string | null;
 }
 
 export interface BenchResult {
@@ -78,8 +80,8 @@ export function efficiencyRows(recorders: Recorders, models: string[]): Efficien
   return rows;
 }
 
-export function peerComparisons(recorders: Recorders, pairs: { model: string; peer: string; concurrency: number[]; healthClients: number }[]): PeerComparison[] {
-  return pairs.map(({ model, peer, concurrency, healthClients }) => {
+export function peerComparisons(recorders: Recorders, pairs: { model: string; peer: string; concurrency: number[]; healthClients: number; cpuLibrary: string | null }[]): PeerComparison[] {
+  return pairs.map(({ model, peer, concurrency, healthClients, cpuLibrary }) => {
     const throughput = concurrency.flatMap((clients) => {
       const ours = recorders.median(model, sweepScenario(clients), 'aggregate_tps');
       const theirs = recorders.median(peer, sweepScenario(clients), 'aggregate_tps');
@@ -95,6 +97,7 @@ export function peerComparisons(recorders: Recorders, pairs: { model: string; pe
       throughput,
       ttft: oursTtft === null || peerTtft === null ? null : { oursMs: oursTtft, peerMs: peerTtft, differenceMs: round3(oursTtft - peerTtft) },
       healthP99: oursHealth === null || peerHealth === null ? null : { clients: healthClients, oursMs: oursHealth, peerMs: peerHealth, ratio: round3(oursHealth / peerHealth) },
+      cpuLibrary,
     };
   });
 }

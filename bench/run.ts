@@ -5,7 +5,7 @@
  */
 import { execFileSync } from 'node:child_process';
 import { existsSync, writeFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { basename, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { parseServerConfig } from '../src/config.ts';
@@ -19,6 +19,7 @@ import { benchModelsDir, FP32_05B, generatedModel, GGUF_TYPES, ggufModel, makeMo
 import { efficiencyRows, peerComparisons, readResult, RESULT_SCHEMA, writeResult, type BenchResult } from './result.ts';
 import { frontEndCost, runPeerScenarios, runRawEngine, runServerScenarios, sweepScenario, type ModelRunInfo, type ScenarioContext } from './scenarios.ts';
 import { startBenchServer, startLlamaServer, type BenchServer } from './server-process.ts';
+import { mappedGgmlCpuLibrary, sameCpuLibraryEnv } from './peers/same-cpu.ts';
 
 const USAGE = `usage: npm run bench -- [options]
 
@@ -103,7 +104,7 @@ function summary(result: BenchResult): string {
     const throughput = p.throughput.map((t) => `${t.clients}: ${t.ours.toFixed(1)}/${t.peer.toFixed(1)} (x${t.ratio})`).join(', ');
     const ttft = p.ttft ? `TTFT ${p.ttft.oursMs.toFixed(1)} vs ${p.ttft.peerMs.toFixed(1)} ms (${p.ttft.differenceMs >= 0 ? '+' : ''}${p.ttft.differenceMs.toFixed(1)})` : 'TTFT -';
     const health = p.healthP99 ? `health p99 at ${p.healthP99.clients} streams ${p.healthP99.oursMs.toFixed(2)} vs ${p.healthP99.peerMs.toFixed(2)} ms (x${p.healthP99.ratio})` : 'health -';
-    lines.push(`${p.model} ours vs ${p.peer}: aggregate tok/s by clients ${throughput}; ${ttft}; ${health}`);
+    lines.push(`${p.model} ours vs ${p.peer}: aggregate tok/s by clients ${throughput}; ${ttft}; ${health}; CPU library ${p.cpuLibrary ?? "llama-server's own build"}`);
   }
   for (const f of result.frontEnd) lines.push(`front end ${f.path}: ${(f.requests / f.seconds).toFixed(0)} req/s over ${f.connections} connections`);
   return lines.join('\n');
@@ -117,6 +118,21 @@ function llamaServerBinary(named: string | undefined): string {
   }
   progress(`llama-server: ${BUILD_LLAMA_SERVER} (builds it once from node-llama-cpp's llama.cpp source; long on few cores)`);
   return execFileSync(BUILD_LLAMA_SERVER, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'inherit'] }).trim();
+}
+
+/**
+ * The environment that runs llama-server on the libggml-cpu our server mapped (bench/peers/same-cpu.ts),
+ * and that library's file name; null, with the reason printed, when llama-server runs its own build's.
+ */
+function sameCpuLibrary(binary: string, serverPid: number | null): { env: Record<string, string>; name: string } | null {
+  const library = serverPid === null ? null : mappedGgmlCpuLibrary(serverPid);
+  const env = library ? sameCpuLibraryEnv(binary, library) : null;
+  if (!library || !env) {
+    progress(`llama-server: on its own build's CPU library (${library ? `no libggml-base.so.0 beside ${binary}` : 'no libggml-cpu found mapped in our server'})`);
+    return null;
+  }
+  progress(`llama-server: on ${basename(library)}, the CPU library our server runs`);
+  return { env, name: basename(library) };
 }
 
 interface BenchFlags {
@@ -179,7 +195,8 @@ async function bench(values: BenchFlags, out: string, argv: string[]): Promise<B
         const label = `${model.label}@${PEER_LLAMA_SERVER}`;
         const ourUrl = ctx.baseUrl;
         const starting = performance.now();
-        peer = await startLlamaServer(peerBinary, model.path, info.settings);
+        const cpuLibrary = sameCpuLibrary(peerBinary, (server as BenchServer | null)?.serverPid ?? null);
+        peer = await startLlamaServer(peerBinary, model.path, info.settings, cpuLibrary?.env);
         Object.assign(ctx, { baseUrl: peer.url, healthPath: '/health' });
         try {
           peerRun = await runPeerScenarios(ctx, { ...model, label }, (performance.now() - starting) / 1000);
@@ -188,7 +205,7 @@ async function bench(values: BenchFlags, out: string, argv: string[]): Promise<B
           await peer.stop();
           peer = null;
         }
-        peerPairs.push({ model: model.label, peer: label, concurrency: model.workload.concurrency, healthClients: model.workload.healthClients });
+        peerPairs.push({ model: model.label, peer: label, concurrency: model.workload.concurrency, healthClients: model.workload.healthClients, cpuLibrary: cpuLibrary?.name ?? null });
       }
       if (!values['no-raw'] && model.path && model.engine === 'mlx') {
         const raw = await runRawEngine(ctx, { ...model, path: model.path }, model.name === BUILTIN_MODEL && !values.model, info.placement ?? 'native');

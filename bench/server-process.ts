@@ -118,10 +118,10 @@ export interface PeerSettings {
  * llama.cpp's `llama-server` on `ggufPath`, set up as our server sets up llama.cpp: the same
  * sequence count and context per sequence, continuous batching, one thread per core.
  */
-export async function startLlamaServer(binary: string, ggufPath: string, settings: PeerSettings): Promise<BenchServer> {
+export async function startLlamaServer(binary: string, ggufPath: string, settings: PeerSettings, env: Record<string, string> = {}): Promise<BenchServer> {
   const port = await freePort();
   const args = ['-m', ggufPath, '--host', '127.0.0.1', '--port', String(port), '--parallel', String(settings.parallel), '-c', String(settings.contextPerSequence * settings.parallel), '-t', String(availableParallelism()), '--cont-batching', '--no-webui'];
-  const child = spawn(binary, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn(binary, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...env } });
   const output = recentOutput(child);
   const guard = startupGuard(child, output.lines, PEER_START_TIMEOUT_MS, `llama-server (${args.join(' ')})`);
   const url = `http://127.0.0.1:${port}`;

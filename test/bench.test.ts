@@ -1,11 +1,12 @@
 /** `npm run bench -- --quick` end to end (structure only, never speed), and --compare's verdicts. */
 import { spawnSync } from 'node:child_process';
-import { readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readdirSync, readFileSync, realpathSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import t from 'tap';
 import { decodeHistogram, PERCENTILE_POINTS, Recorders } from '../bench/histograms.ts';
 import { peerComparisons, RESULT_SCHEMA, type BenchResult } from '../bench/result.ts';
+import { ggmlCpuLibraryIn, sameCpuLibraryEnv } from '../bench/peers/same-cpu.ts';
 import { TEST_CACHE_DIR, tempDir } from './helpers/server.ts';
 
 const RUN = fileURLToPath(new URL('../bench/run.ts', import.meta.url));
@@ -91,8 +92,33 @@ t.test('--quick --peer llama-server: the same weights as MLX, GGUF F32 and Q4_0,
     t.ok(peer.throughput.every((x) => x.ours > 0 && x.peer > 0 && Math.abs(x.ratio - x.ours / x.peer) < 0.001), `${peer.model}: ratios are ours over llama-server's`);
     t.ok(peer.ttft && peer.ttft.oursMs > 0 && peer.ttft.peerMs > 0, `${peer.model}: TTFT on both`);
     t.ok(peer.healthP99 && peer.healthP99.oursMs > 0 && peer.healthP99.peerMs > 0, `${peer.model}: health p99 on both, under the same load`);
+    t.match(peer.cpuLibrary, /^libggml-cpu-[\w-]+\.so$/, `${peer.model}: llama-server ran the prebuilt CPU library our server mapped`);
   }
   t.match(run.stdout, /tiny-qwen3\.Q4_0 ours vs tiny-qwen3\.Q4_0@llama-server: aggregate tok\/s by clients 1: /, 'the summary shows the comparison');
+});
+
+t.test("llama-server is given the libggml-cpu our server mapped, beside its own build's ggml-base", async (t) => {
+  const maps = [
+    '7f15a3000000-7f15a3100000 r-xp 00000000 08:01 1234   /usr/lib/x86_64-linux-gnu/libstdc++.so.6.0.30',
+    '7f15a3200000-7f15a3300000 r-xp 00000000 08:01 5678   /pkg/bins/linux-x64/libggml-cpu-sapphirerapids.so',
+    '7f15a3400000-7f15a3500000 rw-p 00000000 00:00 0 ',
+  ].join('\n');
+  t.equal(ggmlCpuLibraryIn(maps), '/pkg/bins/linux-x64/libggml-cpu-sapphirerapids.so');
+  t.equal(ggmlCpuLibraryIn(maps.replace('libggml-cpu-sapphirerapids.so', 'libggml-base.so')), null, 'no CPU library mapped: none');
+
+  const root = tempDir('same-cpu-');
+  const bin = join(root, 'build', 'bin');
+  mkdirSync(bin, { recursive: true });
+  for (const file of ['llama-server', 'libggml-base.so.0.23.0']) writeFileSync(join(bin, file), '');
+  symlinkSync('libggml-base.so.0.23.0', join(bin, 'libggml-base.so.0'));
+  const variant = join(root, 'libggml-cpu-zen4.so');
+  writeFileSync(variant, '');
+  const env = sameCpuLibraryEnv(join(bin, 'llama-server'), variant);
+  if (!env) return t.fail('no environment for a build with libggml-base.so.0');
+  t.equal(realpathSync(join(env.LD_LIBRARY_PATH, 'libggml-cpu.so.0')), realpathSync(variant), 'libggml-cpu.so.0 is the mapped library');
+  t.equal(realpathSync(join(env.LD_LIBRARY_PATH, 'libggml-base.so')), realpathSync(join(bin, 'libggml-base.so.0.23.0')), "its ggml-base is llama-server's own");
+  rmSync(join(bin, 'libggml-base.so.0'));
+  t.equal(sameCpuLibraryEnv(join(bin, 'llama-server'), variant), null, 'a build without a shared ggml-base is run as it is');
 });
 
 t.test('the comparison with llama-server: ratios are ours over theirs, TTFT a difference, health at p99', async (t) => {
@@ -104,7 +130,7 @@ t.test('the comparison with llama-server: ratios are ours over theirs, TTFT a di
     for (let i = 1; i <= 100; i++) recorders.record(label, 'admin-health.while-generating', 'latency', (i >= 99 ? 50 : 1) * scale);
   }
   recorders.record('m.Q4_0', 'sweep.c4', 'aggregate_tps', 20);
-  const [row] = peerComparisons(recorders, [{ model: 'm.Q4_0', peer: 'm.Q4_0@llama-server', concurrency: [1, 4, 16], healthClients: 16 }]);
+  const [row] = peerComparisons(recorders, [{ model: 'm.Q4_0', peer: 'm.Q4_0@llama-server', concurrency: [1, 4, 16], healthClients: 16, cpuLibrary: null }]);
   // the histograms keep 3 significant digits
   const near = (actual: number | undefined, expected: number): boolean => actual !== undefined && Math.abs(actual - expected) <= Math.abs(expected) * 0.002;
   const levels = row?.throughput ?? [];
