@@ -4,8 +4,8 @@
  * served as safetensors through MLX, stopping at stop strings, cancelled when its client
  * leaves, and unloaded and loaded again like any model.
  */
-import { readFileSync, rmSync } from 'node:fs';
-import { join } from 'node:path';
+import { readFileSync, renameSync, rmSync, statSync } from 'node:fs';
+import { basename, join } from 'node:path';
 import t from 'tap';
 import { convertToGguf } from '../src/gguf/convert.ts';
 import { kvBudget } from '../src/models/footprint.ts';
@@ -14,9 +14,12 @@ import { forwardPassCounters, json, logEvents, post, serverStatus, sleep, startS
 
 const BUILTIN = 'tiny-qwen3';
 const GGUF = 'tiny-qwen3-f32';
+/** The same weights as three files, as llama.cpp's gguf-split writes a model too large for one. */
+const SPLIT = 'tiny-qwen3-f32-split';
 const modelsDir = tempDir('gguf-models-');
 materializeDefaultModel(join(TEST_CACHE_DIR, BUILTIN));
 convertToGguf(join(TEST_CACHE_DIR, BUILTIN), join(modelsDir, `${GGUF}.gguf`), { type: 'F32' });
+const splitParts = convertToGguf(join(TEST_CACHE_DIR, BUILTIN), join(modelsDir, `${SPLIT}.gguf`), { type: 'F32', parts: 3 });
 
 // One llama.cpp thread: on a shared machine its spinning threads slow each other down.
 const server = await startServer(['--models-dir', modelsDir], { MLX_SERVER_LLAMA_THREADS: '1' });
@@ -59,6 +62,33 @@ t.test('listings show a GGUF file by its stem, with format, quantization, archit
   );
 });
 
+t.test('a split GGUF model is listed once, by the name its parts share, with the size of all of them', async (t) => {
+  t.same(splitParts.map((path) => basename(path)), [1, 2, 3].map((part) => `${SPLIT}-0000${part}-of-00003.gguf`), 'parts named as llama.cpp names them');
+  const tags = await json<{ models: { name: string; size: number; details: Record<string, unknown> }[] }>(`${url}/api/tags`);
+  t.same(tags.body.models.filter((m) => m.name.startsWith(SPLIT)).map((m) => m.name), [SPLIT], 'one model, not one per part');
+  const split = tags.body.models.find((m) => m.name === SPLIT);
+  t.equal(split?.size, splitParts.reduce((sum, path) => sum + statSync(path).size, 0), 'its size is its parts together');
+  t.match(split?.details, { format: 'gguf', family: 'qwen3', quantization_level: 'F32' });
+  const whole = (await post(`${url}/api/show`, { model: GGUF })).body;
+  const parts = (await post(`${url}/api/show`, { model: SPLIT })).body;
+  t.equal(parts.details.parameter_size, whole.details.parameter_size, 'the parameters of every part are counted');
+});
+
+t.test('with a part missing, a split model is not offered, nor any part as a model of its own', async (t) => {
+  const listed = async (): Promise<string[]> => {
+    await sleep(1000); // the models dir's watch refreshes the index once its events settle
+    return (await json<{ data: { id: string }[] }>(`${url}/v1/models`)).body.data.map((m) => m.id).filter((id) => id.startsWith(SPLIT));
+  };
+  const last = splitParts[2] as string;
+  renameSync(last, `${last}.aside`);
+  try {
+    t.same(await listed(), [], 'nothing listed while a part is missing');
+  } finally {
+    renameSync(`${last}.aside`, last);
+  }
+  t.same(await listed(), [SPLIT], 'listed again once the part is back');
+});
+
 let ggufText = '';
 
 t.test('the same weights give the same greedy text through MLX (safetensors) and llama.cpp (F32 GGUF)', async (t) => {
@@ -74,6 +104,9 @@ t.test('the same weights give the same greedy text through MLX (safetensors) and
   const llamaChat = await chat(GGUF);
   t.equal(llamaChat.body.choices[0].message.content, mlxChat.body.choices[0].message.content, 'chat text, through each engine’s rendering of the template');
   t.equal(llamaChat.body.usage.prompt_tokens, mlxChat.body.usage.prompt_tokens, 'the chat prompt tokenizes to as many tokens');
+  const split = await complete(SPLIT);
+  t.equal(split.status, 200, 'llama.cpp loads a split model from its first part');
+  t.equal(split.body.choices[0].text, ggufText, 'the split model gives the same text as the single file');
 });
 
 t.test('both APIs, streamed and whole, give the same text', async (t) => {

@@ -1,13 +1,14 @@
 /**
- * GGUF repositories on the Hub hold one file per quantization. `ORG/NAME:QUANT` (also Ollama's
- * `hf.co/ORG/NAME:QUANT`) names one of them: /api/pull and `mlx-server pull` fetch only that file,
+ * GGUF repositories on the Hub hold one file per quantization, or one split model's parts in a folder
+ * per quantization. `ORG/NAME:QUANT` (also Ollama's `hf.co/ORG/NAME:QUANT`) names one of them:
+ * /api/pull and `mlx-server pull` fetch only that file (or those parts),
  * the registry lists each GGUF file of a cached repository under that name, and the server serves it.
  * Against a fake Hub on loopback, with GGUF files our converter writes from the parity fixture.
  */
 import { spawn } from 'node:child_process';
 import { createRequire } from 'node:module';
 import { existsSync, readFileSync, rmSync } from 'node:fs';
-import { dirname, join } from 'node:path';
+import { basename, dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import t from 'tap';
 import { convertToGguf } from '../src/gguf/convert.ts';
@@ -27,7 +28,14 @@ const gguf = (type: 'F32' | 'Q8_0' | 'Q4_0'): Buffer => {
 };
 const REPO = 'test/fixture-GGUF';
 const files = { 'README.md': Buffer.from('# GGUF files\n'), 'fixture-q8_0.gguf': gguf('Q8_0'), 'fixture-F32.gguf': gguf('F32'), 'fixture.Q4_0.gguf': gguf('Q4_0') };
-const hub = await new FakeHub({ repos: { [REPO]: files } }).start();
+/** A repository whose quantizations are split models, each in a folder of its own, as large models are published. */
+const SPLIT_REPO = 'test/split-GGUF';
+const splitModel = (type: 'F32' | 'Q8_0'): Record<string, Buffer> => {
+  const parts = convertToGguf(FIXTURE, join(work, `split-${type}.gguf`), { type, tokenizerDir: QWEN3_TOKENIZER, name: 'fixture', parts: 2 });
+  return Object.fromEntries(parts.map((path) => [`${type}/fixture-${type}-${basename(path).slice(-19)}`, readFileSync(path)]));
+};
+const splitFiles = { ...splitModel('Q8_0'), ...splitModel('F32') };
+const hub = await new FakeHub({ repos: { [REPO]: files, [SPLIT_REPO]: splitFiles } }).start();
 t.teardown(() => hub.close());
 const hfHome = tempDir('hf-home-');
 const hubEnv = { HF_ENDPOINT: hub.url, HF_HOME: hfHome, HF_HUB_CACHE: '', HF_TOKEN: '', HF_HUB_OFFLINE: '' };
@@ -61,6 +69,18 @@ t.test('/api/pull of hf.co/ORG/NAME:quant fetches that one GGUF file; the server
     t.equal(r.status, 200, `${name}: ${JSON.stringify(r.body)}`);
     t.equal(r.body.usage?.completion_tokens, 6, `${name} generates`);
   }
+});
+
+t.test('pulling a split quantization fetches all its parts, and nothing else; it is listed and served under one name', async (t) => {
+  const pulled = await post(`${url}/api/pull`, { model: `${SPLIT_REPO}:Q8_0`, stream: false });
+  t.equal(pulled.status, 200, JSON.stringify(pulled.body));
+  const wanted = ['Q8_0/fixture-Q8_0-00001-of-00002.gguf', 'Q8_0/fixture-Q8_0-00002-of-00002.gguf'];
+  t.same(Object.keys(splitFiles).filter((file) => hub.downloadsOf(SPLIT_REPO, file).length > 0), wanted, 'both parts of Q8_0 were downloaded, no F32 part');
+  const models = await json<{ data: Record<string, unknown>[] }>(`${url}/v1/models`);
+  t.same(models.body.data.filter((m) => String(m.id).startsWith(SPLIT_REPO)).map((m) => m.id), [`${SPLIT_REPO}:Q8_0`], 'listed once, by its quantization');
+  const r = await post(`${url}/v1/completions`, { model: `${SPLIT_REPO}:Q8_0`, prompt: [1, 2, 3], max_tokens: 6, temperature: 0, ignore_eos: true });
+  t.equal(r.status, 200, JSON.stringify(r.body));
+  t.equal(r.body.usage?.completion_tokens, 6, 'llama.cpp loads it from its first part');
 });
 
 t.test('a quantization the repository does not hold: 404 naming the ones it does', async (t) => {

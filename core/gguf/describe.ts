@@ -1,6 +1,6 @@
 /** What listings (/api/tags, /api/show, /v1/models) say about a GGUF model, from its header alone. */
 import { statSync } from 'node:fs';
-import { FILE_TYPES, readGgufHeader, type MetadataValue } from './format.ts';
+import { FILE_TYPES, ggufFiles, readGgufHeader, type MetadataValue } from './format.ts';
 
 export interface GgufDescription {
   architecture: string;
@@ -48,7 +48,7 @@ function readDescription(path: string): GgufDescription {
     quantization,
     contextLength: typeof context === 'number' ? context : typeof context === 'bigint' ? Number(context) : null,
     chatTemplate: typeof template === 'string' ? template : '',
-    parameters: tensors.reduce((sum, tensor) => sum + tensor.dims.reduce((a, b) => a * b, 1), 0),
+    parameters: [tensors, ...ggufFiles(path).slice(1).map((part) => readGgufHeader(part).tensors)].flat().reduce((sum, tensor) => sum + tensor.dims.reduce((a, b) => a * b, 1), 0),
     info,
   };
 }

@@ -10,6 +10,30 @@ import { ServeError } from '../errors.ts';
 
 export const isGgufPath = (path: string): boolean => path.toLowerCase().endsWith('.gguf');
 
+/**
+ * A model too large for one file is split into parts named as llama.cpp's llama_split_path names
+ * them, `<prefix>-00001-of-00003.gguf` and so on, numbered from 1. The first part holds the
+ * metadata; llama.cpp loads the others from the first's path.
+ */
+const SPLIT_PART = /^(.*)-(\d{5})-of-(\d{5})\.gguf$/i;
+
+export const splitPartPath = (prefix: string, part: number, count: number): string => `${prefix}-${String(part).padStart(5, '0')}-of-${String(count).padStart(5, '0')}.gguf`;
+
+/** Where `path` sits in a split model (its part numbered from 1), or null for a file of its own. */
+export function ggufSplit(path: string): { prefix: string; part: number; count: number } | null {
+  const match = SPLIT_PART.exec(path);
+  return match ? { prefix: match[1] as string, part: Number(match[2]), count: Number(match[3]) } : null;
+}
+
+/** The files a GGUF model named by `path` is made of: every part for a split model's first part, else `path`. */
+export function ggufFiles(path: string): string[] {
+  const split = ggufSplit(path);
+  return split?.part === 1 ? Array.from({ length: split.count }, (_, i) => splitPartPath(split.prefix, i + 1, split.count)) : [path];
+}
+
+/** A GGUF model's name: its file name without `.gguf`, and without the part numbers of a split model. */
+export const ggufModelName = (fileName: string): string => (ggufSplit(fileName)?.prefix ?? fileName.replace(/\.gguf$/i, ''));
+
 const QUANTIZATION_WORD = /^(I?Q\d+(_[A-Z0-9]+)*|F16|F32|BF16)$/i;
 
 /**
@@ -61,7 +85,7 @@ export type MetadataValue = number | bigint | boolean | string | MetadataValue[]
 
 /** A metadata entry as written: the value and the type it is stored with. */
 export type MetadataEntry =
-  | { type: 'u32' | 'i32' | 'f32'; value: number }
+  | { type: 'u16' | 'u32' | 'i32' | 'f32'; value: number }
   | { type: 'bool'; value: boolean }
   | { type: 'string'; value: string }
   | { type: 'strings'; value: string[] }
@@ -206,6 +230,9 @@ class ByteSink {
 function writeEntry(sink: ByteSink, key: string, entry: MetadataEntry): void {
   sink.string(key);
   switch (entry.type) {
+    case 'u16':
+      sink.u32(ValueType.U16);
+      return sink.scalar(2, (b) => b.writeUInt16LE(entry.value));
     case 'u32':
       sink.u32(ValueType.U32);
       return sink.u32(entry.value);
@@ -270,6 +297,26 @@ export function writeGguf(path: string, metadata: [string, MetadataEntry][], ten
   } finally {
     closeSync(fd);
   }
+}
+
+/**
+ * Writes a model as `count` GGUF files, as llama.cpp's gguf-split does: the tensors shared out in
+ * order, the metadata in the first part, and in every part its index from 0 (`split.no`), the
+ * part count and the model's tensor count, which llama.cpp checks. Returns the parts' paths.
+ */
+export function writeGgufSplit(prefix: string, metadata: [string, MetadataEntry][], tensors: TensorInput[], count: number): string[] {
+  if (!Number.isInteger(count) || count < 2 || count > tensors.length) throw new Error(`cannot split ${tensors.length} tensors into ${count} parts`);
+  return Array.from({ length: count }, (_, index) => {
+    const path = splitPartPath(prefix, index + 1, count);
+    const split: [string, MetadataEntry][] = [
+      ['split.no', { type: 'u16', value: index }],
+      ['split.count', { type: 'u16', value: count }],
+      ['split.tensors.count', { type: 'i32', value: tensors.length }],
+    ];
+    const share = (i: number): number => Math.floor((i * tensors.length) / count);
+    writeGguf(path, index === 0 ? [...metadata, ...split] : split, tensors.slice(share(index), share(index + 1)));
+    return path;
+  });
 }
 
 export interface GgufTensorInfo {

@@ -7,7 +7,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { ServeError } from '../../core/errors.ts';
 import { weightFiles } from '../../core/model-folder.ts';
-import { FILE_TYPE_OF, fitsType, writeGguf, type MetadataEntry, type TensorInput, type TensorType } from '../../core/gguf/format.ts';
+import { FILE_TYPE_OF, fitsType, writeGguf, writeGgufSplit, type MetadataEntry, type TensorInput, type TensorType } from '../../core/gguf/format.ts';
 
 interface HfConfig {
   model_type: string;
@@ -196,10 +196,12 @@ export interface ConvertOptions {
   /** Where tokenizer.json (and tokenizer_config.json) are; the model folder by default. */
   tokenizerDir?: string;
   name?: string;
+  /** Split into this many files, named from `outPath` as llama.cpp names a split model's parts. */
+  parts?: number;
 }
 
-/** Writes the model in `modelDir` as one GGUF file at `outPath`. */
-export function convertToGguf(modelDir: string, outPath: string, options: ConvertOptions): void {
+/** Writes the model in `modelDir` as a GGUF file at `outPath` (or split into `options.parts` files); returns the files written. */
+export function convertToGguf(modelDir: string, outPath: string, options: ConvertOptions): string[] {
   const config = JSON.parse(readFileSync(join(modelDir, 'config.json'), 'utf8')) as HfConfig;
   const target = ARCHITECTURES[config.model_type];
   if (!target) throw new ServeError('unsupported_model', `model type ${config.model_type} does not convert to GGUF; these do: ${convertibleArchitectures().join(', ')}`);
@@ -251,5 +253,9 @@ export function convertToGguf(modelDir: string, outPath: string, options: Conver
     [`${arch}.vocab_size`, u32(config.vocab_size)],
     ...vocabulary(options.tokenizerDir ?? modelDir, config),
   ];
-  writeGguf(outPath, metadata, tensors);
+  if (!options.parts || options.parts === 1) {
+    writeGguf(outPath, metadata, tensors);
+    return [outPath];
+  }
+  return writeGgufSplit(outPath.replace(/\.gguf$/i, ''), metadata, tensors, options.parts);
 }

@@ -15,11 +15,12 @@
  */
 import { createHash, type Hash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
-import { mkdir, open, readdir, readFile, readlink, rename, rm, stat, statfs, symlink, writeFile } from 'node:fs/promises';
+import { mkdir, open, readFile, readlink, rename, rm, stat, statfs, symlink, writeFile } from 'node:fs/promises';
 import { basename, dirname, join, relative } from 'node:path';
 import { HubApiError, listFiles, modelInfo, type ListFileEntry } from '@huggingface/hub';
 import { ServeError } from '../../core/errors.ts';
-import { isGgufPath, quantizationOfFileName } from '../../core/gguf/format.ts';
+import { ggufFiles, ggufSplit, isGgufPath, quantizationOfFileName } from '../../core/gguf/format.ts';
+import { ggufModelsIn } from '../models/registry.ts';
 import { splitQuantization, type HubSettings } from './settings.ts';
 
 export type PullEvent =
@@ -271,15 +272,22 @@ async function cachedSnapshot(folder: string, quantization: string | null): Prom
   if (!commit) return null;
   const snapshot = join(folder, 'snapshots', commit);
   if (quantization === null) return (await sizeOf(join(snapshot, 'config.json'))) !== null ? commit : null;
-  const files = await readdir(snapshot).catch(() => []);
-  return files.some((file) => isGgufPath(file) && quantizationOfFileName(file) === quantization) ? commit : null;
+  return (await ggufModelsIn(snapshot)).some((path) => quantizationOfFileName(basename(path)) === quantization) ? commit : null;
 }
 
-/** The one GGUF file of `quantization` in a repository that may hold many (the first by name when several match, e.g. in subfolders). */
-function chooseGguf(listed: PlannedFile[], repo: string, quantization: string): PlannedFile {
+/**
+ * The GGUF model of `quantization` in a repository that may hold many (the first by name when
+ * several match, e.g. in subfolders): its file, or every part of a split model.
+ */
+function chooseGguf(listed: PlannedFile[], repo: string, quantization: string): PlannedFile[] {
   const ggufs = listed.filter((file) => isGgufPath(file.path)).sort((a, b) => a.path.localeCompare(b.path));
-  const chosen = ggufs.find((file) => quantizationOfFileName(basename(file.path)) === quantization);
-  if (chosen) return chosen;
+  const chosen = ggufs.find((file) => quantizationOfFileName(basename(file.path)) === quantization && (ggufSplit(file.path)?.part ?? 1) === 1);
+  if (chosen) {
+    const parts = ggufFiles(chosen.path).map((path) => ggufs.find((file) => file.path === path));
+    const missing = ggufFiles(chosen.path).filter((_, i) => !parts[i]);
+    if (missing.length > 0) throw new ServeError('download_failed', `'${repo}' lists ${chosen.path} but not ${missing.join(', ')}: the split model is incomplete`, 'model');
+    return parts as PlannedFile[];
+  }
   const offered = [...new Set(ggufs.flatMap((file) => quantizationOfFileName(basename(file.path)) ?? []))];
   throw new ServeError('model_not_found',
     offered.length > 0 ? `'${repo}' has no GGUF file quantized ${quantization}; it has ${offered.map((q) => `${repo}:${q}`).join(', ')}` : `'${repo}' holds no GGUF files; name it without ':${quantization}'`,
@@ -352,7 +360,7 @@ export async function pullModel(ref: string, options: PullOptions): Promise<Pull
     const release = await lockRepository(settings, repo);
     try {
       const job = new PullJob(repo, commit, folder, options);
-      const wanted = quantization !== null ? [chooseGguf(ggufs, repo, quantization)] : await safetensorsModelFiles(files, new PullJob(repo, commit, folder, { ...options, onEvent: () => {} }), repo);
+      const wanted = quantization !== null ? chooseGguf(ggufs, repo, quantization) : await safetensorsModelFiles(files, new PullJob(repo, commit, folder, { ...options, onEvent: () => {} }), repo);
       job.total = wanted.reduce((sum, file) => sum + file.size, 0);
       await assertSpace(settings, folder, wanted, repo);
       for (const file of wanted) await job.fetchBlob(file);

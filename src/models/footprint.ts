@@ -7,7 +7,7 @@ import { freemem } from 'node:os';
 import { join } from 'node:path';
 import type { LlamaContextShape, WeightPlacement } from '../../core/protocol.ts';
 import { ServeError } from '../../core/errors.ts';
-import { isGgufPath, readGgufHeader } from '../../core/gguf/format.ts';
+import { ggufFiles, isGgufPath, readGgufHeader } from '../../core/gguf/format.ts';
 import { readOptionalJson, weightFiles } from '../../core/model-folder.ts';
 
 const DTYPE_BYTES: Record<string, number> = { F64: 8, F32: 4, F16: 2, BF16: 2, I64: 8, I32: 4, U32: 4, I16: 2, U16: 2, I8: 1, U8: 1, BOOL: 1 };
@@ -159,7 +159,7 @@ export const parameterCount = (dir: string): number => countTensors(dir, sizingC
 export function estimateLoadBytes(dir: string, onCpu: boolean): Record<WeightPlacement, number> {
   // A GGUF file is held as stored (llama.cpp maps it); its KV cache is counted by kvBudget.
   if (isGgufPath(dir)) {
-    const bytes = (existsSync(dir) ? statSync(dir).size : 0) + RUNTIME_BYTES;
+    const bytes = ggufFiles(dir).reduce((sum, file) => sum + (existsSync(file) ? statSync(file).size : 0), RUNTIME_BYTES);
     return { native: bytes, dequantized: bytes };
   }
   const config = sizingConfig(dir);

@@ -6,11 +6,11 @@
 import { watch, type FSWatcher } from 'node:fs';
 import { access, readdir, readFile, realpath, stat } from 'node:fs/promises';
 import { homedir } from 'node:os';
-import { basename, extname, join, resolve, sep } from 'node:path';
+import { basename, join, resolve, sep } from 'node:path';
 import type { ModelSource } from '../../core/protocol.ts';
 import { ServeError } from '../../core/errors.ts';
 import { describeGguf } from '../../core/gguf/describe.ts';
-import { isGgufPath, quantizationOfFileName } from '../../core/gguf/format.ts';
+import { ggufFiles, ggufModelName, ggufSplit, isGgufPath, quantizationOfFileName } from '../../core/gguf/format.ts';
 
 export const BUILTIN_MODEL = 'tiny-qwen3';
 
@@ -49,10 +49,15 @@ const WATCH_SETTLE_MS = 100;
 
 const exists = (path: string): Promise<boolean> => access(path).then(() => true, () => false);
 const isModelDir = (dir: string): Promise<boolean> => exists(join(dir, 'config.json'));
-/** A single-file GGUF model (llama.cpp's format); it is named by its file name without `.gguf`. */
-const isGgufFile = async (path: string): Promise<boolean> => isGgufPath(path) && (await stat(path).then((s) => s.isFile(), () => false));
+const isFile = (path: string): Promise<boolean> => stat(path).then((s) => s.isFile(), () => false);
+/**
+ * A GGUF model (llama.cpp's format): a file of its own, or the first part of a split model whose
+ * parts are all there; named by its file name without `.gguf` and a split model's part numbers.
+ */
+const isGgufFile = async (path: string): Promise<boolean> =>
+  isGgufPath(path) && (ggufSplit(path)?.part ?? 1) === 1 && (await Promise.all(ggufFiles(path).map(isFile))).every(Boolean);
 const isModel = async (path: string): Promise<boolean> => (await isModelDir(path)) || (await isGgufFile(path));
-const modelName = (path: string): string => (isGgufPath(path) ? basename(path, extname(path)) : basename(path));
+const modelName = (path: string): string => (isGgufPath(path) ? ggufModelName(basename(path)) : basename(path));
 const listDir = (dir: string): Promise<string[]> => readdir(dir).catch(() => []);
 
 /** A models dir serves what it holds: a symlink in it that leads elsewhere is not followed. */
@@ -61,8 +66,8 @@ const insideRoot = async (root: string, path: string): Promise<boolean> => (awai
 /** Size and date of a model's files, read when the index is built so no request stats a weight file. */
 async function folderStats(path: string): Promise<{ modifiedAt: Date; sizeBytes: number }> {
   if (await isGgufFile(path)) {
-    const stats = await stat(path);
-    return { modifiedAt: stats.mtime, sizeBytes: stats.size };
+    const parts = await Promise.all(ggufFiles(path).map((file) => stat(file)));
+    return { modifiedAt: new Date(Math.max(...parts.map((part) => part.mtimeMs))), sizeBytes: parts.reduce((sum, part) => sum + part.size, 0) };
   }
   let sizeBytes = 0;
   let modifiedAt = new Date(0);
@@ -79,6 +84,18 @@ async function foundModel(name: string, path: string, origin: ModelEntry['origin
   return { name, path, origin, builtin: origin === 'builtin', ...(await folderStats(path)) };
 }
 
+/**
+ * The GGUF models in a repository snapshot: its files, and those one folder down, where
+ * repositories of many quantizations keep each split model's parts (`Q4_K_M/…-00001-of-00002.gguf`).
+ */
+export async function ggufModelsIn(snapshot: string): Promise<string[]> {
+  const entries = (await listDir(snapshot)).map((entry) => join(snapshot, entry));
+  const below = await Promise.all(entries.map(async (entry) => ((await stat(entry).catch(() => null))?.isDirectory() ? (await listDir(entry)).map((file) => join(entry, file)) : [])));
+  const candidates = [...entries, ...below.flat()].sort();
+  const models = await Promise.all(candidates.map(isGgufFile));
+  return candidates.filter((_, i) => models[i]);
+}
+
 /** The Hugging Face cache's models: each repository's snapshot at refs/main (else its first), when it holds a config.json. */
 export async function huggingFaceModels(cache: string): Promise<{ name: string; path: string }[]> {
   const repos = (await listDir(cache)).filter((entry) => entry.startsWith('models--'));
@@ -91,10 +108,9 @@ export async function huggingFaceModels(cache: string): Promise<{ name: string; 
       const path = join(snapshots, revision);
       const repoId = entry.slice('models--'.length).replace('--', '/');
       const models = (await isModelDir(path)) ? [{ name: repoId, path }] : [];
-      // Each GGUF file of a repository that holds several is a model named by its quantization.
-      for (const file of await listDir(path)) {
-        const ggufPath = join(path, file);
-        if (await isGgufFile(ggufPath)) models.push({ name: `${repoId}:${quantizationOfFileName(file) ?? describeGguf(ggufPath).quantization}`, path: ggufPath });
+      // Each GGUF model of a repository that holds several is named by its quantization.
+      for (const ggufPath of await ggufModelsIn(path)) {
+        models.push({ name: `${repoId}:${quantizationOfFileName(basename(ggufPath)) ?? describeGguf(ggufPath).quantization}`, path: ggufPath });
       }
       return models;
     }),
