@@ -17,15 +17,44 @@ export type JsonGrammarSource = Pick<Llama, 'createGrammarForJsonSchema'>;
 /** JSON Schema keywords node-llama-cpp's grammar generator honours, plus annotations that constrain nothing. */
 const GRAMMAR_KEYWORDS = new Set(['type', 'properties', 'required', 'additionalProperties', 'items', 'prefixItems', 'minItems', 'maxItems', 'enum', 'const', 'oneOf', '$defs', '$ref', 'format', 'minLength', 'maxLength', 'minProperties', 'maxProperties', 'description', 'title', '$schema', 'default', 'examples']);
 
+/** Keywords whose value holds subschemas: by name, by position, or as the value itself. */
+const SUBSCHEMAS: Record<string, 'named' | 'listed' | 'single'> = { properties: 'named', $defs: 'named', prefixItems: 'listed', oneOf: 'listed', items: 'single', additionalProperties: 'single' };
+
+/** The subschemas in keyword `key`'s `value`, each with the path segment that leads to it ('' for the value itself). */
+function subschemas(key: string, value: unknown): [string, unknown][] {
+  switch (SUBSCHEMAS[key]) {
+    case 'named':
+      return Object.entries(value as Record<string, unknown>);
+    case 'listed':
+      return Array.isArray(value) ? value.map((child, i): [string, unknown] => [String(i), child]) : [];
+    case 'single':
+      return [['', value]];
+    default:
+      return [];
+  }
+}
+
+/** Keyword `key`'s `value` with each of its subschemas replaced by `change(subschema)`. */
+function mapSubschemas(key: string, value: unknown, change: (schema: unknown) => unknown): unknown {
+  const changed = subschemas(key, value).map(([name, child]): [string, unknown] => [name, change(child)]);
+  switch (SUBSCHEMAS[key]) {
+    case 'named':
+      return Object.fromEntries(changed);
+    case 'listed':
+      return Array.isArray(value) ? changed.map(([, child]) => child) : value;
+    case 'single':
+      return changed[0]?.[1];
+    default:
+      return value;
+  }
+}
+
 /** The first keyword of `schema` a llama.cpp grammar would not honour (e.g. `minimum`), with where it is; null when there is none. */
 function unhonouredKeyword(schema: unknown, at: string): string | null {
   if (typeof schema !== 'object' || schema === null) return null;
   for (const [key, value] of Object.entries(schema as Record<string, unknown>)) {
     if (!GRAMMAR_KEYWORDS.has(key)) return `'${key}' at ${at || '/'}`;
-    const named = key === 'properties' || key === '$defs' ? Object.entries(value as Record<string, unknown>) : [];
-    const listed = (key === 'prefixItems' || key === 'oneOf') && Array.isArray(value) ? value.map((child, i): [string, unknown] => [String(i), child]) : [];
-    const single: [string, unknown][] = key === 'items' || key === 'additionalProperties' ? [['', value]] : [];
-    for (const [name, child] of [...named, ...listed, ...single]) {
+    for (const [name, child] of subschemas(key, value)) {
       const found = unhonouredKeyword(child, `${at}/${key}${name ? `/${name}` : ''}`);
       if (found) return found;
     }
@@ -40,13 +69,7 @@ function unhonouredKeyword(schema: unknown, at: string): string | null {
  */
 function openObjects(schema: unknown): unknown {
   if (typeof schema !== 'object' || schema === null || Array.isArray(schema)) return schema;
-  const opened: Record<string, unknown> = {};
-  for (const [key, value] of Object.entries(schema as Record<string, unknown>)) {
-    if (key === 'properties' || key === '$defs') opened[key] = Object.fromEntries(Object.entries(value as Record<string, unknown>).map(([name, child]) => [name, openObjects(child)]));
-    else if ((key === 'prefixItems' || key === 'oneOf') && Array.isArray(value)) opened[key] = value.map(openObjects);
-    else if (key === 'items' || key === 'additionalProperties') opened[key] = openObjects(value);
-    else opened[key] = value;
-  }
+  const opened = Object.fromEntries(Object.entries(schema as Record<string, unknown>).map(([key, value]) => [key, mapSubschemas(key, value, openObjects)]));
   const type = opened.type;
   if ((type === 'object' || (Array.isArray(type) && type.includes('object'))) && !('additionalProperties' in opened)) opened.additionalProperties = true;
   return opened;
