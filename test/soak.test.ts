@@ -12,7 +12,9 @@ import { parseHostsFile, type HostResult } from '../soak/fleet.ts';
 import { trend } from '../soak/long-soak.ts';
 import { parseDuration } from '../soak/report.ts';
 import { runSoak, testLines } from './helpers/soak.ts';
-import { startServer, tempDir } from './helpers/server.ts';
+import { serverStatus, startServer, tempDir, TEST_CACHE_DIR } from './helpers/server.ts';
+import { convertToGguf } from '../src/gguf/convert.ts';
+import { materializeDefaultModel } from '../workers/default-model.ts';
 
 t.test('durations, host files and the memory trend', async (t) => {
   t.equal(parseDuration('24h'), 86400);
@@ -52,6 +54,22 @@ t.test('comprehensive test passes against a healthy server, with its eleven chec
   t.ok((result.measurements.idleUnloadSeconds ?? 0) >= 4, 'unloaded no earlier than the timeout minus its tolerance');
   t.ok((result.measurements.recoveryPercent ?? 0) >= 50);
   t.ok((result.measurements.leakDeltaGb ?? 1) < 0.1);
+});
+
+t.test('the same suite passes against a GGUF model served by llama.cpp', async (t) => {
+  const modelsDir = tempDir('soak-gguf-');
+  materializeDefaultModel(join(TEST_CACHE_DIR, 'tiny-qwen3'));
+  convertToGguf(join(TEST_CACHE_DIR, 'tiny-qwen3'), join(modelsDir, 'tiny-qwen3-q8.gguf'), { type: 'Q8_0' });
+  const server = await startServer(['--idle-timeout', '6', '--models-dir', modelsDir], { MLX_SERVER_LLAMA_THREADS: '1' });
+  t.teardown(() => server.stop());
+  const json = join(modelsDir, 'result.json');
+  const run = await runSoak(['--url', server.url, '--model', 'tiny-qwen3-q8', '--min-recovery', '50', '--leak-cycles', '1', '--extended', '--json', json]);
+  if (!t.equal(run.code, 0, 'exit 0')) t.comment(run.output);
+  t.match(run.output, /Tests Passed: 12\nTests Failed: 0/);
+  const result = (JSON.parse(readFileSync(json, 'utf8')) as HostResult).results[0] as ComprehensiveResult;
+  t.ok((result.measurements.recoveryPercent ?? 0) >= 50, `recovered ${result.measurements.recoveryPercent}% of what loading the GGUF model added`);
+  const { model } = await serverStatus(server.url);
+  t.same([model.name, model.weights?.dtype], ['tiny-qwen3-q8', 'Q8_0'], 'the suite ran on the GGUF model, through llama.cpp');
 });
 
 t.test('an unreachable server fails at the health check', async (t) => {
