@@ -146,6 +146,22 @@ t.test('concurrent requests decode together in llama.cpp batches, each continuin
   t.ok(sequences / passes > 3.5, `${(sequences / passes).toFixed(2)} sequences per forward pass over ${passes} passes`);
 });
 
+t.test('sampling fields mean through llama.cpp what they mean for MLX models', async (t) => {
+  const sampled = async (extra: Record<string, unknown>): Promise<string> => {
+    const r = await complete(GGUF, { temperature: 1, ...extra });
+    t.equal(r.status, 200, JSON.stringify(extra));
+    return r.body.choices[0].text as string;
+  };
+  const seeded = await sampled({ seed: 7 });
+  t.equal(await sampled({ seed: 7 }), seeded, 'the same seed gives the same text');
+  t.not(await sampled({ seed: 8 }), seeded, 'another seed another text');
+  t.not(seeded, ggufText, 'sampling at temperature 1 is not greedy');
+  t.equal(await sampled({ seed: 8, top_k: 1 }), ggufText, 'top_k 1 keeps only the greedy token');
+  t.equal(await sampled({ seed: 8, min_p: 1 }), ggufText, 'min_p 1 keeps only the most likely token');
+  const penalised = await complete(GGUF, { repetition_penalty: 1.5 });
+  t.not(penalised.body.choices[0].text, ggufText, 'a repetition penalty changes the greedy text');
+});
+
 t.test('a stop string ends the text before it', async (t) => {
   const stop = ggufText.slice(8, 12);
   const r = await complete(GGUF, { stop: [stop] });
