@@ -144,12 +144,6 @@ export type WorkerTask =
 
 export type WorkerReply = { ok: true; load?: LoadResult; release?: DeviceRelease } | { ok: false; error: ServeErrorShape };
 
-/**
- * A step that carries prompt tokens runs this many layers, then lets their intermediate arrays go
- * before the next ones (Scheduler): its activations peak at these layers' worth, not the model's.
- */
-export const PREFILL_LAYERS_PER_PART = 2;
-
 /** Fixed for the worker's life. */
 export interface WorkerSettings extends DeviceMemorySettings {
   /** Sequences decoded together in one forward pass; the rest wait their turn. */

@@ -4,14 +4,11 @@
  * pass over a budget of tokens: one for every decoding row (the running batch, each row at its
  * own position) plus up to prefillChunk prompt tokens of newcomers, in arrival order. A newcomer
  * whose prompt is done joins the batch for the next step; a finished or cancelled row leaves.
- * Then it collects garbage (node-mlx frees native memory only when V8 collects the JS wrappers
- * and the event loop runs their finalizers) and yields to the event loop so new tasks and
- * cancellations get in between steps. A step that carries prompt tokens also pauses so every
- * PREFILL_LAYERS_PER_PART layers: a 256-token step of a 24-layer model held 805 MB of
- * activations at once, and 61 MB in parts of two layers.
+ * Then it collects garbage (node-mlx frees native memory only when V8 collects the JS wrappers)
+ * and yields to the event loop so new tasks and cancellations get in between steps.
  */
 import { setImmediate as yieldToEventLoop } from 'node:timers/promises';
-import { PREFILL_LAYERS_PER_PART, type WorkerSettings } from '../core/protocol.ts';
+import type { WorkerSettings } from '../core/protocol.ts';
 import { collectGarbage } from '../core/gc.ts';
 import type { CancelFlags } from '../core/cancel-flags.ts';
 import type { Telemetry } from '../core/telemetry.ts';
@@ -64,7 +61,7 @@ export class Scheduler {
     this.looping = true;
     try {
       while (this.size > 0) {
-        await this.round();
+        this.round();
         const full = performance.now() - this.lastFullCollection >= FULL_GC_INTERVAL_MS;
         collectGarbage(full);
         if (full) this.lastFullCollection = performance.now();
@@ -78,7 +75,7 @@ export class Scheduler {
     }
   }
 
-  private async round(): Promise<void> {
+  private round(): void {
     for (const entry of [...this.waiting]) {
       if (this.cancelFlags.isSet(entry.sequence.slot)) {
         entry.sequence.cancel();
@@ -107,7 +104,7 @@ export class Scheduler {
     const decoding = batch.rows;
     if (decoding.length === 0 && prefilling.length === 0) return;
     try {
-      await this.step(batch, prefilling);
+      this.step(batch, prefilling);
     } catch (error) {
       // The step's state is unknown: every sequence in it fails, and the batch starts afresh.
       for (const entry of [...decoding, ...prefilling.map(({ entry }) => entry)]) {
@@ -126,21 +123,16 @@ export class Scheduler {
     this.release();
   }
 
-  private async step(batch: NonNullable<Scheduler['batch']>, prefilling: { entry: Entry; chunk: PromptChunk }[]): Promise<void> {
+  private step(batch: NonNullable<Scheduler['batch']>, prefilling: { entry: Entry; chunk: PromptChunk }[]): void {
     const rows = batch.rows.length;
     const chunks = prefilling.map(({ chunk }) => chunk);
-    const prefillTokens = chunks.reduce((sum, chunk) => sum + chunk.tokens.length, 0);
-    // node-mlx frees a dropped array's memory once V8 has collected its wrapper and the event
-    // loop has run the finalizer, so a prompt step pauses between parts for both.
-    const pass = batch.model.stepInParts(batch.state, batch.rows.map((entry) => entry.sequence.nextToken), chunks, prefillTokens > 0 ? PREFILL_LAYERS_PER_PART : Infinity);
-    let next = pass.next();
-    while (!next.done) {
-      collectGarbage(false);
-      await yieldToEventLoop();
-      next = pass.next();
-    }
-    const logits = next.value;
+    const logits = batch.model.step(
+      batch.state,
+      batch.rows.map((entry) => entry.sequence.nextToken),
+      chunks,
+    );
     mx.eval(logits, ...batch.state.state(), ...chunks.flatMap((chunk) => chunk.cache.flatMap((layer) => layer.state())));
+    const prefillTokens = chunks.reduce((sum, chunk) => sum + chunk.tokens.length, 0);
     this.telemetry.increment('forwardPasses');
     this.telemetry.increment('forwardRows', rows + chunks.length);
     this.telemetry.increment('forwardPrefillTokens', prefillTokens);

@@ -5,7 +5,7 @@
 import { closeSync, existsSync, openSync, readFileSync, readSync, statSync } from 'node:fs';
 import { freemem } from 'node:os';
 import { join } from 'node:path';
-import { PREFILL_LAYERS_PER_PART, type LlamaContextShape, type WeightPlacement } from '../../core/protocol.ts';
+import type { LlamaContextShape, WeightPlacement } from '../../core/protocol.ts';
 import { ServeError } from '../../core/errors.ts';
 import { ggufFiles, isGgufPath, readGgufHeader } from '../../core/gguf/format.ts';
 import { readOptionalJson, weightFiles } from '../../core/model-folder.ts';
@@ -105,20 +105,19 @@ function kvBytesPerToken(config: SizingConfig, onCpu: boolean): number {
 }
 
 /**
- * What one prefill step's activations hold: its layers' MLP products and hidden-size arrays for
+ * What one prefill step's activations hold: every layer's MLP products and hidden-size arrays for
  * `chunk` tokens. node-mlx frees an array only once V8 has collected its JS wrapper and the event
- * loop has run the native finalizer, so the scheduler runs a prompt step PREFILL_LAYERS_PER_PART
- * layers at a time and lets both happen in between: the step holds that many layers' at once.
- * Measured on the 0.5B-shaped fp32 model: 3.3-3.4 MB a token over 24 layers (32, 128 and
- * 256-token passes), ~34,000 floats a token a layer. That is the gated SiLU MLP's five
- * intermediate-size arrays (gate, up, sigmoid, SiLU, gated product) and about ten hidden-size
- * ones; the GELU forms build more intermediates.
+ * loop has run the native finalizer, which the worker lets happen between steps, so a step holds
+ * all its layers' at once. Measured on the 0.5B-shaped fp32 model: 3.3-3.4 MB a token over 24
+ * layers (32, 128 and 256-token passes), ~34,000 floats a token a layer. That is the gated SiLU
+ * MLP's five intermediate-size arrays (gate, up, sigmoid, SiLU, gated product) and about ten
+ * hidden-size ones; the GELU forms build more intermediates.
  */
 function activationBytes(config: SizingConfig, chunk: number): number {
   const hidden = config.hidden_size ?? 0;
   const intermediate = config.intermediate_size ?? 4 * hidden;
   const mlpArrays = /gelu/.test(config.hidden_act ?? config.hidden_activation ?? '') ? 12 : 5;
-  return Math.min(config.num_hidden_layers ?? 0, PREFILL_LAYERS_PER_PART) * chunk * (mlpArrays * intermediate + 10 * hidden) * 4;
+  return (config.num_hidden_layers ?? 0) * chunk * (mlpArrays * intermediate + 10 * hidden) * 4;
 }
 
 interface TensorCounts {

@@ -32,12 +32,6 @@ export interface LanguageModel extends Module {
    * vocab]: each row's next token, then each chunk's last position.
    */
   step(batch: RunningBatch, tokens: number[], chunks: PromptChunk[]): MxArray;
-  /**
-   * The same pass as `step`, evaluated `layersPerPart` layers at a time: it pauses (yields) after
-   * each part but the last, once that part's output is evaluated, so that its driver can let the
-   * part's intermediate arrays go before the next part makes its own; returns the logits.
-   */
-  stepInParts(batch: RunningBatch, tokens: number[], chunks: PromptChunk[], layersPerPart: number): Generator<void, MxArray>;
 }
 
 /** The config.json keys every decoder architecture reads (transformers' names). */
@@ -116,14 +110,6 @@ export function loadEmbeddings(store: WeightStore, tiedEmbeddings: boolean): { e
   return { embed, head: () => (tiedEmbeddings ? null : Linear.load(store, 'lm_head')) };
 }
 
-/** Runs a pass to its end without pausing. */
-function finish<T>(pass: Generator<void, T>): T {
-  for (;;) {
-    const next = pass.next();
-    if (next.done) return next.value;
-  }
-}
-
 export class DecoderStack implements LanguageModel {
   readonly modelType: string;
   readonly contextLength: number;
@@ -164,14 +150,10 @@ export class DecoderStack implements LanguageModel {
   forward(ids: MxArray, cache: KVCache[], allPositions = false): MxArray {
     const masks = new MaskMemo();
     const length = ids.shape[1] ?? 1;
-    return finish(this.run(ids, (i) => new SequenceAttention(cache[i] as KVCache, masks), allPositions ? null : [length - 1], this.parts.blocks.length));
+    return this.run(ids, (i) => new SequenceAttention(cache[i] as KVCache, masks), allPositions ? null : [length - 1]);
   }
 
   step(batch: RunningBatch, tokens: number[], chunks: PromptChunk[]): MxArray {
-    return finish(this.stepInParts(batch, tokens, chunks, this.parts.blocks.length));
-  }
-
-  *stepInParts(batch: RunningBatch, tokens: number[], chunks: PromptChunk[], layersPerPart: number): Generator<void, MxArray> {
     if (tokens.length !== batch.rows) throw new Error(`a batch step needs one token for each of the ${batch.rows} rows, got ${tokens.length}`);
     const rows = batch.rows;
     if (rows > 0) batch.prepareStep();
@@ -183,29 +165,23 @@ export class DecoderStack implements LanguageModel {
       inputs.push(...chunk.tokens);
       selected.push(inputs.length - 1);
     }
-    const logits = yield* this.run(
+    const logits = this.run(
       mx.array([inputs], mx.int32),
       (i) => new StepAttention(batch, i, positions, chunks.map((chunk) => ({ length: chunk.tokens.length, context: new SequenceAttention(chunk.cache[i] as KVCache, masks) }))),
       selected,
-      layersPerPart,
     );
     if (rows > 0) batch.advance();
     return logits.reshape([selected.length, this.vocabSize]);
   }
 
-  /** Logits at the `selected` positions of the input sequence (all when null), pausing after each `layersPerPart` layers but the last (see stepInParts). */
-  private *run(ids: MxArray, contextFor: (layer: number) => AttentionContext, selected: number[] | null, layersPerPart: number): Generator<void, MxArray> {
+  /** Logits at the `selected` positions of the input sequence (all when null). */
+  private run(ids: MxArray, contextFor: (layer: number) => AttentionContext, selected: number[] | null): MxArray {
     const { embed, embedScale, blocks, norm, head, finalSoftCap } = this.parts;
     let h = embed.forward(ids);
     if (embedScale !== null) h = mx.multiply(h, mx.array(embedScale, h.dtype));
-    for (const [i, block] of blocks.entries()) {
+    blocks.forEach((block, i) => {
       h = block.forward(h, contextFor(i));
-      if ((i + 1) % layersPerPart === 0 && i + 1 < blocks.length) {
-        // The part's KV writes are evaluated with it: its attention read the rows they wrote.
-        mx.eval(h);
-        yield;
-      }
-    }
+    });
     if (selected) h = mx.take(h, mx.array(selected, mx.int32), 1);
     h = norm.forward(h);
     const logits = head ? head.forward(h) : embed.asLinear(h);
