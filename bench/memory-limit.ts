@@ -5,7 +5,7 @@
  * resident memory stays under the limit. Prints the numbers; exits 1 when either fails.
  *
  * usage: npm run bench:memory -- [--clients 64] [--prompt-words 1900] [--max-tokens 16]
- *          [--headroom BYTES] [--max-batch 16] [--prefill-chunk 256] [--prompt-cache-bytes BYTES] [--cache-dir DIR]
+ *          [--headroom BYTES] [--max-batch 16] [--prefill-chunk 64] [--prompt-cache-bytes BYTES] [--cache-dir DIR]
  */
 import { readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
@@ -24,7 +24,7 @@ const { values } = parseArgs({
     'max-tokens': { type: 'string', default: '16' },
     headroom: { type: 'string', default: String(2 ** 30) },
     'max-batch': { type: 'string', default: '16' },
-    'prefill-chunk': { type: 'string', default: '256' },
+    'prefill-chunk': { type: 'string', default: '64' },
     'prompt-cache-bytes': { type: 'string', default: String(64 * 2 ** 20) },
     'cache-dir': { type: 'string' },
   },
