@@ -13,12 +13,19 @@ import { startServer } from './helpers/server.ts';
 const seconds = Number(process.env.MIXED_LOAD_SECONDS ?? 60);
 const CONNECTIONS = 200;
 const MAX_QUEUE = 256;
+/**
+ * Fitted RSS growth after the first fifth of the run. A minute is short: with no leak, quiet
+ * 2-core machines read 70-146 MB as the server's heaps and pools settle (a 64 MB bar failed
+ * clean-clone runs). A leak of 320 KB a request (~850 valid requests a minute) read 634 MB; one of
+ * 64 KB read 102 MB and passes: small per-request leaks are the fuzz test's, with its tight bar.
+ */
+const MAX_GROWTH_MB = 192;
 t.setTimeout((seconds + 240) * 1000);
 
 t.test(`mixed load for ${seconds}s over ${CONNECTIONS} connections`, async (t) => {
   const server = await startServer(['--idle-timeout', '0', '--max-queue', String(MAX_QUEUE), '--max-stream-buffer', '1024']);
   t.teardown(() => server.stop());
-  const result = await runMixedLoad({ url: server.url, durationMs: seconds * 1000, connections: CONNECTIONS, maxGrowthMb: 64, maxQueue: MAX_QUEUE }, (line) => t.comment(line));
+  const result = await runMixedLoad({ url: server.url, durationMs: seconds * 1000, connections: CONNECTIONS, maxGrowthMb: MAX_GROWTH_MB, maxQueue: MAX_QUEUE }, (line) => t.comment(line));
   for (const line of mixedLoadTable(result)) t.comment(line);
   t.comment(`memory ${result.memory.startMb.toFixed(0)} -> ${result.memory.endMb.toFixed(0)} MB, fitted growth after warm-up ${result.memory.fittedGrowthMb.toFixed(1)} MB`);
   t.same(result.failures, [], 'no failures: nothing lost, no unexpected answer (a 503 included), no restart, flat memory');
