@@ -13,12 +13,12 @@ import { json, post, sleep, serverStatus, startServer, TEST_CACHE_DIR } from './
 
 const IDLE_SECONDS = 3;
 /**
- * The first unload is held to the seed's recovery target, not to the weights-based rule of
- * helpers/memory.ts: measured from the start-up baseline, it also carries what the first load and
- * its first generations set up once in the main thread (2-7 MB across CI machines, 6.9 MB on one).
- * A leak is step 10's to catch, where cycles add it up.
+ * The first unload is held to the seed's pass criterion (95%; its typical figure is 97.5%), not
+ * to the weights-based rule of helpers/memory.ts: measured from the start-up baseline, it also
+ * carries what the first load and its first generations set up once in the main thread (2-11 MB
+ * across clean-clone runs: 97.3% on one). A leak is step 10's to catch, where cycles add it up.
  */
-const SEED_RECOVERY_TARGET = 0.975;
+const SEED_RECOVERY_TARGET = 0.95;
 const server = await startServer(['--idle-timeout', String(IDLE_SECONDS)]);
 t.teardown(() => server.stop());
 const { url } = server;
@@ -110,7 +110,7 @@ t.test('6. manual unload, and 7. memory recovery', async (t) => {
   const signed = (gb: number): string => `${gb >= 0 ? '+' : ''}${(gb * 1024).toFixed(1)} MB`;
   const recovery = 1 - (settled - baseline) / loadedDelta;
   t.comment(`baseline ${(baseline * 1024).toFixed(1)} MB, loaded ${signed(loadedDelta)}, right after the unload ${signed(s.memory.rss_gb - baseline)}, settled ${signed(settled - baseline)}`);
-  t.ok(recovery >= SEED_RECOVERY_TARGET, `recovered ${(recovery * 100).toFixed(1)}% of what loading added (the seed's target: ${SEED_RECOVERY_TARGET * 100}%)`);
+  t.ok(recovery >= SEED_RECOVERY_TARGET, `recovered ${(recovery * 100).toFixed(1)}% of what loading added (the seed's pass criterion: ${SEED_RECOVERY_TARGET * 100}%)`);
   const again = await post(`${url}/admin/unload`, {});
   t.equal(again.status, 409, 'unloading nothing is a clear 4xx');
   t.equal(again.body.error.code, 'nothing_loaded');
