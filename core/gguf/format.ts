@@ -25,6 +25,9 @@ export function ggufSplit(path: string): { prefix: string; part: number; count: 
   return match ? { prefix: match[1] as string, part: Number(match[2]), count: Number(match[3]) } : null;
 }
 
+/** Whether `path` names a GGUF model: a file of its own, or a split model's first part (not a later part). */
+export const startsGgufModel = (path: string): boolean => isGgufPath(path) && (ggufSplit(path)?.part ?? 1) === 1;
+
 /** The files a GGUF model named by `path` is made of: every part for a split model's first part, else `path`. */
 export function ggufFiles(path: string): string[] {
   const split = ggufSplit(path);

@@ -19,7 +19,7 @@ import { mkdir, open, readFile, readlink, rename, rm, stat, statfs, symlink, wri
 import { basename, dirname, join, relative } from 'node:path';
 import { HubApiError, listFiles, modelInfo, type ListFileEntry } from '@huggingface/hub';
 import { ServeError } from '../../core/errors.ts';
-import { ggufFiles, ggufSplit, isGgufPath, quantizationOfFileName } from '../../core/gguf/format.ts';
+import { ggufFiles, isGgufPath, quantizationOfFileName, startsGgufModel } from '../../core/gguf/format.ts';
 import { ggufModelsIn } from '../models/registry.ts';
 import { splitQuantization, type HubSettings } from './settings.ts';
 
@@ -281,10 +281,11 @@ async function cachedSnapshot(folder: string, quantization: string | null): Prom
  */
 function chooseGguf(listed: PlannedFile[], repo: string, quantization: string): PlannedFile[] {
   const ggufs = listed.filter((file) => isGgufPath(file.path)).sort((a, b) => a.path.localeCompare(b.path));
-  const chosen = ggufs.find((file) => quantizationOfFileName(basename(file.path)) === quantization && (ggufSplit(file.path)?.part ?? 1) === 1);
+  const chosen = ggufs.find((file) => quantizationOfFileName(basename(file.path)) === quantization && startsGgufModel(file.path));
   if (chosen) {
-    const parts = ggufFiles(chosen.path).map((path) => ggufs.find((file) => file.path === path));
-    const missing = ggufFiles(chosen.path).filter((_, i) => !parts[i]);
+    const paths = ggufFiles(chosen.path);
+    const parts = paths.map((path) => ggufs.find((file) => file.path === path));
+    const missing = paths.filter((_, i) => !parts[i]);
     if (missing.length > 0) throw new ServeError('download_failed', `'${repo}' lists ${chosen.path} but not ${missing.join(', ')}: the split model is incomplete`, 'model');
     return parts as PlannedFile[];
   }

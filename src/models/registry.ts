@@ -10,7 +10,7 @@ import { basename, join, resolve, sep } from 'node:path';
 import type { ModelSource } from '../../core/protocol.ts';
 import { ServeError } from '../../core/errors.ts';
 import { describeGguf } from '../../core/gguf/describe.ts';
-import { ggufFiles, ggufModelName, ggufSplit, isGgufPath, quantizationOfFileName } from '../../core/gguf/format.ts';
+import { ggufFiles, ggufModelName, isGgufPath, quantizationOfFileName, startsGgufModel } from '../../core/gguf/format.ts';
 
 export const BUILTIN_MODEL = 'tiny-qwen3';
 
@@ -55,7 +55,7 @@ const isFile = (path: string): Promise<boolean> => stat(path).then((s) => s.isFi
  * parts are all there; named by its file name without `.gguf` and a split model's part numbers.
  */
 const isGgufFile = async (path: string): Promise<boolean> =>
-  isGgufPath(path) && (ggufSplit(path)?.part ?? 1) === 1 && (await Promise.all(ggufFiles(path).map(isFile))).every(Boolean);
+  startsGgufModel(path) && (await Promise.all(ggufFiles(path).map(isFile))).every(Boolean);
 const isModel = async (path: string): Promise<boolean> => (await isModelDir(path)) || (await isGgufFile(path));
 const modelName = (path: string): string => (isGgufPath(path) ? ggufModelName(basename(path)) : basename(path));
 const listDir = (dir: string): Promise<string[]> => readdir(dir).catch(() => []);
