@@ -152,6 +152,8 @@ export interface WorkerSettings extends DeviceMemorySettings {
   prefillChunk: number;
   /** Bound on the KV state kept for reuse by later requests sharing a prefix. */
   promptCacheBytes: number;
+  /** The persistent llama.cpp CPU thread pool's addon (native/ggml-threadpool.c), where it is built. */
+  threadPoolAddon: string;
 }
 
 /** Piscina's workerData: the settings and the shared memory both threads map, handed over once. */

@@ -42,6 +42,8 @@ const Float = {
   deviceWorkingSetBytes: 21,
   /** Time the worker spent turning prompts into token ids: 0 while the engine's prompt tokenizer thread hands it ids. */
   workerTokenizeSeconds: 22,
+  /** llama.cpp graphs computed on the persistent CPU thread pool (native/ggml-threadpool.c) in this process. */
+  pooledGraphs: 23,
 } as const;
 const FLOAT_FIELDS = Object.keys(Float).length;
 

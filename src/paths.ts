@@ -23,5 +23,7 @@ export function packagePath(...parts: string[]): string {
 export const SERVER_BUNDLE = packagePath('dist', 'server.js');
 export const WORKER_BUNDLE = packagePath('dist', 'mlx-worker.js');
 export const PROMPT_TOKENIZER_BUNDLE = packagePath('dist', 'prompt-tokenizer.js');
+/** The persistent llama.cpp CPU thread pool (native/ggml-threadpool.c), built beside the bundle. */
+export const THREAD_POOL_ADDON = packagePath('dist', 'ggml-threadpool.node');
 
 export const PACKAGE_VERSION = (JSON.parse(readFileSync(packagePath('package.json'), 'utf8')) as { version: string }).version;

@@ -3,16 +3,17 @@
  * the forward-pass telemetry the MLX scheduler also writes, and the threads it runs on.
  *
  * Threads: node-llama-cpp's binaries give each decode a ggml thread pool of its own, made for
- * that decode and ended after it (llama-server keeps one pool spinning). Starting the extra
- * threads costs from nothing to 20 ms on this 2-core machine, depending on what else runs: a
- * one-row decode of a 28 MB model took 1 ms on one thread and 13 ms on two, while a 278 MB
- * model's 364-token prompt took 1.3 s on one and 0.7 s on two. So which is faster is measured,
- * not assumed: batches are grouped by size, each group keeps the time per unit of work on one
- * thread and on all, runs on the faster, and now and then tries the other. Batches that carry
- * prompt tokens have groups of their own, which try every thread first: a prompt chunk is
- * compute-bound where a decoding row mostly waits on memory, so a shared group's figure fitted
- * neither (a 0.5B F32 prompt batch ran 480 ms on the one thread its group had learned from
- * decode steps, against 258 ms on two).
+ * that decode and ended after it, unless the kept pool (native/ggml-threadpool.c) is loaded.
+ * Without it, starting the extra threads costs from nothing to 20 ms on this 2-core machine,
+ * depending on what else runs: a one-row decode of a 28 MB model took 1 ms on one thread and
+ * 13 ms on two, while a 278 MB model's 364-token prompt took 1.3 s on one and 0.7 s on two. Even
+ * with the kept pool, spinning threads on a busy machine can cost more than they give. So which
+ * is faster is measured, not assumed: batches are grouped by size, each group keeps the time per
+ * unit of work on one thread and on all, runs on the faster, and now and then tries the other.
+ * Batches that carry prompt tokens have groups of their own, which try every thread first: a
+ * prompt chunk is compute-bound where a decoding row mostly waits on memory, so a shared group's
+ * figure fitted neither (a 0.5B F32 prompt batch ran 480 ms on the one thread its group had
+ * learned from decode steps, against 258 ms on two).
  *
  * Order: a batch's sequences reach llama.cpp sorted by sequence id. node-llama-cpp adds them in
  * the order their tokens were queued, and llama.cpp splits a batch for a per-sequence KV cache
@@ -21,6 +22,7 @@
  */
 import type { LlamaContext } from 'node-llama-cpp';
 import type { Telemetry } from '../core/telemetry.ts';
+import type { ThreadPoolStatus } from './llama-thread-pool.ts';
 
 /** A prompt token costs about this share of a decoding row (one read of the weights serves the whole chunk). */
 const PROMPT_TOKEN_SHARE = 0.25;
@@ -74,17 +76,22 @@ export class LlamaBatches {
   private readonly decodeGroups: SizeGroup[] = [];
   private readonly promptGroups: SizeGroup[] = [];
 
-  private constructor(private readonly telemetry: Telemetry, private readonly maxThreads: number) {}
+  private constructor(private readonly telemetry: Telemetry, private readonly maxThreads: number, private readonly threadPool: { status(): ThreadPoolStatus } | null) {}
 
   /**
    * Wraps `context`'s batch calls. `adaptive` false keeps the context's own thread count (the
    * operator set one); the telemetry is written either way. A node-llama-cpp without such a
    * native context is left as it is (its GGUF forward passes then read 0, which a test checks).
+   * `threadPool`, where it is loaded, gives the count of graphs computed on the kept pool.
    */
-  static install(context: LlamaContext, telemetry: Telemetry, { maxThreads, adaptive, now = () => performance.now() }: { maxThreads: number; adaptive: boolean; now?: () => number }): void {
+  static install(
+    context: LlamaContext,
+    telemetry: Telemetry,
+    { maxThreads, adaptive, threadPool = null, now = () => performance.now() }: { maxThreads: number; adaptive: boolean; threadPool?: { status(): ThreadPoolStatus } | null; now?: () => number },
+  ): void {
     const native: unknown = (context as unknown as { _ctx?: unknown })._ctx;
     if (!isNativeContext(native)) return;
-    const batches = new LlamaBatches(telemetry, maxThreads);
+    const batches = new LlamaBatches(telemetry, maxThreads, threadPool);
     const { initBatch, addToBatch, decodeBatch } = native;
     // The methods are read-only on the native prototype, so the wrappers are defined on the instance.
     const define = (name: keyof NativeContext, value: unknown): void => void Object.defineProperty(native, name, { value, configurable: true });
@@ -150,5 +157,6 @@ export class LlamaBatches {
     this.telemetry.increment('forwardPasses');
     this.telemetry.increment('forwardRows', this.rows + this.promptChunks);
     this.telemetry.increment('forwardPrefillTokens', this.promptTokens);
+    if (this.threadPool) this.telemetry.write('pooledGraphs', this.threadPool.status().pooledGraphs);
   }
 }

@@ -23,6 +23,7 @@ import type { Telemetry } from '../core/telemetry.ts';
 import { outputFormatGbnf } from './constraints/gbnf.ts';
 import { promptIdsInWorker, validatePrompt, type PromptTokenizer } from './prompt.ts';
 import { LlamaBatches } from './llama-batches.ts';
+import { loadThreadPool } from './llama-thread-pool.ts';
 import { TokenStream } from './token-stream.ts';
 import { renderChatTemplate, tokenBytesTable, TokenBytesTable, type TokenizerJson } from './tokenizer.ts';
 
@@ -190,9 +191,11 @@ export class LlamaEngine implements PromptTokenizer {
     });
   }
 
-  static async load(spec: LoadSpec, telemetry: Telemetry): Promise<LlamaEngine> {
+  /** `threadPoolAddon`: the persistent CPU thread pool, loaded before llama.cpp's backends where it is built. */
+  static async load(spec: LoadSpec, telemetry: Telemetry, threadPoolAddon: string): Promise<LlamaEngine> {
     const started = performance.now();
     const header = readGgufHeader(spec.path, true);
+    const threadPool = loadThreadPool(threadPoolAddon);
     const llama = await llamaRuntime();
     let model: LlamaModel;
     try {
@@ -209,7 +212,7 @@ export class LlamaEngine implements PromptTokenizer {
         await model.dispose();
         throw new ServeError('insufficient_memory', `llama.cpp could not create a context for ${spec.name}: ${(error as Error).message}`);
       });
-    LlamaBatches.install(context, telemetry, { maxThreads: threads, adaptive });
+    LlamaBatches.install(context, telemetry, { maxThreads: threads, adaptive, threadPool: typeof threadPool === 'string' ? null : threadPool });
     telemetry.write('modelBytes', model.size);
     const info: LoadResult = {
       name: spec.name,

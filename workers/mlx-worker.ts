@@ -132,7 +132,7 @@ export default async function handle(task: WorkerTask): Promise<WorkerReply> {
     case 'load':
       if (isGgufPath(task.model.path)) {
         try {
-          gguf = await LlamaEngine.load(task.model, telemetry);
+          gguf = await LlamaEngine.load(task.model, telemetry, settings.threadPoolAddon);
           return { ok: true, load: gguf.info };
         } catch (error) {
           return { ok: false, error: ServeError.from(error).toShape() };

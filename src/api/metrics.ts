@@ -93,6 +93,7 @@ export function createMetricsRegistry(ctx: ServeContext): Registry {
   counter('mlx:forward_passes_total', 'Forward passes the worker ran (one per scheduler step).', () => telemetry.read('forwardPasses'));
   counter('mlx:forward_pass_sequences_total', 'Sequences carried by those passes, summed: decoding rows plus prompt chunks.', () => telemetry.read('forwardRows'));
   counter('mlx:forward_pass_prompt_tokens_total', 'Prompt tokens carried by those passes.', () => telemetry.read('forwardPrefillTokens'));
+  counter('mlx:llama_pooled_graphs_total', "llama.cpp graphs computed on the kept CPU thread pool (0: the GGUF engine idle, on one thread, or without dist/ggml-threadpool.node).", () => telemetry.read('pooledGraphs'));
   counter('mlx:worker_tokenize_seconds_total', 'Time the model worker spent tokenizing prompts (MLX models are tokenized on their own thread: 0).', () => telemetry.read('workerTokenizeSeconds'));
 
   new HdrHistogramMetric('mlx:time_to_first_token_seconds', 'Time from arrival to the first streamed token.', latency.timeToFirstToken, BUCKETS.timeToFirstToken, registry);

@@ -8,6 +8,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { packagePath, SERVER_BUNDLE } from '../paths.ts';
 import { buildServerBundle } from './bundle.ts';
 import { checkNativeRuntime } from './native.ts';
+import { buildThreadPoolAddon } from './thread-pool-addon.ts';
 
 /** Set in the server child's environment to the supervisor's pid. */
 export const CHILD_MARKER = 'MLX_SERVER_CHILD';
@@ -24,6 +25,8 @@ function say(message: string): void {
 /** Node's arguments for the server child: the bundle, or the TypeScript sources through tsx when it cannot be built. */
 async function childCommand(args: string[]): Promise<string[]> {
   const unbuilt = await buildServerBundle();
+  const noThreadPool = buildThreadPoolAddon();
+  if (noThreadPool !== null && process.platform === 'linux') say(`llama.cpp's CPU decodes will start their threads each time: ${noThreadPool}`);
   if (unbuilt === null) return ['--expose-gc', '--enable-source-maps', SERVER_BUNDLE, 'serve', ...args];
   say(`cannot build ${SERVER_BUNDLE} (${unbuilt}); running the TypeScript sources through tsx`);
   return ['--import', import.meta.resolve('tsx'), '--expose-gc', packagePath('bin', 'mlx-server.js'), 'serve', ...args];

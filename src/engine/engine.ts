@@ -18,7 +18,7 @@ import { releaseFreeMemory } from '../runtime/malloc-trim.ts';
 import { describeGguf } from '../../core/gguf/describe.ts';
 import { isGgufPath } from '../../core/gguf/format.ts';
 import { kvBudget, llamaContextShape, planLoad, type KvBudget, type MemoryBudget, type WeightsPolicy } from '../models/footprint.ts';
-import { packagePath, WORKER_BUNDLE } from '../paths.ts';
+import { packagePath, THREAD_POOL_ADDON, WORKER_BUNDLE } from '../paths.ts';
 import type { ModelEntry, ModelRegistry } from '../models/registry.ts';
 import { CANCEL_SLOTS, CancelFlags, createCancelBuffer } from '../../core/cancel-flags.ts';
 import type { Telemetry } from '../../core/telemetry.ts';
@@ -450,6 +450,7 @@ export class Engine {
           maxBatch: this.options.maxBatch,
           prefillChunk: this.options.memory.prefillChunk,
           promptCacheBytes: this.options.memory.promptCacheBytes,
+          threadPoolAddon: THREAD_POOL_ADDON,
           cacheLimitBytes: this.options.mlxCacheLimitBytes,
           memoryLimitBytes: this.options.memory.limitBytes,
         },

@@ -1,0 +1,41 @@
+/**
+ * The GGUF engine's multi-threaded decodes run on one kept CPU thread pool
+ * (native/ggml-threadpool.c, built beside the bundle when the server starts): the pooled-graph
+ * counter grows with them, and the pooled decodes give the same greedy text as the same weights
+ * through MLX. Where the addon is missing, the worker says why and llama.cpp runs as shipped.
+ */
+import { rmSync } from 'node:fs';
+import { join } from 'node:path';
+import t from 'tap';
+import { convertToGguf } from '../src/gguf/convert.ts';
+import { materializeDefaultModel } from '../workers/default-model.ts';
+import { loadThreadPool } from '../workers/llama-thread-pool.ts';
+import { post, startServer, tempDir, TEST_CACHE_DIR } from './helpers/server.ts';
+
+const BUILTIN = 'tiny-qwen3';
+const GGUF = 'tiny-qwen3-pooled';
+
+t.test('a missing addon is reported, not loaded', async (t) => {
+  t.match(loadThreadPool(join(tempDir('no-pool-'), 'ggml-threadpool.node')), /is not built/);
+});
+
+t.test('two-thread decodes run on the kept pool and give the MLX engine\'s greedy text', { skip: process.platform !== 'linux' && 'the pool is built on Linux only' }, async (t) => {
+  const modelsDir = tempDir('pool-models-');
+  materializeDefaultModel(join(TEST_CACHE_DIR, BUILTIN));
+  convertToGguf(join(TEST_CACHE_DIR, BUILTIN), join(modelsDir, `${GGUF}.gguf`), { type: 'F32' });
+  const server = await startServer(['--models-dir', modelsDir], { MLX_SERVER_LLAMA_THREADS: '2' });
+  t.teardown(async () => {
+    await server.stop();
+    rmSync(modelsDir, { recursive: true, force: true });
+  });
+  const pooledGraphs = async (): Promise<number> => Number(/^mlx:llama_pooled_graphs_total (\S+)$/m.exec(await (await fetch(`${server.url}/metrics`)).text())?.[1] ?? NaN);
+  const complete = (model: string) => post(`${server.url}/v1/completions`, { model, prompt: 'The quick brown fox', temperature: 0, max_tokens: 24, ignore_eos: true });
+
+  t.equal(await pooledGraphs(), 0, 'nothing pooled before a GGUF model runs');
+  const pooled = await complete(GGUF);
+  t.equal(pooled.status, 200);
+  t.equal(pooled.body.usage.completion_tokens, 24);
+  t.ok((await pooledGraphs()) >= 24, `each of the 24 decodes ran on the pool (${await pooledGraphs()} graphs)`);
+  const mlx = await complete(BUILTIN);
+  t.equal(pooled.body.choices[0].text, mlx.body.choices[0].text, 'the same greedy text as the safetensors through MLX');
+});
