@@ -33,15 +33,39 @@ const UNUSED_TOKEN = 5;
 
 let runtime: Promise<Llama> | null = null;
 
+/** node-llama-cpp's names for its builds; `auto` takes the best that loads, `false` the CPU build. */
+const LLAMA_GPUS = ['auto', 'cuda', 'vulkan', 'metal', 'false'] as const;
+type LlamaGpu = (typeof LLAMA_GPUS)[number];
+
+/** MLX_SERVER_LLAMA_GPU picks one llama.cpp build (e.g. cuda on a machine that also has Vulkan); auto by default. */
+function chosenGpu(): LlamaGpu {
+  const wanted = process.env.MLX_SERVER_LLAMA_GPU ?? 'auto';
+  if ((LLAMA_GPUS as readonly string[]).includes(wanted)) return wanted as LlamaGpu;
+  throw new ServeError('runtime_check_failed', `MLX_SERVER_LLAMA_GPU is ${JSON.stringify(wanted)}: it must be one of ${LLAMA_GPUS.join(', ')}`);
+}
+
+/** node-llama-cpp's package of prebuilt binaries for this machine and build (e.g. @node-llama-cpp/linux-x64-cuda). */
+function prebuiltPackage(gpu: LlamaGpu): string {
+  const platform = ({ darwin: 'mac', win32: 'win' } as Record<string, string>)[process.platform] ?? process.platform;
+  const variant = gpu === 'auto' ? (platform === 'mac' && process.arch === 'arm64' ? '-metal' : '') : gpu === 'false' ? '' : `-${gpu}`;
+  return `@node-llama-cpp/${platform}-${process.arch}${variant}`;
+}
+
 /** The llama.cpp binary for this machine: a prebuilt one, never built or downloaded at run time. */
 function llamaRuntime(): Promise<Llama> {
-  runtime ??= getLlama({ gpu: 'auto', build: 'never', skipDownload: true, progressLogs: false, logLevel: LlamaLogLevel.error }).catch((error: unknown) => {
-    runtime = null;
-    const target = `${process.platform}-${process.arch}`;
-    throw new ServeError('runtime_check_failed',
-      `no prebuilt llama.cpp binary loads on ${target} (${(error as Error).message.split('\n')[0]}); install the matching @node-llama-cpp/${target} package to serve GGUF models`,
-    );
-  });
+  runtime ??= Promise.resolve()
+    .then(chosenGpu)
+    .then((gpu) =>
+      getLlama({ gpu: gpu === 'false' ? false : gpu, build: 'never', skipDownload: true, progressLogs: false, logLevel: LlamaLogLevel.error }).catch((error: unknown) => {
+        throw new ServeError('runtime_check_failed',
+          `no prebuilt llama.cpp binary loads here (${(error as Error).message.split('\n')[0]}); install ${prebuiltPackage(gpu)} to serve GGUF models`,
+        );
+      }),
+    )
+    .catch((error: unknown) => {
+      runtime = null;
+      throw error;
+    });
   return runtime;
 }
 
