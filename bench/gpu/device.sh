@@ -14,7 +14,7 @@ tar -xzf "$P/gpu.tgz" -C "$P" && gpu_package=$(node -p "require('$P/package/pack
 mkdir -p "node_modules/$(dirname "$gpu_package")" && mv "$P/package" "node_modules/$gpu_package"
 GPU=${gpu_package##*-}  # cuda or vulkan
 # A CUDA backend built here (build-llama-cuda.sh) replaces the prebuilt one, which needs a newer driver.
-BUILT=$PWD/.gpu-build/build/bin BACKEND=prebuilt
+BUILT=/root/llama-cuda/build/bin BACKEND=prebuilt
 if [ "$GPU" = cuda ] && [ -f "$BUILT/libggml-cuda.so" ]; then
   bins=$(dirname "$(find "node_modules/$gpu_package" -name llama-addon.node | head -1)")
   rm -rf "$bins/fallback" && cp "$BUILT/libggml-cuda.so" "$bins/libggml-cuda.so"
@@ -39,7 +39,7 @@ for type in Q4_0 F32; do
 done
 
 MLX_SERVER_CHILD=$$ MALLOC_MMAP_THRESHOLD_=131072 node --expose-gc --enable-source-maps dist/server.js serve \
-  --models-dir "$M/gguf" --port $PORT --main-port none --idle-timeout 0 --cache-dir /root/cache --log-level warn > "$OUT/server.log" 2>&1 &
+  --models-dir "$M/gguf" --port $PORT --main-port none --idle-timeout 0 --cache-dir /root/cache --log-level warn > /root/server.log 2>&1 &
 server=$!
 for _ in $(seq 60); do curl -sf "http://127.0.0.1:$PORT/admin/health" > /dev/null && break; sleep 0.5; done
 for type in Q4_0 F32; do
@@ -52,11 +52,12 @@ kill "$server"; wait "$server"
 if [ -x "$BUILT/llama-server" ]; then
   for type in Q4_0 F32; do
     "$BUILT/llama-server" -m "$M/gguf/qwen05b.$type.gguf" --host 127.0.0.1 --port $((PORT + 1)) --parallel 16 -c $((4096 * 16)) \
-      -ngl 99 --cont-batching --no-webui > "$OUT/llama-server-$type.log" 2>&1 &
+      -ngl 99 --cont-batching --no-webui > "/root/llama-server-$type.log" 2>&1 &
     peer=$!
     for _ in $(seq 120); do curl -sf "http://127.0.0.1:$((PORT + 1))/health" > /dev/null && break; sleep 0.5; done
-    node "$P/tools/streams.js" "http://127.0.0.1:$((PORT + 1))" "qwen05b.$type" > "$OUT/llama-server-$type.json" || { echo "llama-server $type failed"; cat "$OUT/llama-server-$type.json"; }
+    node "$P/tools/streams.js" "http://127.0.0.1:$((PORT + 1))" "qwen05b.$type" llama-server > "$OUT/llama-server-$type.json" || { echo "llama-server $type failed"; cat "$OUT/llama-server-$type.json"; }
     kill "$peer"; wait "$peer"
+    { echo "== llama-server $type log (tail)"; grep -v 'CUDA Graph id' "/root/llama-server-$type.log" | tail -8; } >> "$OUT/machine.txt"
   done
 fi
-tail -5 "$OUT/server.log"
+{ echo "== server log (tail)"; tail -5 /root/server.log; } | tee -a "$OUT/machine.txt"
