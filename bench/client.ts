@@ -76,3 +76,25 @@ export function recordTiming(recorders: Recorders, model: string, scenario: stri
   put('prompt_tps', timing.promptTokens / ((first - timing.startedAt) / 1000));
   for (let i = 1; i < timing.chunkTimes.length; i++) put('itl', (timing.chunkTimes[i] as number) - (timing.chunkTimes[i - 1] as number));
 }
+
+/**
+ * A round in which a request failed is run again, on new prompts, at most this many times over:
+ * llama-server fails the odd random-weight request whose last token ends inside a UTF-8
+ * character, after streaming all of it ("does not match the expected Content-only format"),
+ * which has to do with the text, not the timing.
+ */
+const FAILED_ROUND_RETRIES = 6;
+
+/**
+ * Runs `round` (given how many rounds were whole before it; it says whether every request of it
+ * succeeded) until `wanted` rounds are whole or the retries are spent; returns the failed rounds.
+ */
+export async function runWholeRounds(wanted: number, round: (whole: number) => Promise<boolean>): Promise<number> {
+  let whole = 0;
+  let failed = 0;
+  while (whole < wanted && failed <= FAILED_ROUND_RETRIES) {
+    if (await round(whole)) whole++;
+    else failed++;
+  }
+  return failed;
+}

@@ -5,7 +5,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { ApiClient, send, type ApiRoute } from '../src/client/api-client.ts';
-import { recordTiming, timedGeneration, type GenerationCall, type RequestTiming } from './client.ts';
+import { recordTiming, runWholeRounds, timedGeneration, type GenerationCall, type RequestTiming } from './client.ts';
 import type { Recorders } from './histograms.ts';
 import { treeJiffies } from './machine.ts';
 import type { BenchModel } from './models.ts';
@@ -81,21 +81,16 @@ async function pollHealthUntil(ctx: ScenarioContext, model: string, until: Promi
   }
 }
 
-/** A round in which a request failed is run again, on new prompts, at most this many times over. */
-const SWEEP_ROUND_RETRIES = 6;
-
 /**
  * Each level starts `clients` streaming requests at once, `sweepRounds` times; a round's aggregate
- * tok/s is one sample, taken only when every request of the round succeeded. A failed round is
- * run again on new prompts: llama-server fails the odd random-weight request whose last token ends
- * inside a UTF-8 character, after streaming all of it ("does not match the expected Content-only
- * format"), which has to do with the text, not the timing.
+ * tok/s is one sample, taken only when every request of the round succeeded (runWholeRounds runs
+ * a failed one again).
  */
 async function concurrencySweep(ctx: ScenarioContext, model: BenchModel, prompt: string): Promise<void> {
   const { concurrency, sweepRounds, sweepMaxTokens, healthClients } = model.workload;
   for (const clients of concurrency) {
     const scenario = sweepScenario(clients);
-    for (let round = 0, tries = 0; round < sweepRounds && tries < sweepRounds + SWEEP_ROUND_RETRIES; tries++) {
+    await runWholeRounds(sweepRounds, async (round) => {
       const started = performance.now();
       const call: GenerationCall = { route: 'openai-completions', model: model.name, prompt, maxTokens: sweepMaxTokens, stream: true };
       const requests = Promise.all(Array.from({ length: clients }, () => attempt(ctx, model.label, scenario, () => timedGeneration(ctx.baseUrl, { ...call, prompt: distinctPrompt(prompt) }))));
@@ -107,8 +102,8 @@ async function concurrencySweep(ctx: ScenarioContext, model: BenchModel, prompt:
       const whole = timings.length === clients;
       if (whole) ctx.recorders.record(model.label, scenario, 'aggregate_tps', tokens / wallSeconds);
       ctx.progress(`  ${scenario} round ${round + 1}/${sweepRounds}: ${timings.length}/${clients} ok, aggregate ${(tokens / wallSeconds).toFixed(1)} tok/s${whole ? '' : ' (run again)'}`);
-      if (whole) round++;
-    }
+      return whole;
+    });
   }
 }
 

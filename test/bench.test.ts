@@ -4,6 +4,7 @@ import { mkdirSync, readdirSync, readFileSync, realpathSync, rmSync, symlinkSync
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import t from 'tap';
+import { runWholeRounds } from '../bench/client.ts';
 import { decodeHistogram, PERCENTILE_POINTS, Recorders } from '../bench/histograms.ts';
 import { peerComparisons, RESULT_SCHEMA, type BenchResult } from '../bench/result.ts';
 import { ggmlCpuLibraryIn, sameCpuLibraryEnv } from '../bench/peers/same-cpu.ts';
@@ -119,6 +120,20 @@ t.test("llama-server is given the libggml-cpu our server mapped, beside its own 
   t.equal(realpathSync(join(env.LD_LIBRARY_PATH, 'libggml-base.so')), realpathSync(join(bin, 'libggml-base.so.0.23.0')), "its ggml-base is llama-server's own");
   rmSync(join(bin, 'libggml-base.so.0'));
   t.equal(sameCpuLibraryEnv(join(bin, 'llama-server'), variant), null, 'a build without a shared ggml-base is run as it is');
+});
+
+t.test('a sweep round with a failed request is run again, up to six times over, and only whole rounds count', async (t) => {
+  const outcomes = [true, false, false, true, true];
+  const seen: number[] = [];
+  const failed = await runWholeRounds(3, async (whole) => {
+    seen.push(whole);
+    return outcomes.shift() ?? false;
+  });
+  t.equal(failed, 2);
+  t.same(seen, [0, 1, 1, 1, 2], 'each try is told how many rounds were whole before it');
+  let tries = 0;
+  t.equal(await runWholeRounds(3, async () => (tries++, false)), 7, 'a level whose every round fails gives up');
+  t.equal(tries, 7, 'the first try and six more');
 });
 
 t.test('the comparison with llama-server: ratios are ours over theirs, TTFT a difference, health at p99', async (t) => {

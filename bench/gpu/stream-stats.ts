@@ -1,5 +1,5 @@
 /** The workload and figures shared by the HTTP client (streams.ts) and the raw loop (raw-llama.ts). */
-import type { RequestTiming } from '../client.ts';
+import { runWholeRounds, type RequestTiming } from '../client.ts';
 
 export interface LevelFigures {
   streams: number;
@@ -47,9 +47,6 @@ export function levelFigures(streams: number, maxTokens: number, rounds: Request
 /** The workload both sides run: the same prompt words, token counts, stream counts and rounds. */
 export const WORKLOAD = { promptWords: 100, maxTokens: 128, levels: [1, 16], rounds: { 1: 5, 16: 3 } as Record<number, number> };
 
-/** A round in which a request failed is run again (llama-server fails the odd random-weight request: see bench/scenarios.ts), at most this many times over. */
-const ROUND_RETRIES = 6;
-
 export interface LevelResult {
   streams: number;
   /** The level's figures over the rounds in which every request succeeded; null when none did. */
@@ -62,22 +59,24 @@ export interface LevelResult {
 /**
  * Runs every level's rounds of `one` (a request) after a warm-up round at the largest level: the
  * load, and the GPU's first kernels (Vulkan compiles its pipelines on first use) for the batch
- * sizes the levels reach. Only rounds in which every request succeeded are figures.
+ * sizes the levels reach. Only rounds in which every request succeeded are figures (runWholeRounds
+ * runs a failed one again).
  */
 export async function runLevels(one: () => Promise<RequestTiming>): Promise<LevelResult[]> {
   await Promise.allSettled(Array.from({ length: Math.max(...WORKLOAD.levels) }, one));
   const levels: LevelResult[] = [];
   for (const streams of WORKLOAD.levels) {
-    const wanted = WORKLOAD.rounds[streams] ?? 1;
     const rounds: RequestTiming[][] = [];
     const failedRoundsLowerBoundTps: number[] = [];
-    while (rounds.length < wanted && failedRoundsLowerBoundTps.length <= ROUND_RETRIES) {
+    await runWholeRounds(WORKLOAD.rounds[streams] ?? 1, async () => {
       const started = performance.now();
       const results = await Promise.allSettled(Array.from({ length: streams }, one));
       const timings = results.flatMap((result) => (result.status === 'fulfilled' ? [result.value] : []));
-      if (timings.length === streams) rounds.push(timings);
+      const whole = timings.length === streams;
+      if (whole) rounds.push(timings);
       else failedRoundsLowerBoundTps.push(round(timings.reduce((sum, t) => sum + t.completionTokens, 0) / ((performance.now() - started) / 1000)));
-    }
+      return whole;
+    });
     levels.push({ streams, figures: rounds.length > 0 ? levelFigures(streams, WORKLOAD.maxTokens, rounds) : null, failedRounds: failedRoundsLowerBoundTps.length, failedRoundsLowerBoundTps });
   }
   return levels;
