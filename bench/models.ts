@@ -50,7 +50,7 @@ export interface BenchModel {
 
 export const QUICK_WORKLOAD: Workload = { maxTokens: 12, repeats: 2, shortPromptWords: 12, longPromptWords: 150, concurrency: [1, 2, 4], sweepRounds: 1, sweepMaxTokens: 8, allRoutes: true, healthClients: 4 };
 /** The llama.cpp comparison: every model the same counts, at the stream counts its targets name. */
-export const PEER_WORKLOAD: Workload = { maxTokens: 16, repeats: 3, shortPromptWords: 12, longPromptWords: 200, concurrency: [1, 4, 16], sweepRounds: 3, sweepMaxTokens: 64, allRoutes: false, healthClients: 16 };
+export const PEER_WORKLOAD: Workload = { maxTokens: 16, repeats: 3, shortPromptWords: 12, longPromptWords: 200, concurrency: [1, 4, 16], sweepRounds: 5, sweepMaxTokens: 64, allRoutes: false, healthClients: 16 };
 export const QUICK_PEER_WORKLOAD: Workload = { ...QUICK_WORKLOAD, concurrency: [1, 4], allRoutes: false };
 
 const WORKLOADS: Record<string, Workload> = {

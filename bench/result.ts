@@ -3,7 +3,7 @@ import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { HistogramRecord, Recorders } from './histograms.ts';
 import type { Fingerprint, LoadReport } from './machine.ts';
-import { HEALTH_WHILE_GENERATING, RAW_LONG, RAW_SHORT, STREAM_LONG, STREAM_SHORT, sweepScenario, type FrontEndResult, type ModelRunInfo } from './scenarios.ts';
+import { PAIRED_HEALTH, pairedSweepScenario, RAW_LONG, RAW_SHORT, STREAM_LONG, STREAM_SHORT, type FrontEndResult, type ModelRunInfo } from './scenarios.ts';
 
 export const RESULT_SCHEMA = 'mlx-inference-server-bench/1';
 
@@ -21,13 +21,16 @@ export interface EfficiencyRow {
   ttftOverheadMs: number;
 }
 
-/** Our server against llama-server on the same GGUF file, same client, same run. Ratios are ours / theirs. */
+/**
+ * Our server against llama-server on the same GGUF file, same client, same run, from the sweep
+ * rounds the two ran in turn (pairedSweep). Ratios are ours / theirs.
+ */
 export interface PeerComparison {
   model: string;
   peer: string;
-  /** Median aggregate tok/s of the sweep rounds at each stream count. */
+  /** Median aggregate tok/s of the rounds at each stream count. */
   throughput: { clients: number; ours: number; peer: number; ratio: number }[];
-  /** Median time to first token, single stream, short prompt, streamed completions. */
+  /** Median time to first token of the one-stream rounds (short prompt, streamed completions). */
   ttft: { oursMs: number; peerMs: number; differenceMs: number } | null;
   /** p99 of the health route (ours /admin/health, llama-server /health) polled while `clients` streams decode. */
   healthP99: { clients: number; oursMs: number; peerMs: number; ratio: number } | null;
@@ -83,14 +86,14 @@ export function efficiencyRows(recorders: Recorders, models: string[]): Efficien
 export function peerComparisons(recorders: Recorders, pairs: { model: string; peer: string; concurrency: number[]; healthClients: number; cpuLibrary: string | null }[]): PeerComparison[] {
   return pairs.map(({ model, peer, concurrency, healthClients, cpuLibrary }) => {
     const throughput = concurrency.flatMap((clients) => {
-      const ours = recorders.median(model, sweepScenario(clients), 'aggregate_tps');
-      const theirs = recorders.median(peer, sweepScenario(clients), 'aggregate_tps');
+      const ours = recorders.median(model, pairedSweepScenario(clients), 'aggregate_tps');
+      const theirs = recorders.median(peer, pairedSweepScenario(clients), 'aggregate_tps');
       return ours === null || theirs === null ? [] : [{ clients, ours, peer: theirs, ratio: round3(ours / theirs) }];
     });
-    const oursTtft = recorders.median(model, STREAM_SHORT, 'ttft');
-    const peerTtft = recorders.median(peer, STREAM_SHORT, 'ttft');
-    const oursHealth = recorders.percentile(model, HEALTH_WHILE_GENERATING, 'latency', 99);
-    const peerHealth = recorders.percentile(peer, HEALTH_WHILE_GENERATING, 'latency', 99);
+    const oursTtft = recorders.median(model, pairedSweepScenario(1), 'ttft');
+    const peerTtft = recorders.median(peer, pairedSweepScenario(1), 'ttft');
+    const oursHealth = recorders.percentile(model, PAIRED_HEALTH, 'latency', 99);
+    const peerHealth = recorders.percentile(peer, PAIRED_HEALTH, 'latency', 99);
     return {
       model,
       peer,

@@ -104,7 +104,7 @@ function summary(result: BenchResult): string {
     const throughput = p.throughput.map((t) => `${t.clients}: ${t.ours.toFixed(1)}/${t.peer.toFixed(1)} (x${t.ratio})`).join(', ');
     const ttft = p.ttft ? `TTFT ${p.ttft.oursMs.toFixed(1)} vs ${p.ttft.peerMs.toFixed(1)} ms (${p.ttft.differenceMs >= 0 ? '+' : ''}${p.ttft.differenceMs.toFixed(1)})` : 'TTFT -';
     const health = p.healthP99 ? `health p99 at ${p.healthP99.clients} streams ${p.healthP99.oursMs.toFixed(2)} vs ${p.healthP99.peerMs.toFixed(2)} ms (x${p.healthP99.ratio})` : 'health -';
-    lines.push(`${p.model} ours vs ${p.peer}: aggregate tok/s by clients ${throughput}; ${ttft}; ${health}; CPU library ${p.cpuLibrary ?? "llama-server's own build"}`);
+    lines.push(`${p.model} ours vs ${p.peer}, rounds in turn: aggregate tok/s by clients ${throughput}; ${ttft}; ${health}; CPU library ${p.cpuLibrary ?? "llama-server's own build"}`);
   }
   for (const f of result.frontEnd) lines.push(`front end ${f.path}: ${(f.requests / f.seconds).toFixed(0)} req/s over ${f.connections} connections`);
   return lines.join('\n');
@@ -199,7 +199,7 @@ async function bench(values: BenchFlags, out: string, argv: string[]): Promise<B
         peer = await startLlamaServer(peerBinary, model.path, info.settings, cpuLibrary?.env);
         Object.assign(ctx, { baseUrl: peer.url, healthPath: '/health' });
         try {
-          peerRun = await runPeerScenarios(ctx, { ...model, label }, (performance.now() - starting) / 1000);
+          peerRun = await runPeerScenarios(ctx, { ...model, label }, (performance.now() - starting) / 1000, { baseUrl: ourUrl, healthPath: '/admin/health', model: model.name, label: model.label });
         } finally {
           Object.assign(ctx, { baseUrl: ourUrl, healthPath: '/admin/health' });
           await peer.stop();

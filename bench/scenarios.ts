@@ -39,6 +39,8 @@ export const RAW_SHORT = 'raw.short';
 export const RAW_LONG = 'raw.long';
 export const HEALTH_WHILE_GENERATING = 'admin-health.while-generating';
 export const sweepScenario = (clients: number): string => `sweep.c${clients}`;
+export const pairedSweepScenario = (clients: number): string => `paired.c${clients}`;
+export const PAIRED_HEALTH = 'paired.health-while-generating';
 
 async function attempt<T>(ctx: ScenarioContext, model: string, scenario: string, job: () => Promise<T>): Promise<T | null> {
   try {
@@ -69,41 +71,80 @@ async function sequential(ctx: ScenarioContext, model: BenchModel, scenario: str
   return promptTokens;
 }
 
-/** Polls the server's health route back to back, `gapMs` apart, until `until` settles. */
-async function pollHealthUntil(ctx: ScenarioContext, model: string, until: Promise<unknown>, gapMs = 10, scenario = HEALTH_WHILE_GENERATING): Promise<void> {
+const HEALTH_POLL_GAP_MS = 10;
+
+/** Polls `healthUrl` back to back, HEALTH_POLL_GAP_MS apart, until `until` settles. */
+async function pollHealthUntil(ctx: ScenarioContext, model: string, healthUrl: string, until: Promise<unknown>, scenario: string): Promise<void> {
   let done = false;
   void until.finally(() => (done = true));
   while (!done) {
     const started = performance.now();
-    const reply = await attempt(ctx, model, scenario, () => send(ctx.baseUrl + ctx.healthPath, 'GET'));
+    const reply = await attempt(ctx, model, scenario, () => send(healthUrl, 'GET'));
     if (reply?.status === 200) ctx.recorders.record(model, scenario, 'latency', performance.now() - started);
-    await new Promise((resolve) => setTimeout(resolve, gapMs));
+    await new Promise((resolve) => setTimeout(resolve, HEALTH_POLL_GAP_MS));
   }
 }
 
+/** A server a sweep round runs on, with the name and label its model is served and recorded under. */
+export interface SweepSide {
+  baseUrl: string;
+  healthPath: string;
+  model: string;
+  label: string;
+}
+
+const sideOf = (ctx: ScenarioContext, model: BenchModel): SweepSide => ({ baseUrl: ctx.baseUrl, healthPath: ctx.healthPath, model: model.name, label: model.label });
+
 /**
- * Each level starts `clients` streaming requests at once, `sweepRounds` times; a round's aggregate
- * tok/s is one sample, taken only when every request of the round succeeded (runWholeRounds runs
- * a failed one again).
+ * One round of a sweep level: `clients` streaming requests at once on `side`; its aggregate tok/s
+ * is one sample, taken only when every request succeeded (it says whether they did, and
+ * runWholeRounds runs a failed round again). At the workload's health level, the side's health
+ * route is polled while the requests run.
  */
+async function sweepRound(ctx: ScenarioContext, side: SweepSide, workload: BenchModel['workload'], clients: number, prompt: string, names: { scenario: string; health: string; round: string }): Promise<boolean> {
+  const started = performance.now();
+  const call: GenerationCall = { route: 'openai-completions', model: side.model, prompt, maxTokens: workload.sweepMaxTokens, stream: true };
+  const requests = Promise.all(Array.from({ length: clients }, () => attempt(ctx, side.label, names.scenario, () => timedGeneration(side.baseUrl, { ...call, prompt: distinctPrompt(prompt) }))));
+  if (clients === workload.healthClients) await pollHealthUntil(ctx, side.label, side.baseUrl + side.healthPath, requests, names.health);
+  const timings = (await requests).filter((t): t is RequestTiming => t !== null);
+  const wallSeconds = (performance.now() - started) / 1000;
+  for (const timing of timings) recordTiming(ctx.recorders, side.label, names.scenario, timing);
+  const tokens = timings.reduce((sum, t) => sum + t.completionTokens, 0);
+  const whole = timings.length === clients;
+  if (whole) ctx.recorders.record(side.label, names.scenario, 'aggregate_tps', tokens / wallSeconds);
+  ctx.progress(`  ${names.round}: ${timings.length}/${clients} ok, aggregate ${(tokens / wallSeconds).toFixed(1)} tok/s${whole ? '' : ' (run again)'}`);
+  return whole;
+}
+
+/** Each level runs `sweepRounds` whole rounds on the server. */
 async function concurrencySweep(ctx: ScenarioContext, model: BenchModel, prompt: string): Promise<void> {
-  const { concurrency, sweepRounds, sweepMaxTokens, healthClients } = model.workload;
+  const { concurrency, sweepRounds } = model.workload;
   for (const clients of concurrency) {
     const scenario = sweepScenario(clients);
-    await runWholeRounds(sweepRounds, async (round) => {
-      const started = performance.now();
-      const call: GenerationCall = { route: 'openai-completions', model: model.name, prompt, maxTokens: sweepMaxTokens, stream: true };
-      const requests = Promise.all(Array.from({ length: clients }, () => attempt(ctx, model.label, scenario, () => timedGeneration(ctx.baseUrl, { ...call, prompt: distinctPrompt(prompt) }))));
-      if (clients === healthClients) await pollHealthUntil(ctx, model.label, requests);
-      const timings = (await requests).filter((t): t is RequestTiming => t !== null);
-      const wallSeconds = (performance.now() - started) / 1000;
-      for (const timing of timings) recordTiming(ctx.recorders, model.label, scenario, timing);
-      const tokens = timings.reduce((sum, t) => sum + t.completionTokens, 0);
-      const whole = timings.length === clients;
-      if (whole) ctx.recorders.record(model.label, scenario, 'aggregate_tps', tokens / wallSeconds);
-      ctx.progress(`  ${scenario} round ${round + 1}/${sweepRounds}: ${timings.length}/${clients} ok, aggregate ${(tokens / wallSeconds).toFixed(1)} tok/s${whole ? '' : ' (run again)'}`);
-      return whole;
-    });
+    await runWholeRounds(sweepRounds, (round) =>
+      sweepRound(ctx, sideOf(ctx, model), model.workload, clients, prompt, { scenario, health: HEALTH_WHILE_GENERATING, round: `${scenario} round ${round + 1}/${sweepRounds}` }),
+    );
+  }
+}
+
+/** The two sides of a round in the order they run: the first of them goes first in even rounds. */
+export const inTurn = <T>(round: number, sides: readonly [T, T]): readonly T[] => (round % 2 === 0 ? sides : [sides[1], sides[0]]);
+
+/**
+ * The sweep on our server and on llama-server, both up with the same file, round by round in
+ * turn (and which of them goes first alternates): a machine whose speed drifts over the minutes
+ * of a run (others' load, the host's) then weighs on both alike, where the per-server sweeps run
+ * minutes apart. The comparison's throughput, time to first token (the one-stream rounds) and
+ * health p99 come from these rounds.
+ */
+export async function pairedSweep(ctx: ScenarioContext, sides: readonly [SweepSide, SweepSide], workload: BenchModel['workload'], prompt: string): Promise<void> {
+  for (const clients of workload.concurrency) {
+    const scenario = pairedSweepScenario(clients);
+    for (let round = 0; round < workload.sweepRounds; round++) {
+      for (const side of inTurn(round, sides)) {
+        await runWholeRounds(1, () => sweepRound(ctx, side, workload, clients, prompt, { scenario, health: PAIRED_HEALTH, round: `${scenario} round ${round + 1}/${workload.sweepRounds} on ${side.label}` }));
+      }
+    }
   }
 }
 
@@ -132,7 +173,7 @@ export async function newcomerAndHealthUnderLoad(ctx: ScenarioContext, model: Be
     // Every busy stream is decoding once the server has generated a few tokens for each.
     while ((await generated()) - before < busy * 3) await new Promise((resolve) => setTimeout(resolve, 20));
     const arrival = attempt(ctx, model.label, newcomerScenario(busy), () => timedGeneration(ctx.baseUrl, { ...newcomer, prompt: distinctPrompt(prompt) }));
-    await pollHealthUntil(ctx, model.label, arrival, 10, healthUnderLoadScenario(busy + 1));
+    await pollHealthUntil(ctx, model.label, ctx.baseUrl + ctx.healthPath, arrival, healthUnderLoadScenario(busy + 1));
     const timing = await arrival;
     await streams;
     if (timing) recordTiming(ctx.recorders, model.label, newcomerScenario(busy), timing);
@@ -206,11 +247,20 @@ export async function runServerScenarios(ctx: ScenarioContext, model: BenchModel
   return { name: model.name, label: model.label, placement, loadSeconds: loaded.load_seconds, routes, workload: model.workload, promptTokens, settings };
 }
 
-/** The same generations against llama-server (already started on the model's file): OpenAI completions only. */
-export async function runPeerScenarios(ctx: ScenarioContext, model: BenchModel, startSeconds: number): Promise<ModelRunInfo> {
+/**
+ * The same generations against llama-server (already started on the model's file, with `ours`
+ * serving it too): OpenAI completions only; then the sweep on both in turn (pairedSweep), with
+ * our model loaded again for it.
+ */
+export async function runPeerScenarios(ctx: ScenarioContext, model: BenchModel, startSeconds: number, ours: SweepSide): Promise<ModelRunInfo> {
   ctx.progress(`${model.label}: llama-server up in ${startSeconds.toFixed(1)} s`);
   const routes: ApiRoute[] = ['openai-completions'];
   const promptTokens = await measureGenerations(ctx, model, routes);
+  const admin = new ApiClient(ours.baseUrl);
+  await admin.load(ours.model);
+  ctx.progress(`${ours.label} and ${model.label}: the sweep in turn`);
+  await pairedSweep(ctx, [ours, sideOf(ctx, model)], model.workload, promptOfWords(model.workload.shortPromptWords));
+  await admin.unload();
   return { name: model.name, label: model.label, placement: null, loadSeconds: startSeconds, routes, workload: model.workload, promptTokens, settings: null };
 }
 
