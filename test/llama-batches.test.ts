@@ -56,10 +56,25 @@ t.test('small batches settle on one thread when the other threads only add a sta
   const { context, native, used, now } = nativeContext((threads) => (threads === 1 ? 1 : 12));
   LlamaBatches.install(context, new Telemetry(createTelemetryBuffers()), { maxThreads: 2, adaptive: true, now });
   for (let i = 0; i < 200; i++) await decodeRows(native, 1);
-  const onAll = used.filter((n) => n === 2).length;
+  const onAll = (): number => used.filter((n) => n === 2).length;
   t.equal(used[0], 1, 'a small group first tries one thread');
-  // Tried at the second batch; 12 times slower, it is retried every 16 x 12 batches of the group.
-  t.equal(onAll, 2, `${onAll} of 200 batches on two threads`);
+  // Tried at the second batch; 12 times slower, it is retried after 16 x 12 batches of the group
+  // and 12 s, of which 200 one-ms batches are far short.
+  t.equal(onAll(), 1, `${onAll()} of 200 batches on two threads`);
+  for (let i = 0; i < 12_000; i++) await decodeRows(native, 1);
+  t.equal(onAll(), 2, 'retried once 12 s have passed');
+  t.equal(used.lastIndexOf(2), 2 + 12_000 - 12, 'at the first batch after them');
+});
+
+t.test('a fast stream retries the slower count by the clock, not by its many batches', async (t) => {
+  // A one-row decode: 14 ms on two threads, 25 on one (a 0.5B Q4_0 model here).
+  const { context, native, used, now } = nativeContext((threads) => (threads === 1 ? 25 : 14));
+  LlamaBatches.install(context, new Telemetry(createTelemetryBuffers()), { maxThreads: 2, adaptive: true, now });
+  for (let i = 0; i < 500; i++) await decodeRows(native, 1);
+  const onOne = used.filter((n) => n === 1).length;
+  // Twice as slow (25/14 rounds to 2): at least 32 batches and 2 s apart, 2 s being ~140 batches here.
+  t.equal(used.slice(0, 2).join(), '1,2', 'one thread, then two');
+  t.ok(onOne >= 4 && onOne <= 5, `${onOne} of 500 batches (7 s) on one thread: the first and one every ~2 s`);
 });
 
 t.test('large batches settle on every thread when they pay for themselves', async (t) => {
@@ -67,8 +82,10 @@ t.test('large batches settle on every thread when they pay for themselves', asyn
   LlamaBatches.install(context, new Telemetry(createTelemetryBuffers()), { maxThreads: 2, adaptive: true, now });
   for (let i = 0; i < 40; i++) await decodeRows(native, 0, 256);
   t.equal(used[0], 2, 'a large group first tries every thread');
-  // Tried at the second batch; 1.75 times slower (rounded to 2), retried every 32.
-  t.equal(used.filter((n) => n === 1).length, 2, 'two of 40 batches on one thread');
+  // Tried at the second batch; 1.75 times slower (rounded to 2), retried after 32 batches and 2 s.
+  t.equal(used.filter((n) => n === 1).length, 1, 'one of 40 batches (1.5 s) on one thread');
+  for (let i = 0; i < 40; i++) await decodeRows(native, 0, 256);
+  t.equal(used.filter((n) => n === 1).length, 2, 'two of 80 batches (3 s) on one thread');
 });
 
 t.test('batches carrying a prompt learn apart from decode steps of the same size', async (t) => {

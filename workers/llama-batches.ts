@@ -30,9 +30,16 @@ const PROMPT_TOKEN_SHARE = 0.25;
 const LARGE_GROUP = 5;
 /** Weight of a new measurement in a group's running time per unit of work. */
 const EWMA = 0.2;
-/** One batch in this many of a group runs on the thread count that is not the faster, to keep its figure current. */
+/**
+ * The thread count that is not the faster runs again, to keep its figure current, once at least
+ * this many of the group's batches and this many ms have passed since it last ran. The time bound
+ * is what holds at one stream, ~70 decodes a second: with the batch bound alone, one decode in 32
+ * ran on one thread at twice the time, 2-3% of that stream's speed. A machine's load changes
+ * over seconds, and the faster count's own figure, measured at every batch, shows it sooner.
+ */
 const EXPLORE_EVERY = 16;
-/** The retry of a much slower thread count is put off by its ratio to the faster, up to this factor. */
+const EXPLORE_INTERVAL_MS = 1000;
+/** Both bounds of a much slower thread count's retry are multiplied by its ratio to the faster, up to this factor. */
 const MAX_EXPLORE_BACKOFF = 64;
 
 interface SizeGroup {
@@ -44,6 +51,8 @@ interface SizeGroup {
   firstTry: number;
   /** The group's batch at which the other thread count is first tried. */
   firstExplore: number;
+  /** The group's batch count and the clock when the count that is not the faster last ran. */
+  lastRetry: { batch: number; at: number };
 }
 
 /** The part of node-llama-cpp's native context object the batch loop drives (LlamaContext._ctx, not public). */
@@ -122,29 +131,35 @@ export class LlamaBatches {
       // A prompt batch on one thread is a long stall (a first token 120 ms late on a 0.5B F32
       // model), so prompt groups put their first try of it off; decode groups learn at once.
       const group = batches.promptTokens > 0
-        ? (batches.promptGroups[size] ??= { batches: 0, firstTry: maxThreads, firstExplore: EXPLORE_EVERY })
-        : (batches.decodeGroups[size] ??= { batches: 0, firstTry: size >= LARGE_GROUP ? maxThreads : 1, firstExplore: 2 });
-      const threads = adaptive && maxThreads > 1 ? batches.threadsFor(group) : 0;
-      if (threads > 0) native.setThreads(threads);
+        ? (batches.promptGroups[size] ??= { batches: 0, firstTry: maxThreads, firstExplore: EXPLORE_EVERY, lastRetry: { batch: 0, at: 0 } })
+        : (batches.decodeGroups[size] ??= { batches: 0, firstTry: size >= LARGE_GROUP ? maxThreads : 1, firstExplore: 2, lastRetry: { batch: 0, at: 0 } });
       const started = now();
+      const threads = adaptive && maxThreads > 1 ? batches.threadsFor(group, started) : 0;
+      if (threads > 0) native.setThreads(threads);
       await decodeBatch.call(native);
       if (threads > 0) batches.learn(group, threads, (now() - started) / work);
       batches.count();
     });
   }
 
-  private threadsFor(group: SizeGroup): number {
+  /** The thread count for the group's next batch, which starts at `at` on the clock. */
+  private threadsFor(group: SizeGroup, at: number): number {
     group.batches++;
     if (group.one === undefined && group.all === undefined) return group.firstTry;
     if (group.one === undefined || group.all === undefined) {
       // Only the first-tried count is measured; the other is first tried at the group's firstExplore-th batch.
-      return group.batches >= group.firstExplore ? (group.firstTry === 1 ? this.maxThreads : 1) : group.firstTry;
+      if (group.batches < group.firstExplore) return group.firstTry;
+      group.lastRetry = { batch: group.batches, at };
+      return group.firstTry === 1 ? this.maxThreads : 1;
     }
     const [faster, other] = group.one <= group.all ? [1, this.maxThreads] : [this.maxThreads, 1];
     // The slower the other measured, the rarer its retry: on a busy machine more threads than
     // free cores can take 200 times as long, and each retry would be a stall for every stream.
-    const period = EXPLORE_EVERY * Math.min(MAX_EXPLORE_BACKOFF, Math.round(Math.max(group.one, group.all) / Math.min(group.one, group.all)));
-    return group.batches % period === 0 ? other : faster;
+    const backoff = Math.min(MAX_EXPLORE_BACKOFF, Math.round(Math.max(group.one, group.all) / Math.min(group.one, group.all)));
+    const due = group.batches - group.lastRetry.batch >= EXPLORE_EVERY * backoff && at - group.lastRetry.at >= EXPLORE_INTERVAL_MS * backoff;
+    if (!due) return faster;
+    group.lastRetry = { batch: group.batches, at };
+    return other;
   }
 
   private learn(group: SizeGroup, threads: number, msPerWork: number): void {
