@@ -127,6 +127,14 @@ async function concurrencySweep(ctx: ScenarioContext, model: BenchModel, prompt:
   }
 }
 
+/**
+ * The pause before each round in turn. llama.cpp's CPU threads spin for new work a while after
+ * a batch (ggml's default poll; ~0.1 s of a core on our server here), on llama-server and on our
+ * kept pool alike: a side whose round came right after the other's read ~10% slower (one stream:
+ * llama-server 67 tok/s after ours against 74 first; ours 62 against 70).
+ */
+const PAIRED_SETTLE_MS = 1000;
+
 /** The two sides of a round in the order they run: the first of them goes first in even rounds. */
 export const inTurn = <T>(round: number, sides: readonly [T, T]): readonly T[] => (round % 2 === 0 ? sides : [sides[1], sides[0]]);
 
@@ -142,6 +150,7 @@ export async function pairedSweep(ctx: ScenarioContext, sides: readonly [SweepSi
     const scenario = pairedSweepScenario(clients);
     for (let round = 0; round < workload.sweepRounds; round++) {
       for (const side of inTurn(round, sides)) {
+        await new Promise((resolve) => setTimeout(resolve, PAIRED_SETTLE_MS));
         await runWholeRounds(1, () => sweepRound(ctx, side, workload, clients, prompt, { scenario, health: PAIRED_HEALTH, round: `${scenario} round ${round + 1}/${workload.sweepRounds} on ${side.label}` }));
       }
     }
