@@ -83,16 +83,17 @@ export function recordTiming(recorders: Recorders, model: string, scenario: stri
  * character, after streaming all of it ("does not match the expected Content-only format"),
  * which has to do with the text, not the timing.
  */
-const FAILED_ROUND_RETRIES = 6;
+export const FAILED_ROUND_RETRIES = 6;
 
 /**
  * Runs `round` (given how many rounds were whole before it; it says whether every request of it
- * succeeded) until `wanted` rounds are whole or the retries are spent; returns the failed rounds.
+ * succeeded) until `wanted` rounds are whole or `retries` are spent (none runs when it is below
+ * 0); returns the failed rounds.
  */
-export async function runWholeRounds(wanted: number, round: (whole: number) => Promise<boolean>): Promise<number> {
+export async function runWholeRounds(wanted: number, round: (whole: number) => Promise<boolean>, retries = FAILED_ROUND_RETRIES): Promise<number> {
   let whole = 0;
   let failed = 0;
-  while (whole < wanted && failed <= FAILED_ROUND_RETRIES) {
+  while (whole < wanted && failed <= retries) {
     if (await round(whole)) whole++;
     else failed++;
   }

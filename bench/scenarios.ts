@@ -5,7 +5,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { ApiClient, send, type ApiRoute } from '../src/client/api-client.ts';
-import { recordTiming, runWholeRounds, timedGeneration, type GenerationCall, type RequestTiming } from './client.ts';
+import { FAILED_ROUND_RETRIES, recordTiming, runWholeRounds, timedGeneration, type GenerationCall, type RequestTiming } from './client.ts';
 import type { Recorders } from './histograms.ts';
 import { treeJiffies } from './machine.ts';
 import type { BenchModel } from './models.ts';
@@ -148,10 +148,15 @@ export const inTurn = <T>(round: number, sides: readonly [T, T]): readonly T[] =
 export async function pairedSweep(ctx: ScenarioContext, sides: readonly [SweepSide, SweepSide], workload: BenchModel['workload'], prompt: string): Promise<void> {
   for (const clients of workload.concurrency) {
     const scenario = pairedSweepScenario(clients);
+    // Each side has the retries of one level, as in its own sweep (llama-server fails a request in most 16-stream rounds of the F32 model).
+    const failed = new Map<SweepSide, number>(sides.map((side) => [side, 0]));
     for (let round = 0; round < workload.sweepRounds; round++) {
       for (const side of inTurn(round, sides)) {
+        const retriesLeft = FAILED_ROUND_RETRIES - (failed.get(side) ?? 0);
+        if (retriesLeft < 0) continue;
         await new Promise((resolve) => setTimeout(resolve, PAIRED_SETTLE_MS));
-        await runWholeRounds(1, () => sweepRound(ctx, side, workload, clients, prompt, { scenario, health: PAIRED_HEALTH, round: `${scenario} round ${round + 1}/${workload.sweepRounds} on ${side.label}` }));
+        const names = { scenario, health: PAIRED_HEALTH, round: `${scenario} round ${round + 1}/${workload.sweepRounds} on ${side.label}` };
+        failed.set(side, (failed.get(side) ?? 0) + (await runWholeRounds(1, () => sweepRound(ctx, side, workload, clients, prompt, names), retriesLeft)));
       }
     }
   }

@@ -144,6 +144,11 @@ t.test('a sweep round with a failed request is run again, up to six times over, 
   let tries = 0;
   t.equal(await runWholeRounds(3, async () => (tries++, false)), 7, 'a level whose every round fails gives up');
   t.equal(tries, 7, 'the first try and six more');
+  tries = 0;
+  t.equal(await runWholeRounds(1, async () => (tries++, false), 1), 2, 'a smaller budget: the first try and one more');
+  t.equal(tries, 2);
+  t.equal(await runWholeRounds(1, async () => (tries++, true), -1), 0, 'a spent budget runs nothing');
+  t.equal(tries, 2);
 });
 
 t.test('the sweep in turn: the side that goes first alternates from round to round', async (t) => {
