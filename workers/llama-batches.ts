@@ -55,6 +55,8 @@ interface SizeGroup {
   lastRetry: { batch: number; at: number };
 }
 
+const sizeGroup = (firstTry: number, firstExplore: number): SizeGroup => ({ batches: 0, firstTry, firstExplore, lastRetry: { batch: 0, at: 0 } });
+
 /** The part of node-llama-cpp's native context object the batch loop drives (LlamaContext._ctx, not public). */
 interface NativeContext {
   initBatch(size: number): void;
@@ -131,8 +133,8 @@ export class LlamaBatches {
       // A prompt batch on one thread is a long stall (a first token 120 ms late on a 0.5B F32
       // model), so prompt groups put their first try of it off; decode groups learn at once.
       const group = batches.promptTokens > 0
-        ? (batches.promptGroups[size] ??= { batches: 0, firstTry: maxThreads, firstExplore: EXPLORE_EVERY, lastRetry: { batch: 0, at: 0 } })
-        : (batches.decodeGroups[size] ??= { batches: 0, firstTry: size >= LARGE_GROUP ? maxThreads : 1, firstExplore: 2, lastRetry: { batch: 0, at: 0 } });
+        ? (batches.promptGroups[size] ??= sizeGroup(maxThreads, EXPLORE_EVERY))
+        : (batches.decodeGroups[size] ??= sizeGroup(size >= LARGE_GROUP ? maxThreads : 1, 2));
       const started = now();
       const threads = adaptive && maxThreads > 1 ? batches.threadsFor(group, started) : 0;
       if (threads > 0) native.setThreads(threads);
