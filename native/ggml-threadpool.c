@@ -14,11 +14,19 @@
  * multi-threaded graph that has no pool of its own to one kept pool, then calls the
  * ggml_graph_compute of the library that called it. Anything this file does not expect (a ggml
  * version it was not written for, a second graph while one runs) goes through unchanged.
+ *
+ * The graph's first thread, the one that calls ggml_graph_compute, is one kept thread of ours
+ * too (the runner), as llama-server's decode loop is one thread. node-llama-cpp calls from
+ * whichever of libuv's four pool threads takes its decode; with that thread changing from
+ * token to token, a one-row Q4_0 decode of the 0.5B shape took 14.6 ms on average (p90 24 ms
+ * in one run of five), against 13.8 ms (p90 14.2-14.8 ms) with the runner, and 13.7 ms with
+ * libuv held to one thread, measured in turn five times each.
  */
 #define _GNU_SOURCE
 #include <dlfcn.h>
 #include <node_api.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdalign.h>
 #include <stdbool.h>
 #include <stddef.h>
@@ -67,11 +75,15 @@ int ggml_graph_compute(struct ggml_cgraph *graph, struct cplan_head *plan);
 static pthread_mutex_t lookup_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct cpu_library first_library;
 
-/* The pool and what made it; only touched with pool_lock held, which a compute holds throughout. */
+/* The pool and what made it; only touched while a compute holds pool_lock (its caller holds it while the runner computes). */
 static pthread_mutex_t pool_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct ggml_threadpool *pool;
 static int pool_threads;
 static uint64_t pooled_graphs;
+/* The distinct threads that started pooled graphs, up to MAX_STARTERS: one, the runner, unless it could not start. */
+#define MAX_STARTERS 8
+static pthread_t starters[MAX_STARTERS];
+static int starter_count;
 /* Written once, before problem_set is; read without pool_lock, so that status() never waits on a compute. */
 static char problem[200];
 static bool problem_set;
@@ -108,6 +120,17 @@ static void give_up(const char *why) {
   __atomic_store_n(&problem_set, true, __ATOMIC_RELEASE);
 }
 
+static void note_starter(pthread_t thread) {
+  int known = __atomic_load_n(&starter_count, __ATOMIC_RELAXED);
+  for (int i = 0; i < known; i++) {
+    if (pthread_equal(starters[i], thread)) return;
+  }
+  if (known < MAX_STARTERS) {
+    starters[known] = thread;
+    __atomic_store_n(&starter_count, known + 1, __ATOMIC_RELAXED);
+  }
+}
+
 static int compute_on_pool(struct ggml_cgraph *graph, struct cplan_head *plan, const struct cpu_library *library) {
   if (pool == NULL && !__atomic_load_n(&problem_set, __ATOMIC_ACQUIRE)) {
     char why[sizeof problem];
@@ -138,7 +161,67 @@ static int compute_on_pool(struct ggml_cgraph *graph, struct cplan_head *plan, c
   int status = library->compute(graph, plan);
   plan->threadpool = NULL;
   __atomic_add_fetch(&pooled_graphs, 1, __ATOMIC_RELAXED);
+  note_starter(pthread_self());
   return status;
+}
+
+/* A graph handed to the runner; the caller waits on it until `done`. */
+struct runner_job {
+  struct ggml_cgraph *graph;
+  struct cplan_head *plan;
+  const struct cpu_library *library;
+  int status;
+  bool done;
+};
+
+/* The runner and its one job at a time (a compute holds pool_lock throughout). */
+static pthread_mutex_t runner_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t job_posted = PTHREAD_COND_INITIALIZER;
+static pthread_cond_t job_done = PTHREAD_COND_INITIALIZER;
+static struct runner_job *posted_job;
+static bool runner_started;
+
+static void *run_jobs(void *unused) {
+  (void)unused;
+  pthread_mutex_lock(&runner_lock);
+  for (;;) {
+    while (posted_job == NULL) pthread_cond_wait(&job_posted, &runner_lock);
+    struct runner_job *job = posted_job;
+    pthread_mutex_unlock(&runner_lock);
+    job->status = compute_on_pool(job->graph, job->plan, job->library);
+    pthread_mutex_lock(&runner_lock);
+    job->done = true;
+    posted_job = NULL;
+    pthread_cond_signal(&job_done);
+  }
+  return NULL;
+}
+
+static bool start_runner(void) {
+  sigset_t all, before;
+  sigfillset(&all);
+  /* The runner inherits this mask: signals stay with the threads Node expects them on. */
+  pthread_sigmask(SIG_SETMASK, &all, &before);
+  pthread_t runner;
+  bool started = pthread_create(&runner, NULL, run_jobs, NULL) == 0;
+  pthread_sigmask(SIG_SETMASK, &before, NULL);
+  if (started) pthread_detach(runner);
+  return started;
+}
+
+static int compute_on_runner(struct ggml_cgraph *graph, struct cplan_head *plan, const struct cpu_library *library) {
+  struct runner_job job = { graph, plan, library, 0, false };
+  pthread_mutex_lock(&runner_lock);
+  if (!runner_started && !(runner_started = start_runner())) {
+    pthread_mutex_unlock(&runner_lock);
+    give_up("could not start the thread that starts pooled graphs");
+    return library->compute(graph, plan);
+  }
+  posted_job = &job;
+  pthread_cond_signal(&job_posted);
+  while (!job.done) pthread_cond_wait(&job_done, &runner_lock);
+  pthread_mutex_unlock(&runner_lock);
+  return job.status;
 }
 
 int ggml_graph_compute(struct ggml_cgraph *graph, struct cplan_head *plan) {
@@ -147,8 +230,10 @@ int ggml_graph_compute(struct ggml_cgraph *graph, struct cplan_head *plan) {
     fprintf(stderr, "ggml-threadpool: cannot find the ggml_graph_compute its caller links\n");
     abort();
   }
-  if (plan->threadpool != NULL || plan->n_threads < 2 || pthread_mutex_trylock(&pool_lock) != 0) return library.compute(graph, plan);
-  int status = compute_on_pool(graph, plan, &library);
+  if (plan->threadpool != NULL || plan->n_threads < 2 || __atomic_load_n(&problem_set, __ATOMIC_ACQUIRE) || pthread_mutex_trylock(&pool_lock) != 0) {
+    return library.compute(graph, plan);
+  }
+  int status = compute_on_runner(graph, plan, &library);
   pthread_mutex_unlock(&pool_lock);
   return status;
 }
@@ -158,17 +243,22 @@ static napi_value set(napi_env env, napi_value object, const char *name, napi_va
   return object;
 }
 
-/* { pooledGraphs, threads, problem }: graphs computed on the pool, its size (0 before the first), why it is not used (or null). */
+/*
+ * { pooledGraphs, threads, startingThreads, problem }: graphs computed on the pool, its size (0
+ * before the first), the distinct threads that started them (up to 8), why it is not used (or null).
+ */
 static napi_value status(napi_env env, napi_callback_info info) {
   (void)info;
-  napi_value result, graphs, threads, why;
+  napi_value result, graphs, threads, starting, why;
   napi_create_object(env, &result);
   napi_create_double(env, (double)__atomic_load_n(&pooled_graphs, __ATOMIC_RELAXED), &graphs);
   napi_create_int32(env, __atomic_load_n(&pool_threads, __ATOMIC_RELAXED), &threads);
+  napi_create_int32(env, __atomic_load_n(&starter_count, __ATOMIC_RELAXED), &starting);
   if (__atomic_load_n(&problem_set, __ATOMIC_ACQUIRE)) napi_create_string_utf8(env, problem, NAPI_AUTO_LENGTH, &why);
   else napi_get_null(env, &why);
   set(env, result, "pooledGraphs", graphs);
   set(env, result, "threads", threads);
+  set(env, result, "startingThreads", starting);
   return set(env, result, "problem", why);
 }
 

@@ -77,6 +77,32 @@ t.test('a fast stream retries the slower count by the clock, not by its many bat
   t.ok(onOne >= 4 && onOne <= 5, `${onOne} of 500 batches (7 s) on one thread: the first and one every ~2 s`);
 });
 
+t.test('a stalled batch now and then does not hand the group to the slower count', async (t) => {
+  // 14 ms on two threads and 25 on one, but two decodes in a row stall at 55 and 48 ms every 50.
+  let decodes = 0;
+  const { context, native, used, now } = nativeContext((threads) => {
+    if (threads === 1) return 25;
+    decodes++;
+    return decodes % 50 === 0 ? 55 : decodes % 50 === 1 && decodes > 1 ? 48 : 14;
+  });
+  LlamaBatches.install(context, new Telemetry(createTelemetryBuffers()), { maxThreads: 2, adaptive: true, now });
+  for (let i = 0; i < 500; i++) await decodeRows(native, 1);
+  const onOne = used.filter((n) => n === 1).length;
+  t.ok(onOne <= 5, `${onOne} of 500 batches on one thread: only the first and the retries`);
+});
+
+t.test('a lasting slowdown of the faster count still moves the group', async (t) => {
+  // Two threads turn 10 times slower after 100 batches (another process took a core) and stay so.
+  let decodes = 0;
+  const { context, native, used, now } = nativeContext((threads) => (threads === 1 ? 25 : ++decodes > 100 ? 140 : 14));
+  LlamaBatches.install(context, new Telemetry(createTelemetryBuffers()), { maxThreads: 2, adaptive: true, now });
+  for (let i = 0; i < 300; i++) await decodeRows(native, 1);
+  const movedAt = used.join('').indexOf('11111', 100);
+  t.ok(movedAt > 0 && movedAt < 120, `back on one thread at batch ${movedAt}, within 20 batches of the slowdown`);
+  const retries = used.slice(movedAt).filter((n) => n === 2).length;
+  t.ok(retries <= 4, `and it stays there: ${retries} retries of two threads in the ${used.length - movedAt} batches after`);
+});
+
 t.test('large batches settle on every thread when they pay for themselves', async (t) => {
   const { context, native, used, now } = nativeContext((threads, tokens) => tokens / (threads === 1 ? 4 : 7));
   LlamaBatches.install(context, new Telemetry(createTelemetryBuffers()), { maxThreads: 2, adaptive: true, now });

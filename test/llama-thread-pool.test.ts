@@ -2,11 +2,16 @@
  * The GGUF engine's multi-threaded decodes run on one kept CPU thread pool
  * (native/ggml-threadpool.c, built beside the bundle when the server starts): the pooled-graph
  * counter grows with them, and the pooled decodes give the same greedy text as the same weights
- * through MLX. Where the addon is missing, the worker says why and llama.cpp runs as shipped.
+ * through MLX. Every pooled graph starts from the addon's own thread, not from whichever of
+ * libuv's threads took the decode. Where the addon is missing, the worker says why and
+ * llama.cpp runs as shipped.
  */
 import { rmSync } from 'node:fs';
 import { join } from 'node:path';
 import t from 'tap';
+import { getLlama, LlamaLogLevel } from 'node-llama-cpp';
+import { buildThreadPoolAddon } from '../src/cli/thread-pool-addon.ts';
+import { THREAD_POOL_ADDON } from '../src/paths.ts';
 import { convertToGguf } from '../src/gguf/convert.ts';
 import { materializeDefaultModel } from '../workers/default-model.ts';
 import { loadThreadPool } from '../workers/llama-thread-pool.ts';
@@ -19,7 +24,35 @@ t.test('a missing addon is reported, not loaded', async (t) => {
   t.match(loadThreadPool(join(tempDir('no-pool-'), 'ggml-threadpool.node')), /is not built/);
 });
 
-t.test('two-thread decodes run on the kept pool and give the MLX engine\'s greedy text', { skip: process.platform !== 'linux' && 'the pool is built on Linux only' }, async (t) => {
+const ON_LINUX = { skip: process.platform !== 'linux' && 'the pool is built on Linux only' };
+
+t.test("every pooled graph starts from the addon's one thread, whichever libuv thread decodes", ON_LINUX, async (t) => {
+  t.equal(buildThreadPoolAddon(), null, 'the addon builds');
+  // In this process, before node-llama-cpp loads its backends, as the worker loads it.
+  const pool = loadThreadPool(THREAD_POOL_ADDON);
+  if (typeof pool === 'string') return t.fail(pool);
+  const modelsDir = tempDir('pool-starter-');
+  materializeDefaultModel(join(TEST_CACHE_DIR, BUILTIN));
+  const path = join(modelsDir, `${GGUF}.gguf`);
+  convertToGguf(join(TEST_CACHE_DIR, BUILTIN), path, { type: 'F32' });
+  const llama = await getLlama({ gpu: false, build: 'never', skipDownload: true, progressLogs: false, logLevel: LlamaLogLevel.error });
+  const model = await llama.loadModel({ modelPath: path });
+  const context = await model.createContext({ contextSize: 256, sequences: 1, threads: 2 });
+  t.teardown(async () => {
+    await context.dispose();
+    await model.dispose();
+    rmSync(modelsDir, { recursive: true, force: true });
+  });
+  const tokens: number[] = [];
+  for await (const token of context.getSequence().evaluate(model.tokenize('The quick brown fox'), { temperature: 0 })) {
+    if (tokens.push(token) === 24) break;
+  }
+  const { pooledGraphs, startingThreads } = pool.status();
+  t.ok(pooledGraphs >= 24, `the 24 decodes ran on the pool (${pooledGraphs} graphs)`);
+  t.equal(startingThreads, 1, 'every one was started from the same thread');
+});
+
+t.test('two-thread decodes run on the kept pool and give the MLX engine\'s greedy text', ON_LINUX, async (t) => {
   const modelsDir = tempDir('pool-models-');
   materializeDefaultModel(join(TEST_CACHE_DIR, BUILTIN));
   convertToGguf(join(TEST_CACHE_DIR, BUILTIN), join(modelsDir, `${GGUF}.gguf`), { type: 'F32' });

@@ -31,6 +31,13 @@ const LARGE_GROUP = 5;
 /** Weight of a new measurement in a group's running time per unit of work. */
 const EWMA = 0.2;
 /**
+ * A batch counts as at most this many times its thread count's running figure. One stalled
+ * batch must not hand a group to the slower count: at one stream, two two-thread decodes of 55
+ * and 48 ms among ones of 13 ms put the next 40 on one thread at 24 ms each. A lasting slowdown
+ * still moves the figure, by up to a fifth a batch.
+ */
+const STALL_BOUND = 2;
+/**
  * The thread count that is not the faster runs again, to keep its figure current, once at least
  * this many of the group's batches and this many ms have passed since it last ran. The time bound
  * is what holds at one stream, ~70 decodes a second: with the batch bound alone, one decode in 32
@@ -167,7 +174,7 @@ export class LlamaBatches {
   private learn(group: SizeGroup, threads: number, msPerWork: number): void {
     const key = threads === 1 ? 'one' : 'all';
     const before = group[key];
-    group[key] = before === undefined ? msPerWork : before + EWMA * (msPerWork - before);
+    group[key] = before === undefined ? msPerWork : before + EWMA * (Math.min(msPerWork, before * STALL_BOUND) - before);
   }
 
   private count(): void {

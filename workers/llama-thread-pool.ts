@@ -12,6 +12,8 @@ export interface ThreadPoolStatus {
   pooledGraphs: number;
   /** The pool's threads; 0 until the first graph of two or more threads. */
   threads: number;
+  /** The distinct threads that started pooled graphs (up to 8): 1, the addon's own. */
+  startingThreads: number;
   /** Why graphs go past the pool (a ggml it was not written for), or null. */
   problem: string | null;
 }
@@ -23,17 +25,23 @@ interface ThreadPoolAddon {
 const isThreadPoolAddon = (value: unknown): value is ThreadPoolAddon =>
   typeof value === 'object' && value !== null && typeof (value as Record<string, unknown>).status === 'function';
 
-let loaded: ThreadPoolAddon | string | undefined;
+/** By path: what each load gave, the addon or why not. */
+const loaded = new Map<string, ThreadPoolAddon | string>();
 
-/** The pool's addon, or why it is not loaded (then every multi-threaded graph starts its own threads). */
-export function loadThreadPool(path: string): ThreadPoolAddon | string {
-  if (loaded !== undefined) return loaded;
-  if (!existsSync(path)) return (loaded = `${path} is not built`);
+function load(path: string): ThreadPoolAddon | string {
+  if (!existsSync(path)) return `${path} is not built`;
   const module = { exports: {} as unknown };
   try {
     process.dlopen(module, path, constants.dlopen.RTLD_NOW | constants.dlopen.RTLD_GLOBAL);
   } catch (error) {
-    return (loaded = `${path} does not load: ${(error as Error).message}`);
+    return `${path} does not load: ${(error as Error).message}`;
   }
-  return (loaded = isThreadPoolAddon(module.exports) ? module.exports : `${path} is not the thread pool addon`);
+  return isThreadPoolAddon(module.exports) ? module.exports : `${path} is not the thread pool addon`;
+}
+
+/** The pool's addon, or why it is not loaded (then every multi-threaded graph starts its own threads). */
+export function loadThreadPool(path: string): ThreadPoolAddon | string {
+  let addon = loaded.get(path);
+  if (addon === undefined) loaded.set(path, (addon = load(path)));
+  return addon;
 }
