@@ -167,7 +167,7 @@ async function bench(values: BenchFlags, out: string, argv: string[]): Promise<B
     progress(`server started at ${server.url}${weights ? ` with --weights ${weights}` : ''}`);
     return server.url;
   };
-  const ctx: ScenarioContext = { baseUrl: values.url ?? (await startServer(null)), healthPath: '/admin/health', recorders: new Recorders(), progress, children: new Set(), failures: {} };
+  const ctx: ScenarioContext = { baseUrl: values.url ?? (await startServer(null)), healthPath: '/admin/health', slotsPath: null, recorders: new Recorders(), progress, children: new Set(), failures: {} };
   const interrupted = (signal: NodeJS.Signals): void => {
     progress(`${signal}: stopping the server and the raw engine`);
     for (const child of ctx.children) child.kill('SIGTERM');
@@ -197,11 +197,11 @@ async function bench(values: BenchFlags, out: string, argv: string[]): Promise<B
         const starting = performance.now();
         const cpuLibrary = sameCpuLibrary(peerBinary, (server as BenchServer | null)?.serverPid ?? null);
         peer = await startLlamaServer(peerBinary, model.path, info.settings, cpuLibrary?.env);
-        Object.assign(ctx, { baseUrl: peer.url, healthPath: '/health' });
+        Object.assign(ctx, { baseUrl: peer.url, healthPath: '/health', slotsPath: '/slots' });
         try {
-          peerRun = await runPeerScenarios(ctx, { ...model, label }, (performance.now() - starting) / 1000, { baseUrl: ourUrl, healthPath: '/admin/health', model: model.name, label: model.label });
+          peerRun = await runPeerScenarios(ctx, { ...model, label }, (performance.now() - starting) / 1000, { baseUrl: ourUrl, healthPath: '/admin/health', slotsPath: null, model: model.name, label: model.label });
         } finally {
-          Object.assign(ctx, { baseUrl: ourUrl, healthPath: '/admin/health' });
+          Object.assign(ctx, { baseUrl: ourUrl, healthPath: '/admin/health', slotsPath: null });
           await peer.stop();
           peer = null;
         }

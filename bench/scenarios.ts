@@ -22,6 +22,8 @@ export interface ScenarioContext {
   baseUrl: string;
   /** The server's health route: /admin/health on ours, /health on llama-server. */
   healthPath: string;
+  /** llama-server's /slots, whose per-slot last task shows which slots a round ran on; null on ours. */
+  slotsPath: string | null;
   recorders: Recorders;
   progress: Progress;
   /** Child processes to stop if the bench is interrupted. */
@@ -89,11 +91,38 @@ async function pollHealthUntil(ctx: ScenarioContext, model: string, healthUrl: s
 export interface SweepSide {
   baseUrl: string;
   healthPath: string;
+  slotsPath: string | null;
   model: string;
   label: string;
 }
 
-const sideOf = (ctx: ScenarioContext, model: BenchModel): SweepSide => ({ baseUrl: ctx.baseUrl, healthPath: ctx.healthPath, model: model.name, label: model.label });
+const sideOf = (ctx: ScenarioContext, model: BenchModel): SweepSide => ({ baseUrl: ctx.baseUrl, healthPath: ctx.healthPath, slotsPath: ctx.slotsPath, model: model.name, label: model.label });
+
+/** Each llama-server slot's last task id, by slot id; null when the route does not answer so. */
+async function slotTasks(url: string): Promise<Map<number, number> | null> {
+  const reply = await send(url, 'GET').catch(() => null);
+  if (reply?.status !== 200) return null;
+  const slots: unknown = JSON.parse(reply.body);
+  if (!Array.isArray(slots)) return null;
+  return new Map(slots.flatMap((slot: { id?: unknown; id_task?: unknown }) => (typeof slot.id === 'number' && typeof slot.id_task === 'number' ? [[slot.id, slot.id_task] as [number, number]] : [])));
+}
+
+/**
+ * How many runs of consecutive ids `ids` make: llama.cpp decodes each run of sequence ids in a
+ * batch as a forward pass of its own, so llama-server's rounds on slots {0,1,14,15} (2 runs) took
+ * 52 ms a token where {4,5,6,7} took 28.7.
+ */
+export function idRuns(ids: readonly number[]): number {
+  const sorted = [...new Set(ids)].sort((a, b) => a - b);
+  return sorted.filter((id, i) => i === 0 || id !== sorted[i - 1]! + 1).length;
+}
+
+/** ", slots 0,1,14,15 (2 runs of ids)": the slots whose last task changed between two readings. */
+function slotsLine(before: Map<number, number> | null, after: Map<number, number> | null): string {
+  if (!before || !after) return '';
+  const used = [...after].filter(([id, task]) => before.get(id) !== task).map(([id]) => id).sort((a, b) => a - b);
+  return used.length === 0 ? '' : `, slots ${used.join(',')} (${idRuns(used)} run${idRuns(used) === 1 ? '' : 's'} of ids)`;
+}
 
 /**
  * One round of a sweep level: `clients` streaming requests at once on `side`; its aggregate tok/s
@@ -102,6 +131,7 @@ const sideOf = (ctx: ScenarioContext, model: BenchModel): SweepSide => ({ baseUr
  * route is polled while the requests run.
  */
 async function sweepRound(ctx: ScenarioContext, side: SweepSide, workload: BenchModel['workload'], clients: number, prompt: string, names: { scenario: string; health: string; round: string }): Promise<boolean> {
+  const slotsBefore = side.slotsPath ? await slotTasks(side.baseUrl + side.slotsPath) : null;
   const started = performance.now();
   const call: GenerationCall = { route: 'openai-completions', model: side.model, prompt, maxTokens: workload.sweepMaxTokens, stream: true };
   const requests = Promise.all(Array.from({ length: clients }, () => attempt(ctx, side.label, names.scenario, () => timedGeneration(side.baseUrl, { ...call, prompt: distinctPrompt(prompt) }))));
@@ -112,7 +142,8 @@ async function sweepRound(ctx: ScenarioContext, side: SweepSide, workload: Bench
   const tokens = timings.reduce((sum, t) => sum + t.completionTokens, 0);
   const whole = timings.length === clients;
   if (whole) ctx.recorders.record(side.label, names.scenario, 'aggregate_tps', tokens / wallSeconds);
-  ctx.progress(`  ${names.round}: ${timings.length}/${clients} ok, aggregate ${(tokens / wallSeconds).toFixed(1)} tok/s${whole ? '' : ' (run again)'}`);
+  const slots = side.slotsPath ? slotsLine(slotsBefore, await slotTasks(side.baseUrl + side.slotsPath)) : '';
+  ctx.progress(`  ${names.round}: ${timings.length}/${clients} ok, aggregate ${(tokens / wallSeconds).toFixed(1)} tok/s${slots}${whole ? '' : ' (run again)'}`);
   return whole;
 }
 

@@ -8,7 +8,7 @@ import { runWholeRounds } from '../bench/client.ts';
 import { decodeHistogram, PERCENTILE_POINTS, Recorders } from '../bench/histograms.ts';
 import { peerComparisons, RESULT_SCHEMA, type BenchResult } from '../bench/result.ts';
 import { ggmlCpuLibraryIn, sameCpuLibraryEnv } from '../bench/peers/same-cpu.ts';
-import { inTurn } from '../bench/scenarios.ts';
+import { idRuns, inTurn } from '../bench/scenarios.ts';
 import { TEST_CACHE_DIR, tempDir } from './helpers/server.ts';
 
 const RUN = fileURLToPath(new URL('../bench/run.ts', import.meta.url));
@@ -153,6 +153,15 @@ t.test('a sweep round with a failed request is run again, up to six times over, 
 
 t.test('the sweep in turn: the side that goes first alternates from round to round', async (t) => {
   t.same([0, 1, 2, 3].map((round) => inTurn(round, ['ours', 'peer'] as const)), [['ours', 'peer'], ['peer', 'ours'], ['ours', 'peer'], ['peer', 'ours']]);
+});
+
+t.test("llama-server's slots of a round count as runs of consecutive ids, each a forward pass of its own", async (t) => {
+  t.equal(idRuns([4, 5, 6, 7]), 1);
+  t.equal(idRuns([15, 14, 1, 0]), 2, 'in any order');
+  t.equal(idRuns([2, 4, 5]), 2);
+  t.equal(idRuns([0, 2, 4, 6]), 4);
+  t.equal(idRuns([3]), 1);
+  t.equal(idRuns([]), 0);
 });
 
 t.test('the comparison with llama-server: from the rounds in turn, ratios are ours over theirs, TTFT a difference, health at p99', async (t) => {
