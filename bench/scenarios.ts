@@ -102,7 +102,12 @@ const sideOf = (ctx: ScenarioContext, model: BenchModel): SweepSide => ({ baseUr
 async function slotTasks(url: string): Promise<Map<number, number> | null> {
   const reply = await send(url, 'GET').catch(() => null);
   if (reply?.status !== 200) return null;
-  const slots: unknown = JSON.parse(reply.body);
+  let slots: unknown;
+  try {
+    slots = JSON.parse(reply.body);
+  } catch {
+    return null;
+  }
   if (!Array.isArray(slots)) return null;
   return new Map(slots.flatMap((slot: { id?: unknown; id_task?: unknown }) => (typeof slot.id === 'number' && typeof slot.id_task === 'number' ? [[slot.id, slot.id_task] as [number, number]] : [])));
 }
@@ -121,7 +126,8 @@ export function idRuns(ids: readonly number[]): number {
 function slotsLine(before: Map<number, number> | null, after: Map<number, number> | null): string {
   if (!before || !after) return '';
   const used = [...after].filter(([id, task]) => before.get(id) !== task).map(([id]) => id).sort((a, b) => a - b);
-  return used.length === 0 ? '' : `, slots ${used.join(',')} (${idRuns(used)} run${idRuns(used) === 1 ? '' : 's'} of ids)`;
+  const runs = idRuns(used);
+  return used.length === 0 ? '' : `, slots ${used.join(',')} (${runs} run${runs === 1 ? '' : 's'} of ids)`;
 }
 
 /**
