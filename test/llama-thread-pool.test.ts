@@ -26,22 +26,24 @@ t.test('a missing addon is reported, not loaded', async (t) => {
 
 const ON_LINUX = { skip: process.platform !== 'linux' && 'the pool is built on Linux only' };
 
+/** The built-in model's weights as an F32 GGUF, in a models folder both pool tests serve from. */
+const modelsDir = tempDir('pool-models-');
+materializeDefaultModel(join(TEST_CACHE_DIR, BUILTIN));
+const GGUF_PATH = join(modelsDir, `${GGUF}.gguf`);
+convertToGguf(join(TEST_CACHE_DIR, BUILTIN), GGUF_PATH, { type: 'F32' });
+t.teardown(() => rmSync(modelsDir, { recursive: true, force: true }));
+
 t.test("every pooled graph starts from the addon's one thread, whichever libuv thread decodes", ON_LINUX, async (t) => {
   t.equal(buildThreadPoolAddon(), null, 'the addon builds');
   // In this process, before node-llama-cpp loads its backends, as the worker loads it.
   const pool = loadThreadPool(THREAD_POOL_ADDON);
   if (typeof pool === 'string') return t.fail(pool);
-  const modelsDir = tempDir('pool-starter-');
-  materializeDefaultModel(join(TEST_CACHE_DIR, BUILTIN));
-  const path = join(modelsDir, `${GGUF}.gguf`);
-  convertToGguf(join(TEST_CACHE_DIR, BUILTIN), path, { type: 'F32' });
   const llama = await getLlama({ gpu: false, build: 'never', skipDownload: true, progressLogs: false, logLevel: LlamaLogLevel.error });
-  const model = await llama.loadModel({ modelPath: path });
+  const model = await llama.loadModel({ modelPath: GGUF_PATH });
   const context = await model.createContext({ contextSize: 256, sequences: 1, threads: 2 });
   t.teardown(async () => {
     await context.dispose();
     await model.dispose();
-    rmSync(modelsDir, { recursive: true, force: true });
   });
   const tokens: number[] = [];
   for await (const token of context.getSequence().evaluate(model.tokenize('The quick brown fox'), { temperature: 0 })) {
@@ -53,14 +55,8 @@ t.test("every pooled graph starts from the addon's one thread, whichever libuv t
 });
 
 t.test('two-thread decodes run on the kept pool and give the MLX engine\'s greedy text', ON_LINUX, async (t) => {
-  const modelsDir = tempDir('pool-models-');
-  materializeDefaultModel(join(TEST_CACHE_DIR, BUILTIN));
-  convertToGguf(join(TEST_CACHE_DIR, BUILTIN), join(modelsDir, `${GGUF}.gguf`), { type: 'F32' });
   const server = await startServer(['--models-dir', modelsDir], { MLX_SERVER_LLAMA_THREADS: '2' });
-  t.teardown(async () => {
-    await server.stop();
-    rmSync(modelsDir, { recursive: true, force: true });
-  });
+  t.teardown(() => server.stop());
   const pooledGraphs = async (): Promise<number> => Number(/^mlx:llama_pooled_graphs_total (\S+)$/m.exec(await (await fetch(`${server.url}/metrics`)).text())?.[1] ?? NaN);
   const complete = (model: string) => post(`${server.url}/v1/completions`, { model, prompt: 'The quick brown fox', temperature: 0, max_tokens: 24, ignore_eos: true });
 
