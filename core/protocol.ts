@@ -154,6 +154,8 @@ export interface WorkerSettings extends DeviceMemorySettings {
   promptCacheBytes: number;
   /** The persistent llama.cpp CPU thread pool's addon (native/ggml-threadpool.c), where it is built. */
   threadPoolAddon: string;
+  /** Nice value of every thread but the main one (workers/engine-priority.ts); 0 leaves them. */
+  engineNice: number;
 }
 
 /** Piscina's workerData: the settings and the shared memory both threads map, handed over once. */

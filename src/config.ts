@@ -48,6 +48,8 @@ export interface ServerConfig {
   bodyTimeoutSeconds: number;
   maxStreamBufferBytes: number;
   autoPull: boolean;
+  /** Nice value of every thread of the server but the main one (Linux); 0 leaves them as started. */
+  engineNice: number;
 }
 
 export const DEFAULT_PORT = 11437;
@@ -96,6 +98,7 @@ export const FLAGS: FlagSpec[] = [
   { flag: 'auto-pull', help: 'download a model that a request names from the Hugging Face Hub when it is not cached (HF_ENDPOINT, HF_TOKEN apply)', default: '', boolean: true },
   { flag: 'memory-limit', help: "bytes of memory the server process may use at most, e.g. a container limit (0: what the OS reports; on Apple silicon the GPU's recommended working set); the KV budget is what the model leaves of it", default: '0' },
   { flag: 'mlx-cache-limit', help: "bytes of freed GPU buffers MLX keeps for reuse while serving (Apple silicon; 0 keeps none); an unload empties the cache whatever this says", default: String(MLX_CACHE_LIMIT_BYTES) },
+  { flag: 'engine-nice', help: "nice value (0-19) of the engine's threads, every thread of the server but the main one, which streams tokens and answers health: under load, the main thread then preempts them (Linux; 0 leaves them at the server's own)", default: '10' },
   { flag: 'cache-dir', help: 'where the built-in model is written', default: join(process.env.XDG_CACHE_HOME ?? join(homedir(), '.cache'), 'mlx-inference-server') },
 ];
 
@@ -128,9 +131,9 @@ export function bindAddress(value: string): { address: string; notice: string | 
   return { address, notice: `--host / ${envName('host')} '${value}' is a URL; binding its host ${address} (ports come from --port and --main-port)` };
 }
 
-function integer(flag: string, value: string, min: number): number {
+function integer(flag: string, value: string, min: number, max = Number.MAX_SAFE_INTEGER): number {
   const n = Number(value);
-  if (!Number.isInteger(n) || n < min) throw new ConfigError(`--${flag} must be an integer >= ${min}, got '${value}'`);
+  if (!Number.isInteger(n) || n < min || n > max) throw new ConfigError(`--${flag} must be an integer >= ${min}${max < Number.MAX_SAFE_INTEGER ? ` and <= ${max}` : ''}, got '${value}'`);
   return n;
 }
 
@@ -200,6 +203,7 @@ export function parseServerConfig(argv: string[], env: NodeJS.ProcessEnv = proce
     bodyTimeoutSeconds: integer('body-timeout', get('body-timeout'), 1),
     maxStreamBufferBytes: integer('max-stream-buffer', get('max-stream-buffer'), 1024),
     autoPull: switchOn('auto-pull'),
+    engineNice: integer('engine-nice', get('engine-nice'), 0, 19),
   };
 }
 

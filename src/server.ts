@@ -48,6 +48,7 @@ export async function startServer(config: ServerConfig, logger: Logger): Promise
     weights: config.weights,
     memory: { reserveBytes: config.memoryReserveBytes, limitBytes: config.memoryLimitBytes, promptCacheBytes: config.promptCacheBytes, prefillChunk: config.prefillChunk },
     mlxCacheLimitBytes: config.mlxCacheLimitBytes,
+    engineNice: config.engineNice,
   });
   await engine.start();
   sampleMemory(telemetry);

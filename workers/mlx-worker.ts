@@ -21,6 +21,7 @@ import { promptIdsInWorker, validatePrompt } from './prompt.ts';
 import { PromptCache } from './prompt-cache.ts';
 import { isGgufPath } from '../core/gguf/format.ts';
 import { LlamaEngine } from './llama-engine.ts';
+import { lowerEngineThreads } from './engine-priority.ts';
 import { checkRuntime } from './runtime-check.ts';
 import { Scheduler } from './scheduler.ts';
 import { Sequence } from './sequence.ts';
@@ -123,6 +124,7 @@ export default async function handle(task: WorkerTask): Promise<WorkerReply> {
   switch (task.op) {
     case 'check':
       return reply(() => {
+        lowerEngineThreads(settings.engineNice);
         configureDeviceMemory(metalMemory, settings, telemetry);
         checkRuntime();
         collectGarbage(true);

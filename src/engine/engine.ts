@@ -80,6 +80,8 @@ export interface EngineOptions {
   /** Bytes of freed buffers MLX's Metal allocator keeps for reuse (--mlx-cache-limit). */
   mlxCacheLimitBytes: number;
   weights: WeightsPolicy;
+  /** Nice value the worker gives every thread but the main one (--engine-nice). */
+  engineNice: number;
 }
 
 /** Why a generation was cancelled; a client that left gets nothing, the others get an error. */
@@ -453,6 +455,7 @@ export class Engine {
           threadPoolAddon: THREAD_POOL_ADDON,
           cacheLimitBytes: this.options.mlxCacheLimitBytes,
           memoryLimitBytes: this.options.memory.limitBytes,
+          engineNice: this.options.engineNice,
         },
         telemetry: this.options.telemetry.buffers,
         cancelFlags: this.cancelFlags.buffer,
