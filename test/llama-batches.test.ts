@@ -103,6 +103,26 @@ t.test('a lasting slowdown of the faster count still moves the group', async (t)
   t.ok(retries <= 4, `and it stays there: ${retries} retries of two threads in the ${used.length - movedAt} batches after`);
 });
 
+t.test('after a passing slowdown the faster count is back at its first retry', async (t) => {
+  // Two threads are 10 times slower for 1.5 s from 1.4 s on (another process took a core), then as before.
+  let clock = 0;
+  let endedAt = 0;
+  const { context, native, used, now } = nativeContext((threads) => {
+    if (clock >= 2900 && endedAt === 0) endedAt = used.length;
+    const ms = threads === 1 ? 25 : clock >= 1400 && clock < 2900 ? 140 : 14;
+    clock += ms;
+    return ms;
+  });
+  LlamaBatches.install(context, new Telemetry(createTelemetryBuffers()), { maxThreads: 2, adaptive: true, now });
+  for (let i = 0; i < 600; i++) await decodeRows(native, 1);
+  const runs = used.join('');
+  const movedAt = runs.indexOf('11111', 100);
+  const backAt = runs.indexOf('22222', endedAt);
+  t.ok(movedAt > 0 && movedAt < endedAt, `on one thread from batch ${movedAt}; the slowdown ended at batch ${endedAt}`);
+  // Retries come 16 batches and a second apart (40 one-thread batches): the first after the slowdown measures two threads fast.
+  t.ok(backAt > endedAt && backAt - endedAt <= 40, `back on two threads at batch ${backAt}, ${backAt - endedAt} batches after`);
+});
+
 t.test('large batches settle on every thread when they pay for themselves', async (t) => {
   const { context, native, used, now } = nativeContext((threads, tokens) => tokens / (threads === 1 ? 4 : 7));
   LlamaBatches.install(context, new Telemetry(createTelemetryBuffers()), { maxThreads: 2, adaptive: true, now });

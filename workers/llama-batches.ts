@@ -28,7 +28,13 @@ import type { ThreadPoolStatus } from './llama-thread-pool.ts';
 const PROMPT_TOKEN_SHARE = 0.25;
 /** Decode groups of at least 2^this rows try every thread first: one thread would be slow to find out. */
 const LARGE_GROUP = 5;
-/** Weight of a new measurement in a group's running time per unit of work. */
+/**
+ * Weight of a slower measurement in a group's running time per unit of work. A faster one is
+ * taken whole: on a shared machine noise only slows a batch down, so a fast batch is what the
+ * count can do. Taken at the EWMA alone, a count that stalled for a few batches (another process
+ * on a core) came back only after many retries, each rarer as it had measured slower: at one
+ * stream, 15 s on one thread at 24 ms a token where two take 13.
+ */
 const EWMA = 0.2;
 /**
  * A batch counts as at most this many times its thread count's running figure. One stalled
@@ -174,7 +180,7 @@ export class LlamaBatches {
   private learn(group: SizeGroup, threads: number, msPerWork: number): void {
     const key = threads === 1 ? 'one' : 'all';
     const before = group[key];
-    group[key] = before === undefined ? msPerWork : before + EWMA * (Math.min(msPerWork, before * STALL_BOUND) - before);
+    group[key] = before === undefined || msPerWork < before ? msPerWork : before + EWMA * (Math.min(msPerWork, before * STALL_BOUND) - before);
   }
 
   private count(): void {
