@@ -11,20 +11,16 @@
 import { readdirSync } from 'node:fs';
 import { getPriority, setPriority } from 'node:os';
 
-/** Lowers every thread of this process but the main one to `nice` (never raises one); returns how many it lowered. */
-export function lowerEngineThreads(nice: number): number {
-  if (nice === 0 || process.platform !== 'linux') return 0;
-  let lowered = 0;
+/** Lowers every thread of this process but the main one to `nice`; never raises one. */
+export function lowerEngineThreads(nice: number): void {
+  if (nice === 0 || process.platform !== 'linux') return;
   for (const entry of readdirSync('/proc/self/task')) {
     const tid = Number(entry);
     if (tid === process.pid) continue;
     try {
-      if (getPriority(tid) >= nice) continue;
-      setPriority(tid, nice);
-      lowered++;
+      if (getPriority(tid) < nice) setPriority(tid, nice);
     } catch {
       // The thread ended between the listing and the call.
     }
   }
-  return lowered;
 }
