@@ -7,9 +7,7 @@ import { readdirSync, readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import t, { type Test } from 'tap';
 import { parseServerConfig } from '../src/config.ts';
-import { convertToGguf } from '../src/gguf/convert.ts';
-import { materializeDefaultModel } from '../workers/default-model.ts';
-import { logEvents, post, startServer, tempDir, TEST_CACHE_DIR, type TestServer } from './helpers/server.ts';
+import { builtinModelGguf, post, startServer, tempDir, type TestServer } from './helpers/server.ts';
 
 const BUILTIN = 'tiny-qwen3';
 const GGUF = 'tiny-qwen3-f32';
@@ -26,8 +24,6 @@ function threadNices(pid: number): { tid: number; nice: number }[] {
   });
 }
 
-const serverPid = (server: TestServer): number => Number(logEvents(server, 'listening')[0]?.pid);
-
 async function generate(t: Test, server: TestServer, model: string): Promise<void> {
   const reply = await post(`${server.url}/v1/completions`, { model, prompt: 'The quick brown fox', max_tokens: 8, temperature: 0 });
   t.equal(reply.status, 200, `${model} answers`);
@@ -43,14 +39,13 @@ t.test('--engine-nice is a nice value, 0 to 19, 10 unless given', async (t) => {
 
 t.test('every thread but the main one runs at --engine-nice, for a llama.cpp and an MLX model', { skip: process.platform !== 'linux' && 'nice is per thread on Linux only' }, async (t) => {
   const modelsDir = tempDir('engine-nice-');
-  materializeDefaultModel(join(TEST_CACHE_DIR, BUILTIN));
-  convertToGguf(join(TEST_CACHE_DIR, BUILTIN), join(modelsDir, `${GGUF}.gguf`), { type: 'F32' });
+  builtinModelGguf(join(modelsDir, `${GGUF}.gguf`));
   const server = await startServer(['--models-dir', modelsDir, '--engine-nice', '7']);
   t.teardown(async () => {
     await server.stop();
     rmSync(modelsDir, { recursive: true, force: true });
   });
-  const pid = serverPid(server);
+  const pid = server.serverPid;
   t.ok(pid > 0, 'the server names its pid');
   for (const model of [GGUF, BUILTIN]) {
     await generate(t, server, model);
@@ -66,5 +61,5 @@ t.test('--engine-nice 0 lowers no thread', { skip: process.platform !== 'linux' 
   const server = await startServer([], { MLX_SERVER_ENGINE_NICE: '0' });
   t.teardown(() => server.stop());
   await generate(t, server, BUILTIN);
-  t.same(threadNices(serverPid(server)).filter((thread) => thread.nice !== 0), []);
+  t.same(threadNices(server.serverPid).filter((thread) => thread.nice !== 0), []);
 });

@@ -55,10 +55,8 @@ async function requestsServed(server: TestServer): Promise<number> {
 
 /** Kills a server the hard way (supervisor first, so it is not restarted, then the server process). */
 function killHard(server: TestServer): void {
-  const listening = server.logs.find((line) => line.includes('"event":"listening"'));
-  const childPid = listening ? (JSON.parse(listening) as { pid?: number }).pid : undefined;
   server.process.kill('SIGKILL');
-  if (childPid && childPid !== server.process.pid) process.kill(childPid, 'SIGKILL');
+  if (server.serverPid !== server.process.pid) process.kill(server.serverPid, 'SIGKILL');
 }
 
 if ('missing' in nginx) {

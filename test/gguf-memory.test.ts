@@ -8,17 +8,14 @@
 import { rmSync } from 'node:fs';
 import { join } from 'node:path';
 import t, { type Test } from 'tap';
-import { convertToGguf } from '../src/gguf/convert.ts';
 import { describeGguf } from '../core/gguf/describe.ts';
-import { materializeDefaultModel } from '../workers/default-model.ts';
 import { assertNoLeakOverCycles, assertRecovered, settledRss, statusRss } from './helpers/memory.ts';
-import { post, startServer, tempDir, TEST_CACHE_DIR } from './helpers/server.ts';
+import { builtinModelGguf, post, startServer, tempDir } from './helpers/server.ts';
 
 const GGUF = 'tiny-qwen3-f32';
 const modelsDir = tempDir('gguf-memory-');
 const ggufPath = join(modelsDir, `${GGUF}.gguf`);
-materializeDefaultModel(join(TEST_CACHE_DIR, 'tiny-qwen3'));
-convertToGguf(join(TEST_CACHE_DIR, 'tiny-qwen3'), ggufPath, { type: 'F32' });
+builtinModelGguf(ggufPath);
 
 const server = await startServer(['--models-dir', modelsDir], { MLX_SERVER_LLAMA_THREADS: '1' });
 t.teardown(async () => {

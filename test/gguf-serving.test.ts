@@ -7,19 +7,16 @@
 import { readFileSync, renameSync, rmSync, statSync } from 'node:fs';
 import { basename, join } from 'node:path';
 import t from 'tap';
-import { convertToGguf } from '../src/gguf/convert.ts';
 import { kvBudget } from '../src/models/footprint.ts';
-import { materializeDefaultModel } from '../workers/default-model.ts';
-import { forwardPassCounters, json, logEvents, post, serverStatus, sleep, startServer, tempDir, TEST_CACHE_DIR } from './helpers/server.ts';
+import { builtinModelGguf, forwardPassCounters, json, logEvents, post, serverStatus, sleep, startServer, tempDir, TEST_CACHE_DIR } from './helpers/server.ts';
 
 const BUILTIN = 'tiny-qwen3';
 const GGUF = 'tiny-qwen3-f32';
 /** The same weights as three files, as llama.cpp's gguf-split writes a model too large for one. */
 const SPLIT = 'tiny-qwen3-f32-split';
 const modelsDir = tempDir('gguf-models-');
-materializeDefaultModel(join(TEST_CACHE_DIR, BUILTIN));
-convertToGguf(join(TEST_CACHE_DIR, BUILTIN), join(modelsDir, `${GGUF}.gguf`), { type: 'F32' });
-const splitParts = convertToGguf(join(TEST_CACHE_DIR, BUILTIN), join(modelsDir, `${SPLIT}.gguf`), { type: 'F32', parts: 3 });
+builtinModelGguf(join(modelsDir, `${GGUF}.gguf`));
+const splitParts = builtinModelGguf(join(modelsDir, `${SPLIT}.gguf`), { type: 'F32', parts: 3 });
 
 // One llama.cpp thread: on a shared machine its spinning threads slow each other down.
 const server = await startServer(['--models-dir', modelsDir], { MLX_SERVER_LLAMA_THREADS: '1' });

@@ -11,14 +11,11 @@ import { Ajv } from 'ajv';
 import { Ollama } from 'ollama';
 import OpenAI from 'openai';
 import t, { type Test } from 'tap';
-import { convertToGguf } from '../src/gguf/convert.ts';
-import { materializeDefaultModel } from '../workers/default-model.ts';
-import { post, startServer, tempDir, TEST_CACHE_DIR } from './helpers/server.ts';
+import { builtinModelGguf, post, startServer, tempDir } from './helpers/server.ts';
 
 const model = 'tiny-qwen3-f32';
 const modelsDir = tempDir('gguf-structured-');
-materializeDefaultModel(join(TEST_CACHE_DIR, 'tiny-qwen3'));
-convertToGguf(join(TEST_CACHE_DIR, 'tiny-qwen3'), join(modelsDir, `${model}.gguf`), { type: 'F32' });
+builtinModelGguf(join(modelsDir, `${model}.gguf`));
 const server = await startServer(['--models-dir', modelsDir, '--idle-timeout', '0'], { MLX_SERVER_LLAMA_THREADS: '1' });
 t.teardown(async () => {
   await server.stop();

@@ -7,15 +7,12 @@
 import { rmSync } from 'node:fs';
 import { join } from 'node:path';
 import t from 'tap';
-import { convertToGguf } from '../src/gguf/convert.ts';
-import { materializeDefaultModel } from '../workers/default-model.ts';
-import { post, startServer, tempDir, TEST_CACHE_DIR } from './helpers/server.ts';
+import { builtinModelGguf, post, startServer, tempDir } from './helpers/server.ts';
 
 const BUILTIN = 'tiny-qwen3';
 const GGUF = 'tiny-qwen3-nobinary';
 const modelsDir = tempDir('no-binary-models-');
-materializeDefaultModel(join(TEST_CACHE_DIR, BUILTIN));
-convertToGguf(join(TEST_CACHE_DIR, BUILTIN), join(modelsDir, `${GGUF}.gguf`), { type: 'F32' });
+builtinModelGguf(join(modelsDir, `${GGUF}.gguf`));
 t.teardown(() => rmSync(modelsDir, { recursive: true, force: true }));
 const target = `${process.platform === 'darwin' ? 'mac' : process.platform === 'win32' ? 'win' : process.platform}-${process.arch}`;
 

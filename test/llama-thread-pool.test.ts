@@ -12,10 +12,8 @@ import t from 'tap';
 import { getLlama, LlamaLogLevel } from 'node-llama-cpp';
 import { buildThreadPoolAddon } from '../src/cli/thread-pool-addon.ts';
 import { THREAD_POOL_ADDON } from '../src/paths.ts';
-import { convertToGguf } from '../src/gguf/convert.ts';
-import { materializeDefaultModel } from '../workers/default-model.ts';
 import { loadThreadPool } from '../workers/llama-thread-pool.ts';
-import { post, startServer, tempDir, TEST_CACHE_DIR } from './helpers/server.ts';
+import { builtinModelGguf, post, startServer, tempDir } from './helpers/server.ts';
 
 const BUILTIN = 'tiny-qwen3';
 const GGUF = 'tiny-qwen3-pooled';
@@ -28,9 +26,8 @@ const ON_LINUX = { skip: process.platform !== 'linux' && 'the pool is built on L
 
 /** The built-in model's weights as an F32 GGUF, in a models folder both pool tests serve from. */
 const modelsDir = tempDir('pool-models-');
-materializeDefaultModel(join(TEST_CACHE_DIR, BUILTIN));
 const GGUF_PATH = join(modelsDir, `${GGUF}.gguf`);
-convertToGguf(join(TEST_CACHE_DIR, BUILTIN), GGUF_PATH, { type: 'F32' });
+builtinModelGguf(GGUF_PATH);
 t.teardown(() => rmSync(modelsDir, { recursive: true, force: true }));
 
 t.test("every pooled graph starts from the addon's one thread, whichever libuv thread decodes", ON_LINUX, async (t) => {

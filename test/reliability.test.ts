@@ -108,7 +108,7 @@ for (const signal of ['SIGKILL', 'SIGABRT'] as const) {
     const server = await startServer(['--idle-timeout', '0', '--port', String(port)]);
     t.teardown(() => server.stop());
     const url = `http://127.0.0.1:${port}`;
-    const firstPid = JSON.parse(server.logs.find((l) => l.includes('"event":"listening"')) as string).pid as number;
+    const firstPid = server.serverPid;
     t.match(readFileSync(`/proc/${firstPid}/cmdline`, 'utf8'), /dist\/server\.js/, 'the server process runs the bundle, not tsx');
     const load = Promise.all([1, 2, 3].map((i) => post(`${url}/v1/completions`, { prompt: `load ${i}`, max_tokens: 400, ignore_eos: true }).catch(() => null)));
     await sleep(500);
@@ -145,7 +145,7 @@ t.test('a model that fails in the worker fails only its own requests', async (t)
 const MB = 2 ** 20;
 /** Resident memory of the server process itself, read from the kernel rather than from the server. */
 function residentBytes(server: TestServer): number {
-  const pid = JSON.parse(server.logs.find((l) => l.includes('"event":"listening"')) as string).pid as number;
+  const pid = server.serverPid;
   return Number(/VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1]) * 1024;
 }
 

@@ -12,9 +12,7 @@ import { parseHostsFile, type HostResult } from '../soak/fleet.ts';
 import { trend } from '../soak/long-soak.ts';
 import { parseDuration } from '../soak/report.ts';
 import { runSoak, testLines } from './helpers/soak.ts';
-import { serverStatus, startServer, tempDir, TEST_CACHE_DIR } from './helpers/server.ts';
-import { convertToGguf } from '../src/gguf/convert.ts';
-import { materializeDefaultModel } from '../workers/default-model.ts';
+import { builtinModelGguf, serverStatus, startServer, tempDir } from './helpers/server.ts';
 
 t.test('durations, host files and the memory trend', async (t) => {
   t.equal(parseDuration('24h'), 86400);
@@ -58,8 +56,7 @@ t.test('comprehensive test passes against a healthy server, with its eleven chec
 
 t.test('the same suite passes against a GGUF model served by llama.cpp', async (t) => {
   const modelsDir = tempDir('soak-gguf-');
-  materializeDefaultModel(join(TEST_CACHE_DIR, 'tiny-qwen3'));
-  convertToGguf(join(TEST_CACHE_DIR, 'tiny-qwen3'), join(modelsDir, 'tiny-qwen3-q8.gguf'), { type: 'Q8_0' });
+  builtinModelGguf(join(modelsDir, 'tiny-qwen3-q8.gguf'), { type: 'Q8_0' });
   const server = await startServer(['--idle-timeout', '6', '--models-dir', modelsDir], { MLX_SERVER_LLAMA_THREADS: '1' });
   t.teardown(() => server.stop());
   const json = join(modelsDir, 'result.json');

@@ -5,6 +5,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { ApiClient, exchangeJson, postJson, type JsonReply, type ServerStatus } from '../../src/client/api-client.ts';
+import { convertToGguf, type ConvertOptions } from '../../src/gguf/convert.ts';
+import { materializeDefaultModel } from '../../workers/default-model.ts';
 
 const BIN = fileURLToPath(new URL('../../bin/mlx-server.js', import.meta.url));
 /** Shared by every test run on this machine, so the built-in model is generated once. */
@@ -17,6 +19,8 @@ export interface TestServer {
   /** The main port: the client APIs and probes only. */
   mainUrl: string;
   mainPort: number;
+  /** The launcher's child that serves, as its first `listening` line names it. */
+  serverPid: number;
   process: ChildProcess;
   logs: string[];
   stop(signal?: NodeJS.Signals): Promise<number | null>;
@@ -41,7 +45,7 @@ export async function startServer(args: string[] = [], env: NodeJS.ProcessEnv = 
   liveServers.add(child);
   child.on('exit', () => liveServers.delete(child));
   const logs: string[] = [];
-  const { port, mainPort } = await new Promise<{ port: number; mainPort: number }>((resolve, reject) => {
+  const { port, mainPort, pid } = await new Promise<{ port: number; mainPort: number; pid: number }>((resolve, reject) => {
     let buffered = '';
     const timer = setTimeout(() => {
       // Stopped, so that its pipes do not keep the test process alive after the failure.
@@ -56,7 +60,7 @@ export async function startServer(args: string[] = [], env: NodeJS.ProcessEnv = 
         logs.push(line);
         if (line.includes('"event":"listening"')) {
           clearTimeout(timer);
-          resolve(JSON.parse(line) as { port: number; mainPort: number });
+          resolve(JSON.parse(line) as { port: number; mainPort: number; pid: number });
         }
       }
     });
@@ -72,6 +76,7 @@ export async function startServer(args: string[] = [], env: NodeJS.ProcessEnv = 
     port,
     mainUrl: `http://127.0.0.1:${mainPort}`,
     mainPort,
+    serverPid: pid,
     process: child,
     logs,
     stop: async (signal: NodeJS.Signals = 'SIGTERM') => {
@@ -115,6 +120,12 @@ export function builtinModelVariant(name: string, changes: Record<string, unknow
   const config = JSON.parse(readFileSync(join(path, 'config.json'), 'utf8')) as Record<string, unknown>;
   writeFileSync(join(path, 'config.json'), JSON.stringify({ ...config, ...changes }));
   return { modelsDir, path };
+}
+
+/** The built-in model's weights written as a GGUF file at `path` (F32 unless `options` say); returns the files written. */
+export function builtinModelGguf(path: string, options: ConvertOptions = { type: 'F32' }): string[] {
+  materializeDefaultModel(join(TEST_CACHE_DIR, 'tiny-qwen3'));
+  return convertToGguf(join(TEST_CACHE_DIR, 'tiny-qwen3'), path, options);
 }
 
 /** The worker's forward-pass counters and the tokens generated, from /metrics. */
